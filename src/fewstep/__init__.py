@@ -1,0 +1,17 @@
+"""fewstep: few-step diffusion generation, measured honestly."""
+
+from . import grids, processes, solvers
+from .api import generate, generators, prior_noise, sample
+from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, DenoiserWrapper, DynamicThresholding,
+                        NFECounter, Prediction)
+from .grids import Schedule, make_grid, make_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample", "generate", "generators", "prior_noise",
+    "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
+    "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
+    "Schedule", "make_grid", "make_schedule",
+    "processes", "grids", "solvers",
+]

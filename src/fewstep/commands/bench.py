@@ -1,0 +1,38 @@
+"""``fewstep bench``: sweeps of solver x NFE x grid."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _names(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmark solvers")
+    targets = bench.add_subparsers(dest="target", metavar="TARGET")
+    gmm = targets.add_parser("gmm", help="trajectory error and Frechet distance on an exact 64-d Gaussian mixture")
+    gmm.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names (default: all deterministic and stochastic)")
+    gmm.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
+    gmm.add_argument("--grids", type=_names, default=["logsnr", "uniform", "quadratic", "karras"])
+    gmm.add_argument("--processes", type=_names, default=["vp_linear_ddpm", "edm"])
+    gmm.add_argument("--n", type=int, default=2000, help="samples per configuration")
+    gmm.add_argument("--seed", type=int, default=0)
+    gmm.add_argument("--out", default="bench-gmm", help="output folder for CSV, JSON and PNG")
+    gmm.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    gmm.set_defaults(func=_run_gmm)
+    bench.set_defaults(func=lambda args: bench.print_help() or 2)
+
+
+def _run_gmm(args: argparse.Namespace) -> int:
+    from ..bench.gmm import GMMBenchConfig, run_gmm_bench
+
+    cfg = GMMBenchConfig(solvers=args.solvers, nfes=args.nfe, grids=args.grids, processes=args.processes,
+                         n=args.n, seed=args.seed, out=args.out)
+    run_gmm_bench(cfg)
+    return 0

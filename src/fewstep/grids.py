@@ -1,0 +1,108 @@
+"""Time grids and the noise schedule a solver walks along.
+
+A grid of ``n`` steps is ``n + 1`` times ``t_0 = t_max > t_1 > ... > t_n = t_min``: it always
+starts at the process's ``t_max`` (no hidden 'leading' offset).  With ``clean_end=True`` (the
+default when sampling) the last point is replaced by clean data, ``sigma = 0``: the last step
+lands on the data prediction, as diffusers' ``final_sigmas_type="zero"`` and k-diffusion's
+appended ``sigma = 0`` do, without an extra network evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .processes import NoiseProcess
+
+__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule"]
+
+GRIDS = ("uniform", "logsnr", "quadratic", "karras")
+
+GridSpec = str | Sequence[float] | Tensor
+
+
+def make_grid(process: NoiseProcess, steps: int, kind: GridSpec = "logsnr", *, rho: float = 7.0,
+              t_max: float | None = None, t_min: float | None = None) -> Tensor:
+    """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min``.
+
+    ``kind``: ``"uniform"`` in t; ``"logsnr"`` uniform in lambda (DPM-Solver); ``"quadratic"``
+    time-quadratic (DDIM, Song et al. 2021, sec. D.2); ``"karras"`` uniform in
+    ``(sigma/alpha)^(1/rho)`` (EDM eq. 5); or an explicit decreasing sequence of times.
+    """
+    hi = process.t_max if t_max is None else t_max
+    lo = process.t_min if t_min is None else t_min
+    if not isinstance(kind, str):
+        ts = torch.as_tensor(kind, dtype=torch.float64).flatten()
+        if len(ts) < 2:
+            raise ValueError("an explicit grid needs at least 2 times (start and end)")
+        if not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError("an explicit grid must be strictly decreasing (from noise to data)")
+        for t in (float(ts[0]), float(ts[-1])):
+            process.check_time(t)
+        return ts
+    if kind not in GRIDS:
+        raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)} or an explicit list of times")
+    if steps < 1:
+        raise ValueError(f"a grid needs at least 1 step, got {steps}")
+    u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if kind == "uniform":
+        ts = hi + (lo - hi) * u
+    elif kind == "quadratic":
+        ts = lo + (hi - lo) * (1 - u) ** 2
+    elif kind == "logsnr":
+        l_hi, l_lo = process.lam(hi), process.lam(lo)
+        ts = process.t_of_lambda(l_hi + (l_lo - l_hi) * u)
+    else:  # karras
+        s_hi = float(torch.exp(-process.lam(hi))) ** (1 / rho)
+        s_lo = float(torch.exp(-process.lam(lo))) ** (1 / rho)
+        sig = (s_hi + (s_lo - s_hi) * u) ** rho
+        ts = process.t_of_sigma_hat(sig)
+    ts[0], ts[-1] = hi, lo  # exact endpoints despite round trips
+    return ts
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The noise levels along a grid, precomputed once in float64.
+
+    ``t[i]``, ``alpha[i]``, ``sigma[i]``, ``lam[i]`` for ``i = 0..n``.  When ``clean_end`` is set
+    the last point is clean data: ``alpha = 1``, ``sigma = 0``, ``lam = +inf``, ``t = nan``.
+    """
+
+    process: NoiseProcess
+    t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    lam: Tensor
+    clean_end: bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    @property
+    def sigma_hat(self) -> Tensor:
+        """EDM noise level ``sigma / alpha`` (0 at a clean end)."""
+        return self.sigma / self.alpha
+
+    def lands_clean(self, i: int) -> bool:
+        """Whether step ``i`` (from point i to i+1) ends on clean data."""
+        return self.clean_end and i == self.steps - 1
+
+
+def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec = "logsnr", *,
+                  clean_end: bool = True, **grid_options: float) -> Schedule:
+    """Build the :class:`Schedule` for ``steps`` solver steps on ``grid``."""
+    ts = make_grid(process, steps, grid, **grid_options)
+    if not isinstance(grid, str) and steps != len(ts) - 1:
+        raise ValueError(f"the explicit grid has {len(ts) - 1} steps but the solver needs {steps} for this NFE; "
+                         f"pass {steps + 1} times")
+    alpha, sigma, lam = process.alpha(ts), process.sigma(ts), process.lam(ts)
+    if clean_end:
+        ts, alpha, sigma, lam = ts.clone(), alpha.clone(), sigma.clone(), lam.clone()
+        ts[-1], alpha[-1], sigma[-1], lam[-1] = math.nan, 1.0, 0.0, math.inf
+    return Schedule(process, ts, alpha, sigma, lam, clean_end)

@@ -1,0 +1,353 @@
+"""Noise processes ``x_t = alpha(t) * x0 + sigma(t) * eps``.
+
+Every process gives ``alpha``, ``sigma``, the half log-SNR ``lam = log(alpha / sigma)``
+(DPM-Solver, Lu et al. 2022, eq. 3.2), its inverse ``t_of_lambda``, the valid time range
+``[t_min, t_max]`` and ``model_time(t)``, the value the network was trained to see.
+
+All time arithmetic is float64.  Methods accept python floats or tensors and return float64
+tensors (0-d for scalar input).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NoiseProcess",
+    "VPDiscrete",
+    "VPLinear",
+    "VPCosine",
+    "VE",
+    "EDM",
+    "RectifiedFlow",
+    "process_from_config",
+]
+
+TimeLike = float | Tensor
+
+
+def _f64(t: TimeLike) -> Tensor:
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+class NoiseProcess(ABC):
+    """A forward noising process; subclasses define ``log_alpha`` and ``log_sigma``."""
+
+    t_min: float
+    t_max: float
+
+    @abstractmethod
+    def log_alpha(self, t: TimeLike) -> Tensor: ...
+
+    @abstractmethod
+    def log_sigma(self, t: TimeLike) -> Tensor: ...
+
+    @abstractmethod
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        """Inverse of :meth:`lam` on ``[t_min, t_max]``."""
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        return self.log_sigma(t).exp()
+
+    def lam(self, t: TimeLike) -> Tensor:
+        """Half log signal-to-noise ratio ``log(alpha / sigma)``."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def model_time(self, t: TimeLike) -> Tensor:
+        """The conditioning value the network sees at time ``t`` (default: ``t`` itself)."""
+        return _f64(t)
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the Gaussian that ``x`` at ``t_max`` is drawn from."""
+        return float(self.sigma(self.t_max))
+
+    def derivatives(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """``(d alpha / dt, d sigma / dt)`` by a float64 central difference (override if exact)."""
+        t = _f64(t)
+        h = 1e-6 * max(1.0, abs(self.t_max - self.t_min))
+        lo = torch.clamp(t - h, min=self.t_min)
+        hi = torch.clamp(t + h, max=self.t_max)
+        return (
+            (self.alpha(hi) - self.alpha(lo)) / (hi - lo),
+            (self.sigma(hi) - self.sigma(lo)) / (hi - lo),
+        )
+
+    def t_of_sigma_hat(self, sigma_hat: TimeLike) -> Tensor:
+        """Time at which ``sigma / alpha`` equals ``sigma_hat`` (the EDM noise level)."""
+        return self.t_of_lambda(-torch.log(_f64(sigma_hat)))
+
+    def check_time(self, t: float) -> None:
+        tol = 1e-9 * max(1.0, abs(self.t_max))
+        if not (self.t_min - tol <= t <= self.t_max + tol):
+            raise ValueError(
+                f"time {t} is outside {type(self).__name__}'s range "
+                f"[{self.t_min}, {self.t_max}]; pass times inside it"
+            )
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """A JSON-serialisable description; ``process_from_config`` rebuilds the process."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class VPDiscrete(NoiseProcess):
+    """Variance-preserving process from DDPM betas (Ho et al. 2020).
+
+    Time is the training-step index ``t in [0, T-1]`` exactly as diffusers passes it to the
+    network, with ``alpha_bar[i] = prod_{j<=i} (1 - beta_j)``.  ``log alpha`` is linearly
+    interpolated between integer steps so every real ``t`` is valid (as in DPM-Solver's
+    discrete schedule).
+    """
+
+    def __init__(self, betas: Tensor | list[float], schedule: str = "custom", **meta: Any):
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or len(betas) < 2:
+            raise ValueError("betas must be a 1-D sequence of at least 2 values")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("every beta must lie in (0, 1)")
+        self.betas = betas
+        self.schedule = schedule
+        self.meta = meta
+        self._log_alpha = 0.5 * torch.cumsum(torch.log1p(-betas), 0)
+        self.num_train_timesteps = len(betas)
+        self.t_min = 0.0
+        self.t_max = float(len(betas) - 1)
+        # lambda is strictly decreasing in t: invert by interpolation on the table.
+        la = self._log_alpha
+        self._lam_table = la - 0.5 * torch.log(-torch.expm1(2 * la))
+
+    @classmethod
+    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "VPDiscrete":
+        """DDPM's linear betas (diffusers ``beta_schedule="linear"``)."""
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+        return cls(betas, "linear", beta_start=beta_start, beta_end=beta_end)
+
+    @classmethod
+    def scaled_linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "VPDiscrete":
+        """Stable Diffusion's betas, linear in sqrt(beta) (diffusers ``"scaled_linear"``)."""
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+        return cls(betas, "scaled_linear", beta_start=beta_start, beta_end=beta_end)
+
+    @classmethod
+    def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "VPDiscrete":
+        """Improved-DDPM cosine betas (Nichol & Dhariwal 2021, eq. 17; diffusers ``"squaredcos_cap_v2"``)."""
+        def f(u: float) -> float:
+            return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+        n = num_train_timesteps
+        betas = [min(1 - f((i + 1) / n) / f(i / n), max_beta) for i in range(n)]
+        return cls(betas, "cosine", s=s, max_beta=max_beta)
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        t = _f64(t)
+        i0 = torch.clamp(torch.floor(t), 0, self.t_max - 1).long()
+        w = t - i0
+        la = self._log_alpha
+        return la[i0] * (1 - w) + la[i0 + 1] * w
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        lam = _f64(lam)
+        # log alpha from lambda (VP: alpha^2 + sigma^2 = 1), then invert the piecewise-linear table.
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
+        la = self._log_alpha.flip(0)  # increasing
+        idx = torch.clamp(torch.searchsorted(la, log_alpha.reshape(-1)), 1, len(la) - 1)
+        lo, hi = la[idx - 1], la[idx]
+        w = (log_alpha.reshape(-1) - lo) / (hi - lo)
+        t_flip = (idx - 1) + w
+        t = (len(la) - 1) - t_flip
+        return torch.clamp(t, self.t_min, self.t_max).reshape(lam.shape)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def config(self) -> dict[str, Any]:
+        if self.schedule == "custom":
+            return {"kind": "vp_discrete", "schedule": "custom", "betas": self.betas.tolist()}
+        return {"kind": "vp_discrete", "schedule": self.schedule,
+                "num_train_timesteps": self.num_train_timesteps, **self.meta}
+
+
+class VPLinear(NoiseProcess):
+    """Continuous VP SDE with linear beta(t) (Song et al. 2021): log alpha = -beta_d t^2/4 - beta_0 t/2."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+        self.beta_0, self.beta_1 = beta_min, beta_max
+        self.t_min, self.t_max = t_min, t_max
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        t = _f64(t)
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        lam = _f64(lam)
+        # -2 log alpha = softplus(-2 lam) = beta_0 t + (beta_1 - beta_0) t^2 / 2 ; solve the quadratic stably.
+        c = torch.nn.functional.softplus(-2 * lam)
+        a = self.beta_1 - self.beta_0
+        return 2 * c / (self.beta_0 + torch.sqrt(self.beta_0**2 + 2 * a * c))
+
+    def derivatives(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = _f64(t)
+        dla = -0.5 * t * (self.beta_1 - self.beta_0) - 0.5 * self.beta_0
+        a, s = self.alpha(t), self.sigma(t)
+        return a * dla, -(a**2) * dla / s
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "vp_linear", "beta_min": self.beta_0, "beta_max": self.beta_1,
+                "t_min": self.t_min, "t_max": self.t_max}
+
+
+class VPCosine(NoiseProcess):
+    """Continuous cosine VP schedule: alpha(t) = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s))."""
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946):
+        self.s, self.t_min, self.t_max = s, t_min, t_max
+        self._log_alpha_0 = math.log(math.cos(math.pi / 2 * s / (1 + s)))
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        t = _f64(t)
+        return torch.log(torch.cos(math.pi / 2 * (t + self.s) / (1 + self.s))) - self._log_alpha_0
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * _f64(lam))
+        u = torch.acos(torch.exp(log_alpha + self._log_alpha_0))
+        return 2 * (1 + self.s) / math.pi * u - self.s
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "vp_cosine", "s": self.s, "t_min": self.t_min, "t_max": self.t_max}
+
+
+class VE(NoiseProcess):
+    """Variance-exploding SDE (Song et al. 2021): alpha = 1, sigma = sigma_min (sigma_max/sigma_min)^t, t in [0, 1]."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError("VE needs 0 < sigma_min < sigma_max")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.t_min, self.t_max = 0.0, 1.0
+        self._log_ratio = math.log(sigma_max / sigma_min)
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        return torch.zeros_like(_f64(t))
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return math.log(self.sigma_min) + _f64(t) * self._log_ratio
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        return (-_f64(lam) - math.log(self.sigma_min)) / self._log_ratio
+
+    def model_time(self, t: TimeLike) -> Tensor:
+        """NCSN-style networks are conditioned on sigma."""
+        return self.sigma(t)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class EDM(NoiseProcess):
+    """Karras et al. 2022: alpha = 1, sigma = t, t in [sigma_min, sigma_max]."""
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError("EDM needs 0 < sigma_min < sigma_max")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.t_min, self.t_max = sigma_min, sigma_max
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        return torch.zeros_like(_f64(t))
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return torch.log(_f64(t))
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        return torch.exp(-_f64(lam))
+
+    def derivatives(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = _f64(t)
+        return torch.zeros_like(t), torch.ones_like(t)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class RectifiedFlow(NoiseProcess):
+    """Rectified flow / flow matching (Liu et al. 2023): alpha = 1 - t, sigma = t."""
+
+    def __init__(self, t_min: float = 1e-3, t_max: float = 1.0 - 1e-3):
+        self.t_min, self.t_max = t_min, t_max
+
+    def log_alpha(self, t: TimeLike) -> Tensor:
+        return torch.log1p(-_f64(t))
+
+    def log_sigma(self, t: TimeLike) -> Tensor:
+        return torch.log(_f64(t))
+
+    def t_of_lambda(self, lam: TimeLike) -> Tensor:
+        return torch.sigmoid(-_f64(lam))
+
+    def derivatives(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = _f64(t)
+        return -torch.ones_like(t), torch.ones_like(t)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "rectified_flow", "t_min": self.t_min, "t_max": self.t_max}
+
+
+_KINDS = {
+    "vp_linear": VPLinear,
+    "vp_cosine": VPCosine,
+    "ve": VE,
+    "edm": EDM,
+    "rectified_flow": RectifiedFlow,
+}
+
+
+def process_from_config(cfg: dict[str, Any]) -> NoiseProcess:
+    """Rebuild a process from :meth:`NoiseProcess.config`."""
+    cfg = dict(cfg)
+    kind = cfg.pop("kind", None)
+    if kind == "vp_discrete":
+        schedule = cfg.pop("schedule")
+        if schedule == "custom":
+            return VPDiscrete(cfg["betas"])
+        factory = {"linear": VPDiscrete.linear, "scaled_linear": VPDiscrete.scaled_linear,
+                   "cosine": VPDiscrete.cosine}.get(schedule)
+        if factory is None:
+            raise ValueError(f"unknown VPDiscrete schedule {schedule!r}; valid: linear, scaled_linear, cosine, custom")
+        return factory(**cfg)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown process kind {kind!r}; valid: vp_discrete, {', '.join(_KINDS)}")
+    return _KINDS[kind](**cfg)

@@ -1,0 +1,11 @@
+"""Training-free solvers, one stateless function each, and their registry.
+
+``solve(denoiser, x, schedule, *, generator=None, callback=None, **options) -> x``; see
+:mod:`fewstep.solvers.registry` for what is recorded about each.
+"""
+
+from . import ddim, dpmpp, euler  # noqa: F401  (registration)
+from ._common import NonFiniteError, randn_like
+from .registry import SolverSpec, available, get, register, specs
+
+__all__ = ["available", "get", "register", "specs", "SolverSpec", "NonFiniteError", "randn_like"]

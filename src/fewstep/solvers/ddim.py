@@ -1,0 +1,38 @@
+"""DDIM and DDPM ancestral sampling."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..denoisers import DenoiserBase
+from ..grids import Schedule
+from ._common import Callback, Generator, randn_like, step_done
+from ._expint import ddim_noise_split
+from .registry import register
+
+
+@register("ddim", order=1, paper="Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, eq. 12")
+def ddim(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
+         callback: Callback = None, eta: float = 0.0, **cond) -> Tensor:
+    """DDIM: ``x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z`` (eq. 12; ``eta = 0`` is deterministic).
+
+    With ``eta = 0`` this is the first-order exponential integrator (DPM-Solver-1) and also
+    Euler's method on ``x/alpha`` against ``sigma/alpha`` (Karras et al. 2022, sec. 4).
+    """
+    a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    for i in range(schedule.steps):
+        p = denoiser.predict(x, float(schedule.t[i]), **cond)
+        keep, c = ddim_noise_split(s[i + 1], lam[i + 1] - lam[i], eta)
+        x = a[i + 1] * p.x0 + keep * p.eps
+        if c > 0:
+            x = x + c * randn_like(x, generator)
+        step_done(i, schedule, x, p.x0, callback)
+    return x
+
+
+@register("ddpm", order=1, stochastic=True,
+          paper="Ho, Jain & Abbeel 2020, Denoising Diffusion Probabilistic Models, eq. 6-7")
+def ddpm(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
+         callback: Callback = None, **cond) -> Tensor:
+    """DDPM ancestral sampling from the posterior ``q(x_t | x_s, x0_hat)`` (DDIM with ``eta = 1``)."""
+    return ddim(denoiser, x, schedule, generator=generator, callback=callback, eta=1.0, **cond)

@@ -1,0 +1,81 @@
+"""The solver registry: name, order, NFE per step, stochasticity and paper of each solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = ["SolverSpec", "register", "get", "available", "specs"]
+
+Plan = Callable[[int, bool], tuple[int, dict[str, Any]]]
+
+
+def one_step_per_eval(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
+    """Plan for solvers spending one evaluation per step: ``nfe`` steps."""
+    return nfe, {}
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What the registry knows of a solver.
+
+    ``fn(denoiser, x, schedule, *, generator=None, callback=None, **options) -> x`` is the
+    stateless solver; ``plan(nfe, clean_end) -> (steps, options)`` turns an NFE budget into a
+    number of grid steps and the options that make the solver spend exactly that budget.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    order: int
+    nfe_per_step: float
+    stochastic: bool
+    paper: str
+    min_nfe: int = 1
+    plan: Plan = one_step_per_eval
+    fixed_nfe: bool = True
+    aliases: tuple[str, ...] = field(default=())
+
+    def steps_for(self, nfe: int, clean_end: bool = True) -> tuple[int, dict[str, Any]]:
+        if not isinstance(nfe, int) or isinstance(nfe, bool):
+            raise TypeError(f"nfe must be an integer, got {nfe!r}")
+        if nfe < self.min_nfe:
+            raise ValueError(f"solver {self.name!r} needs at least {self.min_nfe} network evaluations, got nfe={nfe}")
+        return self.plan(nfe, clean_end)
+
+
+_REGISTRY: dict[str, SolverSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(name: str, *, order: int, paper: str, stochastic: bool = False, nfe_per_step: float = 1,
+             min_nfe: int = 1, plan: Plan = one_step_per_eval, fixed_nfe: bool = True,
+             aliases: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a solver function under ``name``."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"solver name {name!r} is already registered")
+        _REGISTRY[name] = SolverSpec(name, fn, order, nfe_per_step, stochastic, paper, min_nfe, plan,
+                                     fixed_nfe, aliases)
+        for a in aliases:
+            _ALIASES[a] = name
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> SolverSpec:
+    """The spec registered under ``name`` (or an alias); unknown names list the valid ones."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown solver {name!r}; available solvers: {', '.join(available())}")
+    return _REGISTRY[key]
+
+
+def available() -> list[str]:
+    """Registered solver names, in registration order."""
+    return list(_REGISTRY)
+
+
+def specs() -> list[SolverSpec]:
+    return list(_REGISTRY.values())
