@@ -68,6 +68,8 @@ class DenoiserBase:
 
     def coefficients(self, x: Tensor, t: float | Tensor) -> tuple[Tensor | float, Tensor | float]:
         """``(alpha(t), sigma(t))`` as floats or tensors broadcastable to ``x``."""
+        if isinstance(t, float):
+            return self.process.alpha_sigma(t)
         p = self.process
         return _per_sample(p.alpha(t), x), _per_sample(p.sigma(t), x)
 
@@ -95,7 +97,7 @@ class Denoiser(DenoiserBase):
     def _net_time(self, x: Tensor, t: float | Tensor) -> Tensor:
         tm = self.process.model_time(t)
         if tm.ndim == 0:
-            tm = tm.expand(x.shape[0])
+            return torch.full((x.shape[0],), float(tm), device=x.device, dtype=x.dtype)
         return tm.to(device=x.device, dtype=x.dtype)
 
     def _call_net(self, x: Tensor, t_model: Tensor, cond: dict[str, Any]) -> Tensor:

@@ -61,6 +61,16 @@ class NoiseProcess(ABC):
         """Half log signal-to-noise ratio ``log(alpha / sigma)``."""
         return self.log_alpha(t) - self.log_sigma(t)
 
+    def alpha_sigma(self, t: float) -> tuple[float, float]:
+        """``(alpha(t), sigma(t))`` as python floats, memoised: solvers query the same grid times."""
+        cache = self.__dict__.setdefault("_alpha_sigma_cache", {})
+        value = cache.get(t)
+        if value is None:
+            value = (float(self.alpha(t)), float(self.sigma(t)))
+            if len(cache) < 65536:
+                cache[t] = value
+        return value
+
     def model_time(self, t: TimeLike) -> Tensor:
         """The conditioning value the network sees at time ``t`` (default: ``t`` itself)."""
         return _f64(t)

@@ -19,9 +19,9 @@ def ddim(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Ge
     With ``eta = 0`` this is the first-order exponential integrator (DPM-Solver-1) and also
     Euler's method on ``x/alpha`` against ``sigma/alpha`` (Karras et al. 2022, sec. 4).
     """
-    a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    ts, a, s, lam = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
     for i in range(schedule.steps):
-        p = denoiser.predict(x, float(schedule.t[i]), **cond)
+        p = denoiser.predict(x, ts[i], **cond)
         keep, c = ddim_noise_split(s[i + 1], lam[i + 1] - lam[i], eta)
         x = a[i + 1] * p.x0 + keep * p.eps
         if c > 0:

@@ -20,10 +20,10 @@ def dpmpp_2m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator
     The first step has no history and the step onto clean data (``h = inf``) cannot use one:
     both are first order, as in the paper's Algorithm 2 and its lower-order final step.
     """
-    a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    ts, a, s, lam = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
     x0_prev, h_prev = None, 0.0
     for i in range(schedule.steps):
-        x0 = denoiser(x, float(schedule.t[i]), **cond)
+        x0 = denoiser(x, ts[i], **cond)
         h = lam[i + 1] - lam[i]
         if x0_prev is None or schedule.lands_clean(i):
             d = x0

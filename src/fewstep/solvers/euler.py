@@ -23,10 +23,10 @@ from .registry import register
 def euler(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
           callback: Callback = None, **cond) -> Tensor:
     """Euler's method in ``(y, sigma_hat)``: ``y_{i+1} = y_i + (s_{i+1} - s_i) (y_i - D_i) / s_i``."""
-    a, sh = schedule.alpha.tolist(), schedule.sigma_hat.tolist()
+    ts, a, sh = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma_hat.tolist()
     y = x / a[0]
     for i in range(schedule.steps):
-        x0 = denoiser(a[i] * y, float(schedule.t[i]), **cond)
+        x0 = denoiser(a[i] * y, ts[i], **cond)
         y = y + (sh[i + 1] - sh[i]) / sh[i] * (y - x0)
         step_done(i, schedule, y, x0, callback)
     return a[-1] * y
@@ -37,11 +37,11 @@ def euler(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: G
 def euler_ancestral(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
                     callback: Callback = None, eta: float = 1.0, s_noise: float = 1.0, **cond) -> Tensor:
     """Euler ancestral: ``sigma_up = min(s', eta sqrt(s'^2 (s^2 - s'^2) / s^2))``, ``sigma_down = sqrt(s'^2 - sigma_up^2)``."""
-    a, sh = schedule.alpha.tolist(), schedule.sigma_hat.tolist()
+    ts, a, sh = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma_hat.tolist()
     y = x / a[0]
     for i in range(schedule.steps):
         s, s_next = sh[i], sh[i + 1]
-        x0 = denoiser(a[i] * y, float(schedule.t[i]), **cond)
+        x0 = denoiser(a[i] * y, ts[i], **cond)
         s_up = min(s_next, eta * math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
         s_down = math.sqrt(s_next**2 - s_up**2)
         y = y + (s_down - s) / s * (y - x0)

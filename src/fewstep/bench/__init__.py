@@ -1,0 +1,1 @@
+"""Benchmarks: sweeps of solver x NFE x grid, tables, plots and reports."""
