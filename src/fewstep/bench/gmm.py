@@ -150,6 +150,23 @@ def format_tables(rows: list[dict[str, Any]], cfg: GMMBenchConfig, floor: float)
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict[str, Any]], cfg: GMMBenchConfig, floor: float) -> str:
+    """A Markdown table per process: the best-over-grids Frechet distance of each solver at each NFE."""
+    best = best_by_solver(rows, "fd")
+    parts = []
+    for pname in cfg.processes:
+        names = list(dict.fromkeys(r["solver"] for r in rows if r["process"] == pname))
+        parts.append(f"Frechet distance to the exact moments, {pname}, n={cfg.n}, best of grids "
+                     f"{'/'.join(cfg.grids)} (finite-sample floor {floor:.4f})\n")
+        parts.append("| solver | " + " | ".join(f"NFE {n}" for n in cfg.nfes) + " |")
+        parts.append("|---|" + "---:|" * len(cfg.nfes))
+        for s in names:
+            cells = [f"{best[(pname, s, n)]['fd']:.4f}" if (pname, s, n) in best else "-" for n in cfg.nfes]
+            parts.append(f"| {s}{' (stochastic)' if solvers.get(s).stochastic else ''} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def write_outputs(rows: list[dict[str, Any]], cfg: GMMBenchConfig, floor: float) -> None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +181,9 @@ def write_outputs(rows: list[dict[str, Any]], cfg: GMMBenchConfig, floor: float)
     payload = {"config": asdict(cfg), "fd_floor": floor, "mixture": "random_low_rank(dim=64, components=8, rank=4, floor=0.02, seed=0)",
                "rows": rows}
     atomic_write_text(out / "results.json", json.dumps(payload, indent=1, allow_nan=True))
+    atomic_write_text(out / "results.md", format_markdown(rows, cfg, floor))
     plot_error_vs_nfe(rows, cfg, floor, out / "error_vs_nfe.png")
-    print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'error_vs_nfe.png'}")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'results.md'}, {out / 'error_vs_nfe.png'}")
 
 
 def plot_error_vs_nfe(rows: list[dict[str, Any]], cfg: GMMBenchConfig, floor: float, path: Path) -> None:
