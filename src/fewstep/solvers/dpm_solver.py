@@ -175,7 +175,7 @@ def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
 
     A trial step of size ``h`` (in lambda) gives ``x_high`` and the embedded ``x_low``; with
     ``delta = max(atol, rtol max(|x_low|, |x_prev|))`` and ``E = max_batch rms((x_high - x_low)/delta)`` it is
-    accepted if ``E <= 1``; then ``h = min(theta h E^{-1/order_low}, lam_end - lam)`` (Alg. 4-5).  Onto clean
+    accepted if ``E <= 1``; then ``h = min(theta h E^{-1/order}, lam_end - lam)`` (Alg. 4-5).  Onto clean
     data the solve ends at the process's ``t_min`` and a first-order step (one more evaluation) lands on it.
     ``max_nfe`` caps the evaluations (``fewstep.sample`` passes its ``nfe``): exceeding it raises, naming the
     cost.  ``stats`` (a dict) receives ``nfe``, ``steps`` and ``rejected``.
@@ -209,7 +209,7 @@ def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
             high, low = _singlestep(denoiser, x, eps, s, t, order, mids, cond)
             delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(low.abs(), x.abs()))
             err = float(((high - low) / delta).reshape(len(x), -1).pow(2).mean(1).sqrt().max())
-            h_new = theta * (t.lam - s.lam) * max(err, 1e-10) ** (-1.0 / (order - 1))
+            h_new = theta * (t.lam - s.lam) * max(err, 1e-10) ** (-1.0 / order)
             if err <= 1.0:
                 x, s = high, t
                 info["steps"] += 1
