@@ -82,10 +82,11 @@ def dpmpp_3m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator
     Warm-up orders 1, 2; a clean last step is first order (and with ``lower_order_final``, grids under
     15 steps end with orders 2, 1, as DPM-Solver++'s code).  ``half_d2=True`` reproduces the reference
     code's (dpm-solver, diffusers) weight of the second difference, half the Taylor term's ``h phi_3``
-    (which makes it second order on smooth problems); only for comparison.
+    (which makes it second order on smooth problems) and the midpoint form on its second-order
+    steps; only for comparison.
     """
     return _multistep(denoiser, x, schedule, 3, sde=False, generator=generator, callback=callback,
-                      solver_type="taylor", half_d2=half_d2, lower_order_final=lower_order_final, cond=cond)
+                      solver_type="midpoint" if half_d2 else "taylor", half_d2=half_d2, lower_order_final=lower_order_final, cond=cond)
 
 
 @register("dpm++2m_sde", order=2, stochastic=True, aliases=("dpmpp_2m_sde",),
