@@ -22,8 +22,13 @@ BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_sche
 
 def frechet(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
     x = x.double().numpy()
+    if not np.isfinite(x).all():
+        return float("inf")
     mu, c = x.mean(0), np.cov(x, rowvar=False)
-    root = linalg.sqrtm(c @ cov.numpy()).real
+    try:
+        root = linalg.sqrtm(c @ cov.numpy()).real
+    except (linalg.LinAlgError, ValueError):
+        return float("inf")
     return float(((mu - mean.numpy()) ** 2).sum() + np.trace(c + cov.numpy() - 2 * root))
 
 
