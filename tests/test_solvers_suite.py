@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from scipy import linalg
 
 import fewstep
 from fewstep import solvers
 from fewstep.denoisers import NFECounter
 from fewstep.exact import GaussianMixture, reference_solution
 from fewstep.grids import make_schedule
+from fewstep.metrics import frechet_distance_to_moments
 from fewstep.processes import VPLinear
 
 from conftest import seeded_noise
@@ -32,7 +32,8 @@ ORDER_CASES = [
     ("unipc", {"order": 2, **LOF}, 3, [16, 24, 32, 48]),
     ("unipc", {"order": 2, "variant": "bh1", **LOF}, 3, [16, 24, 32, 48]),
     ("unipc", {"order": 2, "prediction": "noise", **LOF}, 3, [16, 24, 32, 48]),
-    # UniPC-3 measures ~3.1 here (theory: 4): kept as the measured order, see the suite's report.
+    # UniPC-3 measures ~3.1 here (theory: 4), like its diffusers counterpart, which it matches to float32
+    # tolerance (tests/test_diffusers_suite.py); the cause is not yet found, so the measured order is asserted.
     ("unipc", {"order": 3, **LOF}, 3, [64, 96, 128, 192]),
     ("lms", {}, 4, [96, 128, 192, 256]),
     ("pndm", {"prk_steps": 3}, 2, [16, 24, 32, 48]),
@@ -126,19 +127,20 @@ def test_dpm_adaptive_counts_and_caps_its_nfe(gmm8, ddpm_linear):
         fewstep.sample(counter, x_T, "dpm_adaptive", 10, atol=1e-4, rtol=1e-4)
 
 
-def _frechet(x, mean, cov):
-    x = x.double().numpy()
-    mu, c = x.mean(0), np.cov(x, rowvar=False)
-    root = linalg.sqrtm(c @ cov.numpy()).real
-    return float(((mu - mean.numpy()) ** 2).sum() + np.trace(c + cov.numpy() - 2 * root))
-
-
 @pytest.mark.parametrize("solver", ["dpm++2m_sde", "dpm++3m_sde"])
 def test_sde_converges_in_distribution(solver, ddpm_linear):
-    """With the same per-sample noise seeds, the Frechet distance to the exact mixture falls with NFE."""
+    """With the same per-sample noise seeds, the Frechet distance to the exact mixture falls with NFE.
+
+    From 10 NFE up: the 3M SDE's third-order extrapolation of noisy x0 history is unstable at
+    ~10 steps on a logSNR grid (FD 0.19 at 10 NFE vs 0.06 at 5 on this mixture; diffusers' 3M SDE
+    stalls at 0.015 from 20 NFE on, ours reaches the floor).
+    """
     gmm = GaussianMixture.random_low_rank(dim=4, components=2, rank=2, floor=0.1, seed=2)
     den = gmm.denoiser(ddpm_linear)
     seeds = range(3000)
-    fds = [_frechet(fewstep.generate(den, (4,), seeds, solver, nfe, dtype=torch.float64), gmm.mean, gmm.covariance)
-           for nfe in (5, 10, 40)]
+    fds = [frechet_distance_to_moments(fewstep.generate(den, (4,), seeds, solver, nfe, dtype=torch.float64),
+                                       gmm.mean, gmm.covariance) for nfe in (10, 20, 80)]
+    floor = sum(frechet_distance_to_moments(gmm.sample(3000, torch.Generator().manual_seed(k)), gmm.mean, gmm.covariance)
+                for k in range(5)) / 5
     assert fds[0] > fds[1] > fds[2], fds
+    assert fds[2] < 2 * floor, (fds, floor)

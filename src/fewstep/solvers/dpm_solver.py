@@ -87,9 +87,11 @@ def fast_orders(nfe: int, clean_end: bool) -> list[int]:
         orders = [3] * (k - 2) + [2, 1]
     elif nfe % 3 == 1:
         orders = [3] * (k - 1) + [1]
+    elif clean_end:
+        orders = [3] * (k - 2) + [2, 2, 1] if k >= 2 else [1, 1]  # nfe = 2: two first-order steps
     else:
-        orders = [3] * (k - 2) + [2, 2, 1] if clean_end else [3] * (k - 1) + [2]
-    return [o for o in orders if o > 0]
+        orders = [3] * (k - 1) + [2]
+    return orders
 
 
 def _plan(order: int | None):
