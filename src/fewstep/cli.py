@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench"]
+COMMANDS = ["bench", "train", "sample"]
 
 
 def build_parser() -> argparse.ArgumentParser:
