@@ -166,6 +166,10 @@ class Trainer:
         return self.step
 
     def save(self) -> Path:
+        """Write the checkpoint of the current step (a no-op if it already exists)."""
+        existing = self.out_dir / "checkpoints" / f"step-{self.step:08d}"
+        if existing.is_dir():
+            return existing
         return save_checkpoint(self.out_dir, self.step, self._checkpoint_config(), self.model, self.ema,
                                self.optimizer, keep=self.settings.keep_checkpoints)
 
@@ -217,8 +221,9 @@ class Trainer:
         s = self.settings
         return s.lr * min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else s.lr
 
-    def train_step(self) -> float:
-        """One optimiser step on the global batch; returns the global mean loss."""
+    def accumulate_gradients(self) -> float:
+        """Forward and backward on this rank's share of the current step's batch (micro-batched for
+        ``grad_accum``; DDP averages the gradients across ranks); returns the global mean loss."""
         s = self.settings
         batch = self.batch(self.step)
         per_rank = s.batch_size // self.world
@@ -226,6 +231,7 @@ class Trainer:
         torch.manual_seed(s.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout
         net = self.ddp or self.model
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         micro = per_rank // s.grad_accum
         total = torch.zeros((), dtype=torch.float64)
         for k in range(s.grad_accum):
@@ -243,7 +249,12 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(total)
             total /= self.world
-        value = float(total)
+        return float(total)
+
+    def train_step(self) -> float:
+        """One optimiser step on the global batch; returns the global mean loss."""
+        s = self.settings
+        value = self.accumulate_gradients()
         if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             last = latest_checkpoint(self.out_dir)
