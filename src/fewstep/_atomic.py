@@ -42,6 +42,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder normal permissions
     try:
         yield tmp
         os.rename(tmp, path)

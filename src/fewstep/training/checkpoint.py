@@ -105,3 +105,26 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; the checkpoint folder {path.parent} is incomplete")
     return load_file(str(path))
+
+
+def export_ema(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Copy a checkpoint's ``config.json`` (plus ``extra`` provenance) and ``ema.safetensors`` into ``dest``.
+
+    This is the inference-only form shipped as ``bundled:*``; ``dest`` is replaced atomically.
+    """
+    src, dest = Path(checkpoint), Path(dest)
+    cfg = read_config(src)
+    if extra:
+        cfg["provenance"] = extra
+    staging = dest.with_name(dest.name + ".new")
+    if staging.exists():
+        shutil.rmtree(staging)
+    with atomic_dir(staging) as tmp:
+        shutil.copyfile(src / "ema.safetensors", tmp / "ema.safetensors")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    old = dest.with_name(dest.name + ".old")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
