@@ -29,7 +29,8 @@ def make_ema(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm.detach().to(pe.dtype), 1.0 - decay)
+    pe = list(ema.parameters())
+    pm = [p.detach().to(e.dtype) for e, p in zip(pe, model.parameters())]
+    torch._foreach_lerp_(pe, pm, 1.0 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
         be.copy_(bm)

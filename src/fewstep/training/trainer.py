@@ -135,8 +135,8 @@ class Trainer:
                              f"{ncfg.get('in_channels', 1)}; set network.in_channels to {data.images.shape[1]}")
         self.ema = make_ema(self.model)
         s = self.settings
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, betas=tuple(s.adam_betas),
-                                           weight_decay=s.weight_decay)
+        self.optimizer = _adamw(self.model.parameters(), lr=s.lr, betas=tuple(s.adam_betas),
+                                weight_decay=s.weight_decay)
         self.ddp = None
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -333,6 +333,15 @@ class Trainer:
         den = Denoiser(self.ema, self.process, self.prediction, self.config["sigma_data"])
         x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=self.device)
         return save_image_grid(x, self.out_dir / "samples" / f"step-{self.step:08d}.png")
+
+
+def _adamw(params, **kw) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) with the fused kernel where PyTorch has one (CPU and CUDA), else foreach."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, foreach=True, **kw)
 
 
 class _null:
