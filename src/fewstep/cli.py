@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "solvers"]
+COMMANDS = ["bench", "solvers", "train", "sample"]
 
 
 def build_parser() -> argparse.ArgumentParser:
