@@ -14,7 +14,7 @@ import torch
 
 from .stats import FeatureStats
 
-__all__ = ["world", "setup", "shard", "merge_all", "gather_stats", "default_device"]
+__all__ = ["world", "setup", "shard", "merge_all", "gather_stats", "gather_list", "default_device"]
 
 
 def world() -> tuple[int, int]:
@@ -66,3 +66,14 @@ def gather_stats(stats: FeatureStats) -> FeatureStats:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, stats)
     return merge_all(parts)
+
+
+def gather_list(items: list) -> list:
+    """Concatenate a per-rank list across ranks in rank order (identity when not distributed)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1 or not dist.is_initialized():
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .distributed import gather_stats, setup, shard, world
+from .distributed import gather_list, gather_stats, setup, shard, world
 from .features import FeatureExtractor
 from .frechet import frechet_distance
 from .inception_score import inception_score
@@ -107,6 +107,7 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
         bar.update(len(chunk))
     bar.close()
     stats = gather_stats(stats)
+    logits = gather_list(logits)
     return SampleRun(stats, t_sample, t_feat, torch.cat(kept) if kept else None,
                      np.concatenate(logits) if logits else None)
 

@@ -90,9 +90,9 @@ class ModuleExtractor(FeatureExtractor):
 EXTRACTORS = ("auto", "fashion", "inception")
 
 
-def get_extractor(name: str = "auto", inception: str | Path | None = None,
+def get_extractor(name: "str | FeatureExtractor" = "auto", inception: str | Path | None = None,
                   device: str | torch.device = "cpu") -> FeatureExtractor:
-    """A built-in extractor by name.
+    """A built-in extractor by name (a :class:`FeatureExtractor` instance is passed through).
 
     ``auto`` uses Inception when its weights are found (``inception`` argument, ``$FEWSTEP_INCEPTION``
     or the torch hub cache) and the shipped Fashion-MNIST classifier otherwise.
@@ -100,6 +100,8 @@ def get_extractor(name: str = "auto", inception: str | Path | None = None,
     from .fashion_classifier import load_fashion_extractor
     from .inception import InceptionExtractor, find_inception_weights
 
+    if isinstance(name, FeatureExtractor):
+        return name.to(device).eval()
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
     if name == "auto":
