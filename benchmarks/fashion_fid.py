@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--solvers", default="all")
     ap.add_argument("--grid", default="logsnr")
     ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="skip scoring real training images (the FID floor)")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="fashion_fid", help="folder for results.json and results.md")
@@ -99,6 +100,17 @@ def main() -> None:
     names = solvers.available() if args.solvers == "all" else args.solvers.split(",")
     samplers = [(n, None) for n in names] + ([] if args.no_diffusers else [(k, v) for k, v in DIFFUSERS.items()])
     rows = []
+    if not args.no_floor:  # the data floor: real training images scored exactly like samples
+        from fewstep.metrics.data import fashion_mnist
+        from fewstep.metrics.evaluate import images_stats
+
+        train = fashion_mnist("train")[0]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.n]
+        m = compare(images_stats(extractor.to(device), train[pick], args.batch_size, shuffle_seed=None), ref)
+        for nfe in nfes:
+            rows.append({"sampler": "Fashion-MNIST train images (floor)", "nfe": nfe, **m, "sample_s": 0.0})
+        print(f"data floor ({args.n} training images): FID {m['fid']:.3f}  KID {m['kid']:.4f}  "
+              f"P {m['precision']:.3f} R {m['recall']:.3f}", flush=True)
     for label, dspec in samplers:
         for nfe in nfes:
             if dspec is None and nfe < solvers.get(label).min_nfe:
