@@ -18,7 +18,7 @@ __all__ = ["image_grid_png", "data_uri", "write_html_report"]
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}img{image-rendering:pixelated}
-.grids td{text-align:center;vertical-align:top}.plots img{max-width:48%;margin-right:1%}"""
+.grids td{text-align:center;vertical-align:top}.grids img{width:200px}td:first-child,th:first-child{text-align:left}.plots img{max-width:48%;margin-right:1%}"""
 
 
 def image_grid_png(images: Tensor, nrow: int = 8, scale: int = 2) -> bytes:
