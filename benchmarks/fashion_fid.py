@@ -95,7 +95,7 @@ def main() -> None:
         denoiser = fewstep.Denoiser(StandIn().to(device), VPDiscrete.linear(), "eps")
         shape = (1, 28, 28)
     else:
-        denoiser = load_denoiser(args.model)
+        denoiser = load_denoiser(args.model, device)
         shape = sample_shape(denoiser, args.model)
     names = solvers.available() if args.solvers == "all" else args.solvers.split(",")
     samplers = [(n, None) for n in names] + ([] if args.no_diffusers else [(k, v) for k, v in DIFFUSERS.items()])

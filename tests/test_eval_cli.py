@@ -51,7 +51,7 @@ def test_stats_and_eval_commands(tmp_path, standin, monkeypatch, capsys):
                  "--extractor", "fashion", "--batch-size", "16", "--device", "cpu"]) == 0
     ref = FeatureStats.load(tmp_path / "ref.npz")
     assert ref.n == 40 and ref.extractor == "fashion-classifier-v1"
-    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", lambda model: standin)
+    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", lambda model, device=None: standin)
     capsys.readouterr()
     assert main(["eval", "--model", "standin", "--solver", "dpm++2m", "--nfe", "3", "--n", "12", "--batch-size",
                  "5", "--ref", str(tmp_path / "ref.npz"), "--extractor", "fashion", "--device", "cpu",

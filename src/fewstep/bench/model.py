@@ -71,7 +71,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     device = cfg.device or default_device()
     extractor = get_extractor(cfg.extractor, cfg.inception, device)
     ref = reference_stats(cfg.ref, extractor)
-    denoiser = load_denoiser(cfg.model if denoiser is None else denoiser)
+    denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.model, cfg.shape)
     if runs:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
         from ..api import generate

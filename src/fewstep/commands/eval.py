@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     extractor = get_extractor(args.extractor, args.inception, device)
     ref = reference_stats(args.ref, extractor)
-    denoiser = load_denoiser(args.model)
+    denoiser = load_denoiser(args.model, device)
     shape = sample_shape(denoiser, args.model, args.shape)
     run_ = sample_stats(denoiser, shape, args.n, extractor, args.solver, args.nfe, args.grid, seed=args.seed,
                         batch_size=args.batch_size, device=device,

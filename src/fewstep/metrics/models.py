@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from .fashion_classifier import asset_dir
 from .features import FeatureExtractor
 from .stats import FeatureStats
@@ -15,15 +17,28 @@ SHIPPED_STATS = {"fashion-classifier-v1": "fashion_test_stats.npz"}
 KNOWN_SHAPES = {"bundled:fashion": (1, 28, 28)}
 
 
-def load_denoiser(model: Any):
-    """A denoiser object as is, or a model name/path through ``fewstep.load_model``."""
-    if not isinstance(model, str):
-        return model
-    try:
-        from ..loading import load_model  # type: ignore[import-not-found]
-    except ImportError as err:  # pragma: no cover - until the loading module is merged
-        raise RuntimeError(f"cannot load {model!r}: this fewstep has no fewstep.load_model") from err
-    return load_model(model)
+def load_denoiser(model: Any, device: Any = None):
+    """A denoiser object as is, or a model name/path through ``fewstep.load_model``; its network
+    (found through wrappers' ``inner``) is moved to ``device`` and put in eval mode."""
+    if isinstance(model, str):
+        import fewstep
+
+        load_model = getattr(fewstep, "load_model", None)
+        if load_model is None:
+            try:
+                from ..loading import load_model  # type: ignore[import-not-found,no-redef]
+            except ImportError as err:  # pragma: no cover - until the loading module is merged
+                raise RuntimeError(f"cannot load {model!r}: this fewstep has no fewstep.load_model") from err
+        model = load_model(model)
+    inner = model
+    while inner is not None:
+        net = getattr(inner, "net", None)
+        if isinstance(net, torch.nn.Module):
+            if device is not None:
+                net.to(device)
+            net.eval()
+        inner = getattr(inner, "inner", None)
+    return model
 
 
 def sample_shape(denoiser: Any, model: Any = None, override: Sequence[int] | None = None) -> tuple[int, ...]:
