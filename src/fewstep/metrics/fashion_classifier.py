@@ -2,7 +2,9 @@
 
 Features are the 128-d penultimate activations before their ReLU (a full-rank linear layer, so
 their covariance is well conditioned), in the spirit of FID's use of a classifier's last hidden
-layer (Heusel et al. 2017).  The weights and their provenance (test accuracy, training recipe,
+layer (Heusel et al. 2017), standardised per dimension with the training set's mean and standard
+deviation (fixed buffers saved with the weights) so that the cubic KID kernel sees unit-scale
+features.  The weights and their provenance (test accuracy, training recipe,
 SHA-256) are in ``fewstep/assets/fashion_classifier/``; ``benchmarks/train_fashion_classifier.py``
 retrains them.  Inputs: ``(B, 1, 28, 28)`` in ``[-1, 1]``.
 """
@@ -40,17 +42,23 @@ class FashionNet(nn.Module):
                                     nn.Conv2d(w, 2 * w, 3, padding=1), nn.Conv2d(2 * w, 2 * w, 3, padding=1)])
         self.fc = nn.Linear(2 * w * 7 * 7, features)
         self.head = nn.Linear(features, classes)
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_scale", torch.ones(features))
 
-    def embed(self, x: Tensor) -> Tensor:
-        """The 128-d penultimate pre-activations."""
+    def hidden(self, x: Tensor) -> Tensor:
+        """The penultimate pre-activations."""
         for i, conv in enumerate(self.convs):
             x = F.relu(conv(x))
             if i % 2 == 1:
                 x = F.max_pool2d(x, 2)
         return self.fc(x.flatten(1))
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The features: penultimate pre-activations standardised with the training set's moments."""
+        return (self.hidden(x) - self.feature_mean) / self.feature_scale
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(F.dropout(F.relu(self.embed(x)), 0.25, self.training))
+        return self.head(F.dropout(F.relu(self.hidden(x)), 0.25, self.training))
 
 
 class FashionExtractor(FeatureExtractor):
