@@ -6,8 +6,9 @@ For each NFE: ``n`` samples from seeds ``0 .. n-1`` per sampler (the same initia
 fewstep and diffusers), FID / KID / precision / recall against the shipped Fashion-MNIST
 test-set statistics of the shipped classifier, and the wall time of the whole evaluation.
 diffusers' DDIM, DPM-Solver++(2M) and UniPC drive the same network through a standard
-``set_timesteps`` / ``step`` loop with ``timestep_spacing="trailing"`` (each spends one network
-evaluation per step; only possible for a discrete-time VP model).  ``--standin`` swaps in a
+``set_timesteps`` / ``step`` loop with ``timestep_spacing="trailing"``, no clipping and the last
+step onto sigma = 0 (each spends one network evaluation per step; only possible for a
+discrete-time VP model).  ``--standin`` swaps in a
 random tiny network for a smoke test.
 """
 
@@ -29,10 +30,12 @@ from fewstep.metrics.features import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
 from fewstep.processes import VPDiscrete
 
-DIFFUSERS = {"diffusers DDIM": ("DDIMScheduler", {}),
+# Matched to fewstep's defaults: no clipping or thresholding, last step onto sigma = 0.
+DIFFUSERS = {"diffusers DDIM": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": True}),
              "diffusers DPM-Solver++(2M)": ("DPMSolverMultistepScheduler",
-                                            {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-             "diffusers UniPC": ("UniPCMultistepScheduler", {"solver_order": 2})}
+                                            {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                             "final_sigmas_type": "zero", "lower_order_final": True}),
+             "diffusers UniPC": ("UniPCMultistepScheduler", {"solver_order": 2, "final_sigmas_type": "zero"})}
 
 
 class StandIn(torch.nn.Module):

@@ -112,3 +112,18 @@ def test_html_report_opens_in_headless_chromium(bench_out, tmp_path):
     loaded = re.search(r'data-loaded="(\d+)/(\d+)"', dom)
     assert loaded, dom[:500]
     assert loaded.group(1) == loaded.group(2) == "6"  # 2 plots + 4 sample grids
+
+
+def test_benchmark_drives_diffusers_from_the_same_noise(standin):
+    """benchmarks/fashion_fid.py: diffusers' DDIM from fewstep's seeds equals fewstep's DDIM on the same times."""
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("diffusers")
+    script = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "fashion_fid.py"))
+    name, options = script["DIFFUSERS"]["diffusers DDIM"]
+    with torch.no_grad():
+        theirs = script["diffusers_sampler"](standin, (1, 28, 28), 5, name, options, "cpu")([3, 4])
+        times = [float(round(1000 - k * 200) - 1) for k in range(5)] + [0.0]  # trailing spacing
+        ours = fewstep.generate(standin, (1, 28, 28), [3, 4], "ddim", 5, times)
+    torch.testing.assert_close(ours, theirs, atol=2e-4 * float(theirs.abs().max()), rtol=1e-4)

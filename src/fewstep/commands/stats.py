@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics.data import load_images
-    from ..metrics.distributed import default_device
+    from ..metrics.distributed import default_device, world
     from ..metrics.evaluate import images_stats
     from ..metrics.features import get_extractor
 
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     extractor = get_extractor(args.extractor, args.inception, device)
     images = load_images(args.data)
     stats = images_stats(extractor, images, args.batch_size, args.max_features)
+    if world()[0] != 0:
+        return 0
     stats.save(args.out)
     print(f"wrote {args.out}: {stats.n} images, {extractor.name} ({stats.dim}-d, hash {stats.fingerprint[:12]})")
     return 0

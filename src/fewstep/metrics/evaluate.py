@@ -38,13 +38,17 @@ def images_stats(extractor: FeatureExtractor, images: Tensor, batch_size: int = 
     """Statistics of a data set held as a tensor ``(n, C, H, W)`` in ``[-1, 1]``.
 
     The data are visited in a seeded random order so the kept features are a uniform subset.
+    Under ``torchrun`` each rank featurises a contiguous slice of that order and the results are merged.
     """
+    setup(extractor.device)
+    rank, size = world()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(shuffle_seed)) \
         if shuffle_seed is not None else torch.arange(len(images))
+    order = shard(order, rank, size)
     stats = FeatureStats.like(extractor, max_features)
-    for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress, unit="batch"):
+    for i in tqdm(range(0, len(order), batch_size), desc="features", disable=not progress or rank != 0, unit="batch"):
         stats.update(extractor(images[order[i:i + batch_size]].to(extractor.device)))
-    return stats
+    return gather_stats(stats)
 
 
 @dataclass
