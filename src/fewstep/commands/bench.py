@@ -26,6 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gmm.add_argument("--out", default="bench-gmm", help="output folder for CSV, JSON and PNG")
     gmm.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     gmm.set_defaults(func=_run_gmm)
+    model = targets.add_parser("model", help="FID/KID/precision/recall against NFE and wall time on a trained model")
+    model.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
+    model.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names, or all (default)")
+    model.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
+    model.add_argument("--grids", type=_names, default=["logsnr"])
+    model.add_argument("--n", type=int, default=10_000, help="samples per configuration")
+    model.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--shape", type=_ints, default=None, help="sample shape C,H,W if the model does not say")
+    model.add_argument("--out", default="bench-model", help="output folder")
+    from .stats import add_extractor_args
+
+    add_extractor_args(model)
+    model.set_defaults(func=_run_model)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
 
 
@@ -35,4 +49,15 @@ def _run_gmm(args: argparse.Namespace) -> int:
     cfg = GMMBenchConfig(solvers=args.solvers, nfes=args.nfe, grids=args.grids, processes=args.processes,
                          n=args.n, seed=args.seed, out=args.out)
     run_gmm_bench(cfg)
+    return 0
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from ..bench.model import ModelBenchConfig, run_model_bench
+
+    cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
+                           ref=args.ref, extractor=args.extractor, inception=args.inception,
+                           batch_size=args.batch_size, seed=args.seed, device=args.device, shape=args.shape,
+                           out=args.out)
+    run_model_bench(cfg)
     return 0

@@ -1,0 +1,165 @@
+"""``fewstep bench model``: sample quality against NFE and wall time for a trained model.
+
+For every grid x solver x NFE: ``n`` samples from the same seeds, their FID (plus KID and
+precision/recall) against reference statistics, and the sampling wall time.  Writes a text/
+markdown table, CSV, JSON, PNG plots of quality against NFE and against wall time, and a
+self-contained HTML report with a sample grid for each configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import solvers
+from .._io import atomic_write_text
+from .report import image_grid_png, write_html_report, write_png
+
+__all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
+
+COLUMNS = ["solver", "grid", "nfe", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image"]
+
+
+@dataclass
+class ModelBenchConfig:
+    model: str = "bundled:fashion"
+    solvers: list[str] | None = None
+    nfes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 8, 10, 15, 20])
+    grids: list[str] = field(default_factory=lambda: ["logsnr"])
+    n: int = 10_000
+    ref: str | None = None
+    extractor: str = "auto"
+    inception: str | None = None
+    batch_size: int = 250
+    seed: int = 0
+    device: str | None = None
+    shape: list[int] | None = None
+    grid_images: int = 64
+    out: str | None = "bench-model"
+
+
+def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]:
+    names = solvers.available() if not cfg.solvers or cfg.solvers == ["all"] else [solvers.get(s).name for s in cfg.solvers]
+    if cfg.n < 2:
+        raise ValueError(f"n must be at least 2, got {cfg.n}")
+    if not cfg.nfes or min(cfg.nfes) < 1:
+        raise ValueError(f"NFE values must be positive integers, got {cfg.nfes}")
+    runs, skipped = [], []
+    for grid in cfg.grids:
+        for name in names:
+            for nfe in cfg.nfes:
+                if nfe < solvers.get(name).min_nfe:
+                    skipped.append(f"{name} nfe={nfe} (needs >= {solvers.get(name).min_nfe})")
+                else:
+                    runs.append((name, grid, nfe))
+    return runs, skipped
+
+
+def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs."""
+    from ..metrics.distributed import default_device, world
+    from ..metrics.evaluate import compare, sample_stats
+    from ..metrics.features import get_extractor
+    from ..metrics.models import load_denoiser, reference_stats, sample_shape
+
+    runs, skipped = _plan(cfg)
+    device = cfg.device or default_device()
+    extractor = get_extractor(cfg.extractor, cfg.inception, device)
+    ref = reference_stats(cfg.ref, extractor)
+    denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
+    shape = sample_shape(denoiser, cfg.model, cfg.shape)
+    if runs:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
+        from ..api import generate
+
+        generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
+    t0 = time.perf_counter()
+    rows, grids = [], {}
+    for name, grid, nfe in runs:
+        run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
+                           batch_size=cfg.batch_size, device=device, keep_images=cfg.grid_images,
+                           progress=progress, with_logits=extractor.name.startswith("inception"))
+        metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
+        rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics,
+                     "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
+                     "ms_per_image": 1000 * run.sample_seconds / cfg.n})
+        if run.first_images is not None:
+            grids[(name, grid, nfe)] = image_grid_png(run.first_images)
+    wall = time.perf_counter() - t0
+    if cfg.out and world()[0] == 0:
+        meta = {"model": str(cfg.model), "extractor": f"{extractor.name} ({extractor.fingerprint()[:12]})",
+                "reference": cfg.ref or "shipped Fashion-MNIST test-set statistics", "reference_n": ref.n,
+                "samples per configuration": cfg.n, "first seed": cfg.seed, "device": str(device),
+                "total wall time (s)": round(wall, 1), "skipped": ", ".join(skipped) or "none"}
+        write_outputs(Path(cfg.out), cfg, rows, grids, meta)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """The results as an aligned text table or a markdown table."""
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    body = [[cell(r.get(c, "")) for c in cols] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body]) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["-", "--", ":", "-."]
+    grids = list(dict.fromkeys(r["grid"] for r in rows))
+    for gi, grid in enumerate(grids):
+        for name in dict.fromkeys(r["solver"] for r in rows):
+            pts = sorted((r[x], r["fid"]) for r in rows if r["solver"] == name and r["grid"] == grid)
+            if pts:
+                label = name if len(grids) == 1 else f"{name} ({grid})"
+                ax.plot(*zip(*pts), styles[gi % 4], marker="o", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_png(path, buf.getvalue())
+
+
+def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], grids: dict, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_text(out / "results.json", json.dumps({"config": asdict(cfg), "meta": meta, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out / "results.md", format_table(rows, markdown=True))
+    for (name, grid, nfe), png in grids.items():
+        write_png(out / "samples" / f"{name}_{grid}_nfe{nfe}.png".replace("/", "-"), png)
+    plots = [out / "fid_vs_nfe.png", out / "fid_vs_time.png"]
+    _plot(rows, "nfe", "network evaluations (NFE)", plots[0], f"{cfg.model}: FID vs NFE")
+    _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[1], f"{cfg.model}: FID vs wall time")
+    write_html_report(out / "report.html", f"fewstep bench model: {cfg.model}", meta, rows,
+                      [c for c in COLUMNS if any(c in r for r in rows)], plots, grids)
+    print(format_table(rows))
+    print(f"wrote {out}/results.csv, results.json, results.md, fid_vs_nfe.png, fid_vs_time.png, report.html")

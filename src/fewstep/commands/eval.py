@@ -1,0 +1,55 @@
+"""``fewstep eval``: FID, KID, precision/recall (and IS with Inception) of a model's samples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .stats import add_extractor_args
+
+
+def _shape(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="sample a model and score it against reference statistics")
+    p.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
+    p.add_argument("--solver", default="dpm++2m")
+    p.add_argument("--nfe", type=int, default=10)
+    p.add_argument("--grid", default="logsnr")
+    p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
+    p.add_argument("--n", type=int, default=10_000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
+    p.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W if the model does not say")
+    p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    add_extractor_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_text
+    from ..metrics.distributed import default_device, world
+    from ..metrics.evaluate import compare, sample_stats
+    from ..metrics.features import get_extractor
+    from ..metrics.models import load_denoiser, reference_stats, sample_shape
+
+    if args.n < 2:
+        raise ValueError(f"--n must be at least 2, got {args.n}")
+    device = args.device or default_device()
+    extractor = get_extractor(args.extractor, args.inception, device)
+    ref = reference_stats(args.ref, extractor)
+    denoiser = load_denoiser(args.model, device)
+    shape = sample_shape(denoiser, args.model, args.shape)
+    run_ = sample_stats(denoiser, shape, args.n, extractor, args.solver, args.nfe, args.grid, seed=args.seed,
+                        batch_size=args.batch_size, device=device,
+                        with_logits=extractor.name.startswith("inception"))
+    if world()[0] != 0:
+        return 0
+    result = {"model": args.model, "solver": args.solver, "nfe": args.nfe, "grid": args.grid, "n": args.n,
+              "seed": args.seed, "extractor": extractor.name, **compare(run_.stats, ref, logits=run_.logits),
+              "sample_seconds": round(run_.sample_seconds, 3), "feature_seconds": round(run_.feature_seconds, 3)}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    return 0

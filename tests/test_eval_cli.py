@@ -1,0 +1,129 @@
+"""``fewstep stats``, ``fewstep eval`` and ``fewstep bench model`` on a stand-in 28x28 model."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+import fewstep
+from fewstep.bench.model import ModelBenchConfig, run_model_bench
+from fewstep.cli import main
+from fewstep.metrics import FeatureStats, get_extractor
+from fewstep.metrics.evaluate import sample_stats
+from fewstep.processes import VPDiscrete
+
+
+class TinyNet(torch.nn.Module):
+    """A random 3x3 convolution as an eps-prediction network: cheap, image-shaped output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.5 * self.conv(x) + 0.5 * x
+
+
+@pytest.fixture(scope="module")
+def standin():
+    den = fewstep.Denoiser(TinyNet(), VPDiscrete.linear(), "eps")
+    den.sample_shape = (1, 28, 28)
+    return den
+
+
+def test_results_do_not_depend_on_batch_size(standin):
+    ext = get_extractor("fashion")
+    a = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=3, progress=False)
+    b = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=10, progress=False)
+    np.testing.assert_allclose(a.stats.mu, b.stats.mu, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.stats.features, b.stats.features, rtol=1e-4, atol=1e-4)
+
+
+def test_stats_and_eval_commands(tmp_path, standin, monkeypatch, capsys):
+    images = (np.random.default_rng(0).random((40, 28, 28)) * 255).astype(np.uint8)
+    np.save(tmp_path / "data.npy", images)
+    assert main(["stats", "--data", str(tmp_path / "data.npy"), "--out", str(tmp_path / "ref.npz"),
+                 "--extractor", "fashion", "--batch-size", "16", "--device", "cpu"]) == 0
+    ref = FeatureStats.load(tmp_path / "ref.npz")
+    assert ref.n == 40 and ref.extractor == "fashion-classifier-v1"
+    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", lambda model, device=None: standin)
+    capsys.readouterr()
+    assert main(["eval", "--model", "standin", "--solver", "dpm++2m", "--nfe", "3", "--n", "12", "--batch-size",
+                 "5", "--ref", str(tmp_path / "ref.npz"), "--extractor", "fashion", "--device", "cpu",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["fid"] > 0 and {"kid", "precision", "recall"} <= set(result)
+    # default reference: the shipped Fashion-MNIST test-set statistics
+    assert main(["eval", "--model", "standin", "--solver", "ddim", "--nfe", "2", "--n", "8", "--extractor",
+                 "fashion", "--device", "cpu"]) == 0
+
+
+def test_eval_errors_are_clear(tmp_path, capsys):
+    assert main(["stats", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r.npz"),
+                 "--extractor", "fashion"]) == 1
+    assert "fashion-mnist:test" in capsys.readouterr().err
+    assert main(["eval", "--ref", str(tmp_path / "missing.npz"), "--extractor", "fashion", "--n", "4"]) == 1
+    assert "fewstep stats" in capsys.readouterr().err
+
+
+def _chromium():
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory, standin):
+    out = tmp_path_factory.mktemp("bench")
+    cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3], n=12, batch_size=6,
+                           extractor="fashion", device="cpu", grid_images=8, out=str(out))
+    rows = run_model_bench(cfg, denoiser=standin, progress=False)
+    return out, rows
+
+
+def test_bench_model_outputs(bench_out):
+    out, rows = bench_out
+    assert [(r["solver"], r["nfe"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
+    assert all(r["fid"] > 0 and r["sample_s"] > 0 for r in rows)
+    for name in ("results.csv", "results.json", "results.md", "fid_vs_nfe.png", "fid_vs_time.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list((out / "samples").glob("*.png"))) == 4
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["rows"]) == 4 and saved["meta"]["extractor"].startswith("fashion-classifier-v1")
+    page = (out / "report.html").read_text()
+    assert page.count("class='sample-grid'") == 4 and "src='http" not in page and "<script" not in page
+
+
+def test_html_report_opens_in_headless_chromium(bench_out, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium) - cannot check the HTML report renders")
+    out, _ = bench_out
+    probe = tmp_path / "probe.html"
+    # A copy of the report with a probe script that counts the images that decoded.
+    probe.write_text((out / "report.html").read_text().replace(
+        "</body>", "<script>window.onload=()=>{const i=[...document.images];document.body.setAttribute("
+                   "'data-loaded',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length)}</script></body>"))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    loaded = re.search(r'data-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, dom[:500]
+    assert loaded.group(1) == loaded.group(2) == "6"  # 2 plots + 4 sample grids
+
+
+def test_benchmark_drives_diffusers_from_the_same_noise(standin):
+    """benchmarks/fashion_fid.py: diffusers' DDIM from fewstep's seeds equals fewstep's DDIM on the same times."""
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("diffusers")
+    script = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "fashion_fid.py"))
+    name, options = script["DIFFUSERS"]["diffusers DDIM"]
+    with torch.no_grad():
+        theirs = script["diffusers_sampler"](standin, (1, 28, 28), 5, name, options, "cpu")([3, 4])
+        times = [float(round(1000 - k * 200) - 1) for k in range(5)] + [0.0]  # trailing spacing
+        ours = fewstep.generate(standin, (1, 28, 28), [3, 4], "ddim", 5, times)
+    torch.testing.assert_close(ours, theirs, atol=2e-4 * float(theirs.abs().max()), rtol=1e-4)
