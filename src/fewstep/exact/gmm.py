@@ -75,24 +75,26 @@ class GaussianMixture(ExactModel):
         return self.means[k] + low + self.floor * white
 
     def _terms(self, y: Tensor, sigma_hat: float | Tensor):
+        """Log-likelihood terms via matrix products only (no ``(batch, K, dim)`` tensor)."""
         s2 = torch.as_tensor(sigma_hat, dtype=torch.float64) ** 2
         s2 = s2.reshape(-1, 1) if s2.ndim else s2  # (B, 1) or 0-d
         tau = self.floor**2 + s2
-        diff = y[:, None, :] - self.means[None]  # (B, K, d)
-        proj = torch.einsum("bkd,kdr->bkr", diff, self.eigvecs)
+        k, d, r = self.eigvecs.shape
+        v_flat = self.eigvecs.permute(1, 0, 2).reshape(d, k * r)  # (d, K r)
+        proj = (y @ v_flat).reshape(-1, k, r) - torch.einsum("kd,kdr->kr", self.means, self.eigvecs)  # V_k^T (y - m_k)
+        sq = (y * y).sum(1, keepdim=True) - 2 * y @ self.means.T + (self.means * self.means).sum(1)  # |y - m_k|^2
         shrink = self.eigvals / (self.eigvals + tau[..., None])  # s / (s + tau)
-        quad = ((diff * diff).sum(-1) - (proj * proj * shrink).sum(-1)) / tau
-        logdet = torch.log(self.eigvals + tau[..., None]).sum(-1) + (self.dim - self.eigvals.shape[1]) * torch.log(tau)
-        ll = torch.log(self.weights) - 0.5 * (quad + logdet + self.dim * math.log(2 * math.pi))
-        return ll, diff, proj, shrink, s2, tau
+        quad = (sq - (proj * proj * shrink).sum(-1)) / tau
+        logdet = torch.log(self.eigvals + tau[..., None]).sum(-1) + (d - r) * torch.log(tau)
+        ll = torch.log(self.weights) - 0.5 * (quad + logdet + d * math.log(2 * math.pi))
+        return ll, proj, shrink, s2, tau, v_flat
 
     def x0_at(self, y: Tensor, sigma_hat: float | Tensor) -> Tensor:
-        ll, diff, proj, shrink, s2, tau = self._terms(y, sigma_hat)
+        ll, proj, shrink, s2, tau, v_flat = self._terms(y, sigma_hat)
         resp = torch.softmax(ll, dim=1)  # (B, K)
-        # (C + s^2 I)^{-1} diff = (diff - V (proj * shrink)) / tau
-        solved = (diff - torch.einsum("kdr,bkr->bkd", self.eigvecs, proj * shrink)) / tau[..., None]
-        post = y[:, None, :] - s2[..., None] * solved
-        return torch.einsum("bk,bkd->bd", resp, post)
+        # sum_k r_k (C_k + s^2 I)^{-1} (y - m_k) = (y - resp m - sum_k r_k V_k (proj_k * shrink_k)) / tau
+        low = (resp[..., None] * proj * shrink).reshape(len(y), -1) @ v_flat.T
+        return y - (s2 / tau) * (y - resp @ self.means - low)
 
     def log_prob(self, y: Tensor, sigma_hat: float | Tensor = 0.0) -> Tensor:
         """Log density of ``y = x0 + sigma_hat eps``."""
