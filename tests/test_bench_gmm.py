@@ -26,3 +26,12 @@ def test_bench_gmm_bad_solver_is_a_clear_error(capsys):
     assert main(["bench", "gmm", "--solvers", "nope", "--out", ""]) == 1
     err = capsys.readouterr().err
     assert "unknown solver 'nope'" in err and "available solvers" in err
+
+
+def test_solvers_command_lists_registry(capsys):
+    from fewstep import solvers
+
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out
+    for name in solvers.available():
+        assert f"\n{name} " in out

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "stats", "eval"]
+COMMANDS = ["bench", "solvers", "stats", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

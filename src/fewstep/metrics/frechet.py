@@ -22,7 +22,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"statistics differ in shape: mean {mu1.shape} vs {mu2.shape}, covariance {s1.shape} vs {s2.shape}")
     diff = mu1 - mu2
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))

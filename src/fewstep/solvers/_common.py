@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..grids import Schedule
 
-__all__ = ["Generator", "randn_like", "NonFiniteError", "step_done", "Callback"]
+__all__ = ["Generator", "randn_like", "NonFiniteError", "step_done", "Callback", "multistep_order", "two_stage_plan"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
@@ -53,3 +53,37 @@ def step_done(i: int, schedule: Schedule, x: Tensor, x0: Tensor | None, callback
         )
     if callback is not None:
         callback({"i": i, "t": float(schedule.t[i + 1]), "x": x, "x0": x0})
+
+
+def multistep_order(i: int, schedule: Schedule, order: int, *, lower_order_final: bool = True,
+                    final_rule: str = "dpm") -> int:
+    """The order of step ``i`` of a multistep solver: warm-up, then ``order``, then the final steps.
+
+    Warm-up: step ``i`` has ``i`` past values, so at most order ``i + 1`` (every multistep paper).  A step onto
+    clean data (``h = inf``) is first order: higher terms are degenerate there.  ``lower_order_final`` (DPM-Solver++
+    and diffusers): ``final_rule="dpm"`` lowers the last two steps to orders 1 and 2 on grids of fewer than 15
+    steps; ``"unipc"`` caps step ``i`` at ``steps - i`` (UniPC's reference code).
+    """
+    n = schedule.steps
+    o = min(order, i + 1)
+    if schedule.lands_clean(i):
+        return 1
+    if lower_order_final:
+        if final_rule == "unipc":
+            o = min(o, n - i)
+        elif n < 15:
+            o = min(o, 1 if i == n - 1 else 2 if i == n - 2 else o)
+    return o
+
+
+def two_stage_plan(key: str) -> Callable[[int, bool], tuple[int, dict[str, Any]]]:
+    """Plan for solvers whose steps cost 2 evaluations (1 for first-order steps); a clean last step is first order.
+
+    ``steps = nfe // 2 + 1`` (clean end) or ``ceil(nfe / 2)``; the first ``nfe - steps`` steps are two-stage.
+    """
+
+    def plan(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
+        steps = nfe // 2 + 1 if clean_end else (nfe + 1) // 2
+        return steps, {key: nfe - steps}
+
+    return plan
