@@ -85,6 +85,7 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
     """
     from ..api import generate
     from ..denoisers import NFECounter
+    from ..solvers._common import NonFiniteError
 
     device = torch.device(device)
     counter = NFECounter(denoiser)
@@ -103,7 +104,10 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
         if sampler is not None:
             x = sampler(chunk)
         else:
-            x = generate(counter, shape, chunk, solver, nfe, grid, device=device, **options)
+            try:
+                x = generate(counter, shape, chunk, solver, nfe, grid, device=device, **options)
+            except NonFiniteError as err:
+                raise DivergedError(f"{solver} at nfe={nfe} diverged: {err}") from err
         if not bool(torch.isfinite(x).all()):
             raise DivergedError(f"{solver} at nfe={nfe} produced NaN or infinite samples (seeds {chunk[0]}..{chunk[-1]})")
         x = quantize(x.float())
