@@ -79,7 +79,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
 
         try:
             generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
-        except (ValueError, FloatingPointError):
+        except (ValueError, FloatingPointError, RuntimeError):
             pass  # a diverging first configuration is reported in its row
     t0 = time.perf_counter()
     rows, grids = [], {}
@@ -88,9 +88,10 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
             run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
                                batch_size=cfg.batch_size, device=device, keep_images=cfg.grid_images,
                                progress=progress, with_logits=extractor.name.startswith("inception"))
-        except DivergedError as err:  # a diverged configuration scores inf, the sweep goes on
-            print(f"warning: {err}")
-            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, "fid": float("inf")})
+        except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+            print(f"warning: {name} nfe={nfe}: {err}")
+            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, "note": str(err),
+                         "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
             continue
         metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
         rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
