@@ -1,6 +1,7 @@
 """Best fewstep solver/grid vs best diffusers scheduler on the 64-d low-rank mixture (DDPM linear schedule).
 
-Frechet distance of n samples to the exact mixture moments, minus the finite-sample floor (FD of n exact draws).
+Frechet distance of n samples to the exact mixture moments, minus the floor: the FD of the exact
+probability-flow ODE solution from the same noise (an exact draw, so the difference is paired).
 Run: PYTHONPATH=src python benchmarks/solvers_vs_diffusers.py [--n 4000] [--nfe 5,6,8,10,15,20]
 """
 
@@ -14,6 +15,7 @@ import torch
 
 import fewstep
 from fewstep.bench.gmm import bench_mixture
+from fewstep.exact import reference_solution
 from fewstep.metrics import frechet_distance_to_moments
 from fewstep.processes import VPDiscrete
 
@@ -72,8 +74,11 @@ def main() -> None:
     noise = torch.randn(args.n, 64, generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     draws = [frechet(gmm.sample(args.n, g), gmm.mean, gmm.covariance) for _ in range(8)]
-    floor, spread = float(np.mean(draws)), float(np.std(draws))
-    print(f"finite-sample floor (n={args.n}): {floor:.5f} +- {spread:.5f} (mean +- std of 8 exact draws)")
+    # The floor for *these* x_T: the exact ODE solution from the same noise is an exact draw, so
+    # FD(samples) - FD(exact solution) is a paired difference, free of most sampling noise.
+    floor = frechet(reference_solution(den, noise.double(), rtol=1e-9, atol=1e-9), gmm.mean, gmm.covariance)
+    print(f"floor (n={args.n}): {floor:.5f}, the FD of the exact ODE solution from the same noise "
+          f"(exact draws: {np.mean(draws):.5f} +- {np.std(draws):.5f})")
     print(f"{'NFE':>4} {'fewstep best':>34} {'FD-floor':>9} {'diffusers best':>34} {'FD-floor':>9} {'gain':>6}")
     for nfe in [int(v) for v in args.nfe.split(",")]:
         best_f = min(((frechet(fewstep.sample(den, noise, s, nfe, g, **o), gmm.mean, gmm.covariance) - floor,
@@ -81,11 +86,12 @@ def main() -> None:
                       if nfe >= fewstep.solvers.get(s).min_nfe), key=lambda r: r[0])
         best_d = min(((frechet(run_diffusers(make(), den, noise, nfe), gmm.mean, gmm.covariance) - floor, name)
                       for name, make, _ in diffusers_configs()), key=lambda r: r[0])
-        gain = 1 - best_f[0] / best_d[0] if best_d[0] > spread else float("nan")
-        if best_f[0] <= best_d[0] + spread and (nfe > 10 or best_d[0] <= spread):
-            verdict = "matches (within the floor's spread)" if abs(best_f[0] - best_d[0]) <= spread else "beats"
+        gain = 1 - best_f[0] / best_d[0] if best_d[0] > 0 else float("nan")
+        tol = 0.02 * floor  # 'matches': within 2% of the floor
+        if nfe <= 10:
+            verdict = "beats by >=15%" if gain >= 0.15 else "below target"
         else:
-            verdict = "beats by >=15%" if gain >= 0.15 else ("below target" if nfe <= 10 else "worse")
+            verdict = "matches or beats" if best_f[0] <= best_d[0] + tol else "worse"
         print(f"{nfe:>4} {best_f[1]:>34} {best_f[0]:>9.5f} {best_d[1]:>34} {best_d[0]:>9.5f} {gain:>6.1%}  {verdict}")
 
 

@@ -1,3 +1,7 @@
+import gzip
+import struct
+
+import numpy as np
 import pytest
 import torch
 
@@ -24,3 +28,33 @@ def ddpm_linear() -> VPDiscrete:
 
 def seeded_noise(process, n: int, dim: int, seed: int = 0, dtype=torch.float64):
     return fewstep.prior_noise(process, (dim,), fewstep.generators(range(seed, seed + n)), dtype=dtype)
+
+
+
+def write_idx(path, arr: np.ndarray) -> None:
+    """Write an unsigned-byte idx file (gzipped when the name ends in .gz)."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+TINY_UNET = {"kind": "unet", "in_channels": 1, "resolution": 8, "channels": 8, "channel_mult": [1, 2],
+             "num_res_blocks": 1, "attn_resolutions": [4], "head_dim": 8}
+
+
+def tiny_config(**training):
+    return {"network": dict(TINY_UNET),
+            "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
+                        "beta_start": 0.0001, "beta_end": 0.02},
+            "prediction": "eps",
+            "training": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "log_every": 1,
+                         "checkpoint_every_seconds": 0, "ema_half_life_images": 100, **training}}
+
+
+def tiny_images(n: int = 16, res: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.zeros(1, 1, res, res, dtype=torch.uint8)
+    base[..., res // 4: 3 * res // 4, res // 4: 3 * res // 4] = 220
+    noise = torch.randint(0, 30, (n, 1, res, res), generator=g, dtype=torch.uint8)
+    return base + noise

@@ -1,43 +1,74 @@
-"""Image data loading for ``fewstep stats``: IDX, arrays, folders, value ranges."""
-
-import gzip
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fewstep.metrics.data import load_images, read_idx, to_signed
+from conftest import write_idx
+from fewstep.training.data import load_array, load_data, load_fashion_mnist, load_image_folder, read_idx
 
 
-def _idx_bytes(arr: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
+def test_fashion_mnist_from_idx_gz(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5, dtype=np.uint8))
+    data = load_fashion_mnist(tmp_path)
+    assert data.images.shape == (5, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert np.array_equal(data.images[:, 0].numpy(), imgs)
+    assert data.labels.tolist() == [0, 1, 2, 3, 4] and data.num_classes == 10
+    assert len(load_data(f"fashion-mnist:{tmp_path}", 28, 1)) == 5
 
 
-def test_idx_gz_round_trip(tmp_path):
-    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as f:
-        f.write(_idx_bytes(arr))
-    np.testing.assert_array_equal(read_idx(tmp_path / "x-idx3-ubyte.gz"), arr)
-    x = load_images(str(tmp_path / "x-idx3-ubyte.gz"))
-    assert x.shape == (2, 1, 3, 4) and x.dtype == torch.float32
-    assert float(x[0, 0, 0, 0]) == -1.0
-    (tmp_path / "bad-idx").write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(ValueError, match="not an IDX file"):
-        read_idx(tmp_path / "bad-idx")
+def test_idx_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    write_idx(bad, np.zeros((4, 3, 3), np.uint8))
+    raw = __import__("gzip").decompress(bad.read_bytes())
+    bad.write_bytes(__import__("gzip").compress(raw[:-5]))
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(bad)
+    (tmp_path / "junk.idx").write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(tmp_path / "junk.idx")
 
 
-def test_arrays_folders_and_ranges(tmp_path):
-    imgs = (np.random.default_rng(0).random((3, 5, 5)) * 255).astype(np.uint8)
-    for i, a in enumerate(imgs):
-        Image.fromarray(a).save(tmp_path / f"{i}.png")
-    folder = load_images(str(tmp_path))
-    np.savez(tmp_path / "a.npz", images=imgs)
-    torch.testing.assert_close(folder, load_images(str(tmp_path / "a.npz")))
-    torch.testing.assert_close(to_signed(imgs.astype(np.float32) / 255), folder)
-    assert to_signed(np.zeros((2, 4, 4, 3), np.uint8)).shape == (2, 3, 4, 4)  # channels-last
-    with pytest.raises(ValueError, match=r"\[0, 1\] or \[-1, 1\]"):
-        to_signed(np.full((1, 4, 4), 3.0))
-    with pytest.raises(FileNotFoundError, match="fashion-mnist:test"):
-        load_images(str(tmp_path / "missing.npy"))
+def test_image_folder_resizes_crops_and_skips_corrupt_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("L", (10, 30), 128).save(tmp_path / "sub" / "b.jpg")
+    Image.new("RGBA", (16, 16), (0, 0, 255, 255)).save(tmp_path / "c.webp")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        data = load_image_folder(tmp_path, resolution=8, channels=3)
+    assert data.images.shape == (3, 3, 8, 8)
+    assert data.images[0, 0].float().mean() > 250 and data.images[0, 1].float().mean() < 5  # red stays red
+    with pytest.warns(UserWarning):
+        gray = load_image_folder(tmp_path, resolution=8, channels=1)
+    assert gray.images.shape == (3, 1, 8, 8)
+
+
+def test_empty_folder_and_wrong_channels_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="no readable images"):
+        load_image_folder(tmp_path, 8, 3)
+    np.save(tmp_path / "rgb.npy", np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="3 channel.*expects 1"):
+        load_data(str(tmp_path / "rgb.npy"), 8, 1)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        load_data(str(tmp_path / "empty.npy"), 8, 1)
+    with pytest.raises(FileNotFoundError, match="neither"):
+        load_data(str(tmp_path / "missing"), 8, 1)
+
+
+def test_npz_layouts_and_float_ranges(tmp_path):
+    x = np.random.default_rng(0).random((6, 2, 2)).astype(np.float32)  # [0, 1] floats, (N, H, W)
+    np.savez(tmp_path / "d.npz", images=x * 2 - 1, labels=np.arange(6))  # stored in [-1, 1]
+    data = load_array(tmp_path / "d.npz")
+    assert data.images.shape == (6, 1, 2, 2) and data.labels.tolist() == list(range(6))
+    assert np.allclose(data.images[:, 0].numpy(), np.round(x * 255), atol=1)
+    np.save(tmp_path / "nchw.npy", np.zeros((3, 3, 5, 5), np.uint8))
+    assert load_array(tmp_path / "nchw.npy").images.shape == (3, 3, 5, 5)
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5), np.uint8))
+    with pytest.raises(ValueError, match="images must be"):
+        load_array(tmp_path / "bad.npy")

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["bench", "solvers", "stats", "eval"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

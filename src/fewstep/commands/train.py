@@ -1,0 +1,95 @@
+"""``fewstep train``: train a denoiser and write checkpoint folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a diffusion model", description=(
+        "Train a network (UNet or DiT) as a denoiser. Checkpoints go to OUT/checkpoints/step-N, "
+        "losses to OUT/log.jsonl, sample grids to OUT/samples. Run under torchrun for several GPUs/nodes."))
+    p.add_argument("--data", help="fashion-mnist[:DIR], a .npz/.npy file or an image folder (default: the config's)")
+    p.add_argument("--config", help="a JSON file {network, process, prediction, data, training} or a preset name "
+                                    "(fashion-unet); with --resume the checkpoint's config is used")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    p.add_argument("--steps", type=int, help="total optimiser steps (overrides training.steps)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints")
+    p.add_argument("--sample-every", type=int, help="steps between sample grids (0: never)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _load_config(spec: str) -> dict[str, Any]:
+    from ..training.presets import PRESETS, get_preset
+
+    if spec in PRESETS:
+        return get_preset(spec)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"config {spec} not found (give a .json file or a preset: {', '.join(PRESETS)})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config {spec} is not valid JSON: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..training.checkpoint import latest_checkpoint, read_config
+    from ..training.data import load_data
+    from ..training.trainer import Trainer, init_distributed_from_env
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        ckpt = latest_checkpoint(args.out)
+        if ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {Path(args.out) / 'checkpoints'}")
+        config = read_config(ckpt)
+        for key in ("format", "format_version", "step", "images_seen"):
+            config.pop(key, None)
+    else:
+        if not args.config:
+            raise ValueError("--config is required for a new run (a .json file or a preset name such as fashion-unet)")
+        if (Path(args.out) / "checkpoints").is_dir() and latest_checkpoint(args.out):
+            raise ValueError(f"{args.out} already holds checkpoints; pass --resume to continue, or choose another --out")
+        config = _load_config(args.config)
+    training = config.setdefault("training", {})
+    for name, key in [("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+                      ("precision", "precision"), ("grad_accum", "grad_accum"),
+                      ("checkpoint_every", "checkpoint_every_seconds"), ("sample_every", "sample_every_steps")]:
+        value = getattr(args, name)
+        if value is not None:
+            training[key] = value
+    data_cfg = config.setdefault("data", {})
+    net = config.get("network", {})
+    data_cfg["spec"] = args.data or data_cfg.get("spec")
+    if not data_cfg["spec"]:
+        raise ValueError("no data given: pass --data (fashion-mnist[:DIR], a .npz/.npy file or an image folder)")
+    data_cfg.setdefault("resolution", net.get("resolution", 28))
+    data_cfg.setdefault("channels", net.get("in_channels", 1))
+    init_distributed_from_env()
+    data = load_data(data_cfg["spec"], data_cfg["resolution"], data_cfg["channels"])
+    trainer = Trainer(config, data, args.out, device=args.device, progress=not args.no_progress)
+    if args.resume:
+        step = trainer.resume()
+        if trainer.rank == 0:
+            print(f"resumed from step {step}")
+    trainer.fit()
+    if trainer.rank == 0:
+        print(f"done: step {trainer.step}, checkpoint {latest_checkpoint(args.out)}")
+    return 0

@@ -1,0 +1,183 @@
+"""``load_model``: a ready :class:`~fewstep.Denoiser` from a checkpoint, a diffusers folder, or the bundled model.
+
+Only JSON and safetensors files are read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .denoisers import Denoiser
+from .processes import NoiseProcess, VPDiscrete
+
+__all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
+
+BUNDLED = {"fashion": "fashion"}
+
+
+def resolve_bundled(name: str) -> Path:
+    """The asset folder of ``bundled:<name>`` shipped inside the package."""
+    from importlib.resources import files
+
+    key = name.split(":", 1)[1] if name.startswith("bundled:") else name
+    if key not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; available: {', '.join('bundled:' + k for k in BUNDLED)}")
+    path = Path(str(files("fewstep") / "assets" / BUNDLED[key]))
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the bundled model {name} is missing from this installation ({path}); reinstall fewstep")
+    return path
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> Denoiser:
+    """Load a denoiser, in eval mode, with ``sample_shape`` = ``(C, H, W)`` set on it.
+
+    ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
+    ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
+    diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
+    ``ema=False`` loads the raw training weights of a checkpoint.
+    """
+    spec = str(path)
+    folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
+    if not folder.exists():
+        raise FileNotFoundError(f"model {spec} not found (give a checkpoint folder, a run folder, a diffusers "
+                                f"UNet2DModel folder or bundled:fashion)")
+    if not folder.is_dir():
+        raise ValueError(f"model {spec} is a file; pass the folder that holds config.json and the .safetensors weights")
+    if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
+        from .training.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
+        folder = latest
+    den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
+    den.net.to(device=device, dtype=dtype).eval()
+    return den
+
+
+def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
+    from safetensors.torch import load_file
+
+    from .nets import build_net
+    from .processes import process_from_config
+    from .training.checkpoint import read_config
+
+    cfg = read_config(folder)
+    for key in ("network", "process", "prediction"):
+        if key not in cfg:
+            raise ValueError(f"{folder / 'config.json'} lacks {key!r}; the checkpoint is damaged")
+    names = ["ema.safetensors", "model.safetensors"] if ema else ["model.safetensors"]
+    weights = next((folder / n for n in names if (folder / n).exists()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} has no {' or '.join(names)}; the checkpoint is incomplete")
+    net = build_net(cfg["network"])
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
+    _load_state(net, state, weights)
+    den = Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5))
+    n = cfg["network"]
+    den.sample_shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
+    den.config = cfg
+    return den
+
+
+def _load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {k}: config {tuple(own[k].shape)}, "
+                         f"weights {tuple(state[k].shape)})")
+        raise ValueError(f"the config does not match the weights in {source}: tensors {'; '.join(parts)}. "
+                         f"Use the config.json saved with these weights.")
+    net.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- diffusers
+
+def _diffusers_paths(folder: Path) -> tuple[Path, Path] | None:
+    """``(unet_folder, scheduler_config)`` for a UNet folder or a pipeline folder, else None."""
+    candidates = [(folder, folder / "scheduler_config.json"), (folder, folder / "scheduler" / "scheduler_config.json"),
+                  (folder / "unet", folder / "scheduler" / "scheduler_config.json")]
+    for unet, sched in candidates:
+        cfg = unet / "config.json"
+        if cfg.exists() and sched.exists():
+            try:
+                if json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel":
+                    return unet, sched
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def _is_diffusers(folder: Path) -> bool:
+    if _diffusers_paths(folder) is not None:
+        return True
+    cfg = folder / "config.json"
+    if cfg.exists():
+        try:
+            if "_class_name" in json.loads(cfg.read_text()):
+                raise FileNotFoundError(f"{folder} looks like a diffusers model but has no scheduler_config.json "
+                                        f"beside it (or in scheduler/); save the scheduler with the UNet")
+        except json.JSONDecodeError:
+            pass
+    return False
+
+
+def process_from_diffusers(sched: dict[str, Any]) -> tuple[NoiseProcess, str]:
+    """Map a DDPM/DDIM-style ``scheduler_config.json`` to a fewstep process and prediction type."""
+    n = int(sched.get("num_train_timesteps", 1000))
+    kind = sched.get("beta_schedule", "linear")
+    if sched.get("trained_betas"):
+        proc: NoiseProcess = VPDiscrete(sched["trained_betas"])
+    elif kind == "linear":
+        proc = VPDiscrete.linear(n, sched.get("beta_start", 1e-4), sched.get("beta_end", 0.02))
+    elif kind == "scaled_linear":
+        proc = VPDiscrete.scaled_linear(n, sched.get("beta_start", 0.00085), sched.get("beta_end", 0.012))
+    elif kind == "squaredcos_cap_v2":
+        proc = VPDiscrete.cosine(n)
+    else:
+        raise ValueError(f"diffusers beta_schedule {kind!r} is not supported; valid: linear, scaled_linear, "
+                         f"squaredcos_cap_v2, or trained_betas")
+    pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(sched.get("prediction_type", "epsilon"))
+    if pred is None:
+        raise ValueError(f"diffusers prediction_type {sched.get('prediction_type')!r} is not supported; "
+                         f"valid: epsilon, v_prediction, sample")
+    return proc, pred
+
+
+def _load_diffusers(folder: Path) -> Denoiser:
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ImportError("loading a diffusers folder needs the optional extra: pip install 'fewstep[diffusers]'") from None
+    paths = _diffusers_paths(folder)
+    assert paths is not None
+    unet_dir, sched_path = paths
+    if not (unet_dir / "diffusion_pytorch_model.safetensors").exists():
+        raise FileNotFoundError(f"{unet_dir} has no diffusion_pytorch_model.safetensors; fewstep reads only "
+                                f"safetensors weights (never pickled .bin files). Re-save with safe_serialization=True")
+    proc, pred = process_from_diffusers(json.loads(sched_path.read_text()))
+    unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
+    den = Denoiser(unet, proc, pred)
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    den.sample_shape = (c.in_channels, size, size)
+    den.config = {"diffusers": str(unet_dir)}
+    return den

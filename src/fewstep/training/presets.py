@@ -1,0 +1,29 @@
+"""Named training configs usable as ``fewstep train --config NAME``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The bundled model ``bundled:fashion``: a 1.2M-parameter UNet on Fashion-MNIST 28x28.
+    "fashion-unet": {
+        "network": {"kind": "unet", "in_channels": 1, "resolution": 28, "channels": 32, "channel_mult": [1, 2, 2],
+                    "num_res_blocks": 1, "attn_resolutions": [7], "head_dim": 32, "dropout": 0.0,
+                    "num_classes": 0, "time_scale": 1.0},
+        "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
+                    "beta_start": 0.0001, "beta_end": 0.02},
+        "prediction": "eps",
+        "data": {"spec": "fashion-mnist", "resolution": 28, "channels": 1},
+        "training": {"steps": 20000, "batch_size": 64, "lr": 5e-4, "warmup_steps": 200, "grad_clip": 1.0,
+                     "ema_half_life_images": 50000, "ema_rampup": 0.05, "seed": 0, "weighting": "uniform",
+                     "time_sampling": "uniform", "checkpoint_every_seconds": 300, "sample_every_steps": 1000,
+                     "log_every": 20},
+    },
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown config preset {name!r}; valid: {', '.join(PRESETS)} or a path to a .json file")
+    return copy.deepcopy(PRESETS[name])
