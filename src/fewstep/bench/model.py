@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import solvers
 from .._io import atomic_write_text
 from .report import image_grid_png, write_html_report, write_png
@@ -78,7 +80,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         from ..api import generate
 
         try:
-            generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
+            with torch.no_grad():
+                generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
         except (ValueError, FloatingPointError, RuntimeError):
             pass  # a diverging first configuration is reported in its row
     t0 = time.perf_counter()
