@@ -25,7 +25,7 @@ import fewstep
 from fewstep import solvers
 from fewstep._io import atomic_write_text
 from fewstep.metrics.distributed import default_device
-from fewstep.metrics.evaluate import compare, sample_stats
+from fewstep.metrics.evaluate import DivergedError, compare, sample_stats
 from fewstep.metrics.features import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
 from fewstep.processes import VPDiscrete
@@ -119,16 +119,23 @@ def main() -> None:
             if dspec is None and nfe < solvers.get(label).min_nfe:
                 continue
             sampler = diffusers_sampler(denoiser, shape, nfe, *dspec, device) if dspec else None
-            run = sample_stats(denoiser, shape, args.n, extractor, label, nfe, args.grid,
-                               batch_size=args.batch_size, device=device, sampler=sampler)
+            try:
+                run = sample_stats(denoiser, shape, args.n, extractor, label, nfe, args.grid,
+                                   batch_size=args.batch_size, device=device, sampler=sampler)
+            except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+                print(f"warning: {label} nfe={nfe}: {err}")
+                rows.append({"sampler": label, "nfe": nfe, "note": str(err),
+                             "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
+                continue
             m = compare(run.stats, ref)
-            rows.append({"sampler": label, "nfe": nfe, **m, "sample_s": run.sample_seconds})
-            print(f"{label:>28s} nfe={nfe:<3d} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
+            rows.append({"sampler": label, "nfe": nfe, **m, **run.extra, "sample_s": run.sample_seconds})
+            used = f" (used {run.extra['nfe_used']:.1f})" if "nfe_used" in run.extra and run.extra["nfe_used"] != nfe else ""
+            print(f"{label:>28s} nfe={nfe:<3d}{used} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
                   f"R {m['recall']:.3f}  ({run.sample_seconds:.1f}s sampling)", flush=True)
     wall = time.perf_counter() - t_start
     table = ["| sampler | " + " | ".join(f"FID @ NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
     for label in dict.fromkeys(r["sampler"] for r in rows):
-        cells = {r["nfe"]: f"{r['fid']:.2f}" for r in rows if r["sampler"] == label}
+        cells = {r["nfe"]: f"{r['fid']:.2f}" if r["fid"] == r["fid"] else "n/a" for r in rows if r["sampler"] == label}
         table.append(f"| {label} | " + " | ".join(cells.get(n, "-") for n in nfes) + " |")
     note = (f"\n{args.n} samples per entry against the Fashion-MNIST test set (10k), features of "
             f"{extractor.name} ({extractor.fingerprint()[:12]}); grid {args.grid}; device {device}; "

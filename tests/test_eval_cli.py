@@ -87,7 +87,7 @@ def bench_out(tmp_path_factory, standin):
 def test_bench_model_outputs(bench_out):
     out, rows = bench_out
     assert [(r["solver"], r["nfe"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
-    assert all(r["fid"] > 0 and r["sample_s"] > 0 for r in rows)
+    assert all(r["fid"] > 0 and r["sample_s"] > 0 and r["nfe_used"] == r["nfe"] for r in rows)
     for name in ("results.csv", "results.json", "results.md", "fid_vs_nfe.png", "fid_vs_time.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
     assert len(list((out / "samples").glob("*.png"))) == 4
@@ -127,3 +127,11 @@ def test_benchmark_drives_diffusers_from_the_same_noise(standin):
         times = [float(round(1000 - k * 200) - 1) for k in range(5)] + [0.0]  # trailing spacing
         ours = fewstep.generate(standin, (1, 28, 28), [3, 4], "ddim", 5, times)
     torch.testing.assert_close(ours, theirs, atol=2e-4 * float(theirs.abs().max()), rtol=1e-4)
+
+
+def test_diverged_configuration_scores_inf(tmp_path):
+    den = fewstep.Denoiser(lambda x, t: x * float("nan"), VPDiscrete.linear(), "eps")
+    cfg = ModelBenchConfig(model="nan", solvers=["ddim"], nfes=[2], n=4, batch_size=4, extractor="fashion",
+                           device="cpu", shape=[1, 28, 28], out=str(tmp_path))
+    rows = run_model_bench(cfg, denoiser=den, progress=False)
+    assert rows[0]["fid"] == float("inf") and (tmp_path / "report.html").exists()

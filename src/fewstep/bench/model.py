@@ -9,6 +9,7 @@ self-contained HTML report with a sample grid for each configuration.
 from __future__ import annotations
 
 import csv
+import math
 import io
 import json
 import time
@@ -16,13 +17,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import solvers
 from .._io import atomic_write_text
 from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
 
-COLUMNS = ["solver", "grid", "nfe", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image"]
+COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image"]
 
 
 @dataclass
@@ -63,7 +66,7 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
 def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs."""
     from ..metrics.distributed import default_device, world
-    from ..metrics.evaluate import compare, sample_stats
+    from ..metrics.evaluate import DivergedError, compare, sample_stats
     from ..metrics.features import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
 
@@ -76,15 +79,25 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     if runs:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
         from ..api import generate
 
-        generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
+        try:
+            with torch.no_grad():
+                generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
+        except (ValueError, FloatingPointError, RuntimeError):
+            pass  # a diverging first configuration is reported in its row
     t0 = time.perf_counter()
     rows, grids = [], {}
     for name, grid, nfe in runs:
-        run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
-                           batch_size=cfg.batch_size, device=device, keep_images=cfg.grid_images,
-                           progress=progress, with_logits=extractor.name.startswith("inception"))
+        try:
+            run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
+                               batch_size=cfg.batch_size, device=device, keep_images=cfg.grid_images,
+                               progress=progress, with_logits=extractor.name.startswith("inception"))
+        except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+            print(f"warning: {name} nfe={nfe}: {err}")
+            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, "note": str(err),
+                         "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
+            continue
         metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
-        rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics,
+        rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
                      "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
                      "ms_per_image": 1000 * run.sample_seconds / cfg.n})
         if run.first_images is not None:
@@ -126,7 +139,8 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     grids = list(dict.fromkeys(r["grid"] for r in rows))
     for gi, grid in enumerate(grids):
         for name in dict.fromkeys(r["solver"] for r in rows):
-            pts = sorted((r[x], r["fid"]) for r in rows if r["solver"] == name and r["grid"] == grid)
+            pts = sorted((r[x], r["fid"]) for r in rows if r["solver"] == name and r["grid"] == grid
+                         and x in r and math.isfinite(r["fid"]))
             if pts:
                 label = name if len(grids) == 1 else f"{name} ({grid})"
                 ax.plot(*zip(*pts), styles[gi % 4], marker="o", ms=3, label=label)

@@ -24,7 +24,11 @@ from .kid import kernel_inception_distance
 from .prdc import precision_recall
 from .stats import FeatureStats
 
-__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare"]
+__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "DivergedError"]
+
+
+class DivergedError(ValueError):
+    """A sampler produced NaN or infinite samples."""
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -80,8 +84,11 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
     diffusers scheduler loop); ``keep_images`` returns the first images for a sample grid.
     """
     from ..api import generate
+    from ..denoisers import NFECounter
+    from ..solvers._common import NonFiniteError
 
     device = torch.device(device)
+    counter = NFECounter(denoiser)
     setup(device)
     rank, size = world()
     seeds = shard(range(seed, seed + n), rank, size)
@@ -97,7 +104,12 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
         if sampler is not None:
             x = sampler(chunk)
         else:
-            x = generate(denoiser, shape, chunk, solver, nfe, grid, device=device, **options)
+            try:
+                x = generate(counter, shape, chunk, solver, nfe, grid, device=device, **options)
+            except NonFiniteError as err:
+                raise DivergedError(f"{solver} at nfe={nfe} diverged: {err}") from err
+        if not bool(torch.isfinite(x).all()):
+            raise DivergedError(f"{solver} at nfe={nfe} produced NaN or infinite samples (seeds {chunk[0]}..{chunk[-1]})")
         x = quantize(x.float())
         _sync(device)
         t1 = time.perf_counter()
@@ -112,8 +124,10 @@ def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtra
     bar.close()
     stats = gather_stats(stats)
     logits = gather_list(logits)
+    batches = -(-len(seeds) // batch_size)
+    extra = {"nfe_used": counter.count / batches} if sampler is None and batches else {}
     return SampleRun(stats, t_sample, t_feat, torch.cat(kept) if kept else None,
-                     np.concatenate(logits) if logits else None)
+                     np.concatenate(logits) if logits else None, extra)
 
 
 def compare(gen: FeatureStats, ref: FeatureStats, *, kid_subsets: int = 100, kid_subset_size: int = 1000,
