@@ -35,3 +35,9 @@ def test_solvers_command_lists_registry(capsys):
     out = capsys.readouterr().out
     for name in solvers.available():
         assert f"\n{name} " in out
+
+
+def test_cli_reports_library_errors_without_traceback(capsys):
+    assert main(["bench", "gmm", "--nfe", "4", "--grids", "cosine", "--solvers", "ddim", "--out", ""]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep bench: error: unknown grid 'cosine'") and "Traceback" not in err

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError) as err:
         # Library errors are written for people: show the message, not a traceback.
         if getattr(args, "debug", False):
             raise

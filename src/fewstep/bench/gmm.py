@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import solvers
 from ..api import generators, prior_noise, sample
 from ..exact import GaussianMixture, reference_solution
+from ..grids import GRIDS
 from ..processes import EDM, NoiseProcess, RectifiedFlow, VPDiscrete, VPLinear
 from ..metrics.frechet import frechet_distance_to_moments
 from .._io import atomic_write_text
@@ -64,6 +65,11 @@ def _validate(cfg: GMMBenchConfig) -> list[str]:
     for p in cfg.processes:
         if p not in BENCH_PROCESSES:
             raise ValueError(f"unknown bench process {p!r}; valid: {', '.join(BENCH_PROCESSES)}")
+    for g in cfg.grids:
+        if g not in GRIDS:
+            raise ValueError(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+    if not cfg.nfes or min(cfg.nfes) < 1:
+        raise ValueError("--nfe needs positive evaluation counts, e.g. 5,10,20")
     if cfg.n < 2 * 64:
         raise ValueError("--n must be at least 128 samples for a 64-d covariance estimate")
     return [solvers.get(n).name for n in names]
