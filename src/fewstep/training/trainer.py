@@ -126,6 +126,8 @@ class Trainer:
             raise ValueError(f"batch_size {self.settings.batch_size} must be divisible by processes x grad_accum "
                              f"({self.world} x {self.settings.grad_accum})")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK under torchrun
         self.progress = progress and self.rank == 0
         torch.manual_seed(self.settings.seed)
         self.model = build_net(self.config["network"]).to(self.device)
