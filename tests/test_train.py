@@ -40,11 +40,15 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
     first = _trainer(tmp_path, "split", steps=6, grad_accum=2, hflip=True)
     part = first.fit(steps=3)
     first.save()
-    del first  # "killed" after the checkpoint of step 3
+    first.train_step()  # step 4 is done and logged but never checkpointed...
+    first._log({"step": 4, "loss": part[-1]})
+    del first  # ...then "killed"
     second = _trainer(tmp_path, "split", steps=6, grad_accum=2, hflip=True)
     assert second.resume() == 3
     rest = second.fit()
     assert part + rest == full
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_grad_accumulation_equals_the_full_batch(tmp_path):
