@@ -104,3 +104,16 @@ def test_diffusers_v_prediction_and_missing_pieces(tmp_path):
     (tmp_path / "nosched" / "scheduler_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no scheduler_config.json"):
         load_model(tmp_path / "nosched")
+
+
+def test_diffusers_pipeline_layout(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    unet = _tiny_diffusers(tmp_path / "pipe" / "unet")
+    (tmp_path / "pipe" / "unet" / "scheduler_config.json").rename(tmp_path / "sched.json")
+    (tmp_path / "pipe" / "scheduler").mkdir()
+    (tmp_path / "sched.json").rename(tmp_path / "pipe" / "scheduler" / "scheduler_config.json")
+    den = load_model(tmp_path / "pipe")
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(den.eps(x, 500.0), unet(x, 500).sample, atol=1e-5)
+    assert diffusers is not None

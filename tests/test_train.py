@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -39,11 +40,15 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
     first = _trainer(tmp_path, "split", steps=6, grad_accum=2, hflip=True)
     part = first.fit(steps=3)
     first.save()
-    del first  # "killed" after the checkpoint of step 3
+    first.train_step()  # step 4 is done and logged but never checkpointed...
+    first._log({"step": 4, "loss": part[-1]})
+    del first  # ...then "killed"
     second = _trainer(tmp_path, "split", steps=6, grad_accum=2, hflip=True)
     assert second.resume() == 3
     rest = second.fit()
     assert part + rest == full
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_grad_accumulation_equals_the_full_batch(tmp_path):
@@ -115,3 +120,24 @@ def test_resume_rejects_a_different_network(tmp_path):
     other = Trainer(cfg, ImageData(tiny_images()), tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="network differs"):
         other.resume()
+
+
+@pytest.mark.parametrize("network,process,prediction,training", [
+    ({"kind": "dit", "in_channels": 1, "resolution": 8, "patch_size": 2, "depth": 1, "width": 16, "heads": 2,
+      "num_classes": 3}, {"kind": "edm"}, "edm",
+     {"time_sampling": "lognormal", "weighting": "edm", "use_labels": True}),
+    (None, {"kind": "rectified_flow"}, "flow", {"weighting": "min_snr", "precision": "bf16"}),
+    (None, {"kind": "vp_cosine"}, "v", {"grad_accum": 2, "hflip": True}),
+])
+def test_every_network_process_and_prediction_trains(tmp_path, network, process, prediction, training):
+    cfg = tiny_config(**training)
+    cfg["process"], cfg["prediction"] = process, prediction
+    if network:
+        cfg["network"] = network
+    labels = torch.arange(16) % 3
+    tr = Trainer(cfg, ImageData(tiny_images(), labels, 3), tmp_path / "run", progress=False)
+    losses = tr.fit(steps=2)
+    assert len(losses) == 2 and all(map(math.isfinite, losses))
+    from fewstep import load_model
+    den = load_model(tmp_path / "run")
+    assert den.prediction == prediction and den.sample_shape == (1, 8, 8)

@@ -126,6 +126,8 @@ class Trainer:
             raise ValueError(f"batch_size {self.settings.batch_size} must be divisible by processes x grad_accum "
                              f"({self.world} x {self.settings.grad_accum})")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK under torchrun
         self.progress = progress and self.rank == 0
         torch.manual_seed(self.settings.seed)
         self.model = build_net(self.config["network"]).to(self.device)
@@ -163,7 +165,19 @@ class Trainer:
             group["weight_decay"] = self.settings.weight_decay
         torch.set_rng_state(load_tensors(folder / "rng.safetensors")["torch"])
         self.step = int(cfg["step"])
+        self._trim_log()
         return self.step
+
+    def _trim_log(self) -> None:
+        """Drop log records written after the checkpoint we resume from (they will be redone)."""
+        log = self.out_dir / "log.jsonl"
+        if self.rank != 0 or not log.exists():
+            return
+        lines = log.read_text().splitlines()
+        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        if len(keep) != len(lines):
+            from .._atomic import atomic_write_text
+            atomic_write_text(log, "".join(line + "\n" for line in keep))
 
     def save(self) -> Path:
         """Write the checkpoint of the current step (a no-op if it already exists)."""
