@@ -31,8 +31,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
-    # fork: no re-import of torch in the children, so the test takes seconds.
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool and can deadlock in it.
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True, start_method="spawn")
     ddp = torch.load(out / "ddp.pt", weights_only=True)
     single = Trainer(tiny_config(), ImageData(tiny_images()), tmp_path / "single", progress=False)
     loss = single.accumulate_gradients()
