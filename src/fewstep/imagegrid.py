@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._atomic import atomic_path
+from ._io import atomic_path
 
 __all__ = ["to_uint8", "save_image_grid", "save_png", "save_npz"]
 

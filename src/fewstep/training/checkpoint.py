@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._atomic import atomic_dir
+from .._io import atomic_dir
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "list_checkpoints",
            "read_config", "load_optimizer_state", "optimizer_tensors"]

@@ -176,7 +176,7 @@ class Trainer:
         lines = log.read_text().splitlines()
         keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
         if len(keep) != len(lines):
-            from .._atomic import atomic_write_text
+            from .._io import atomic_write_text
             atomic_write_text(log, "".join(line + "\n" for line in keep))
 
     def save(self) -> Path:
