@@ -57,7 +57,7 @@ def test_empty_folder_and_wrong_channels_are_clear_errors(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="empty"):
         load_data(str(tmp_path / "empty.npy"), 8, 1)
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(FileNotFoundError, match="not found; pass fashion-mnist"):
         load_data(str(tmp_path / "missing"), 8, 1)
 
 

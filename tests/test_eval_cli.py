@@ -66,7 +66,7 @@ def test_stats_and_eval_commands(tmp_path, standin, monkeypatch, capsys):
 def test_eval_errors_are_clear(tmp_path, capsys):
     assert main(["stats", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r.npz"),
                  "--extractor", "fashion"]) == 1
-    assert "fashion-mnist:test" in capsys.readouterr().err
+    assert "fashion-mnist[:train|:test|:DIR]" in capsys.readouterr().err
     assert main(["eval", "--ref", str(tmp_path / "missing.npz"), "--extractor", "fashion", "--n", "4"]) == 1
     assert "fewstep stats" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fewstep.metrics.data import load_images, read_idx, to_signed
+from fewstep.metrics.data import load_images, read_idx
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
@@ -24,7 +24,7 @@ def test_idx_gz_round_trip(tmp_path):
     assert x.shape == (2, 1, 3, 4) and x.dtype == torch.float32
     assert float(x[0, 0, 0, 0]) == -1.0
     (tmp_path / "bad-idx").write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(ValueError, match="not an IDX file"):
+    with pytest.raises(ValueError, match="bad magic number"):
         read_idx(tmp_path / "bad-idx")
 
 
@@ -35,9 +35,12 @@ def test_arrays_folders_and_ranges(tmp_path):
     folder = load_images(str(tmp_path))
     np.savez(tmp_path / "a.npz", images=imgs)
     torch.testing.assert_close(folder, load_images(str(tmp_path / "a.npz")))
-    torch.testing.assert_close(to_signed(imgs.astype(np.float32) / 255), folder)
-    assert to_signed(np.zeros((2, 4, 4, 3), np.uint8)).shape == (2, 3, 4, 4)  # channels-last
+    np.save(tmp_path / "f.npy", imgs.astype(np.float32) / 255)
+    torch.testing.assert_close(load_images(str(tmp_path / "f.npy")), folder)
+    np.save(tmp_path / "last.npy", np.zeros((2, 4, 4, 3), np.uint8))
+    assert load_images(str(tmp_path / "last.npy")).shape == (2, 3, 4, 4)  # channels-last
+    np.save(tmp_path / "big.npy", np.full((1, 4, 4), 3.0))
     with pytest.raises(ValueError, match=r"\[0, 1\] or \[-1, 1\]"):
-        to_signed(np.full((1, 4, 4), 3.0))
-    with pytest.raises(FileNotFoundError, match="fashion-mnist:test"):
+        load_images(str(tmp_path / "big.npy"))
+    with pytest.raises(FileNotFoundError, match="not found; pass fashion-mnist"):
         load_images(str(tmp_path / "missing.npy"))

@@ -147,6 +147,9 @@ def load_array(path: str | os.PathLike, channels: int | None = None) -> ImageDat
     if arr.dtype != np.uint8:
         arr = arr.astype(np.float64)
         lo = arr.min() if arr.size else 0.0
+        hi = arr.max() if arr.size else 0.0
+        if lo < -1 - 1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"{path}: float images must lie in [0, 1] or [-1, 1], found values in [{lo:.3g}, {hi:.3g}]")
         arr = (arr + 1) / 2 if lo < 0 else arr
         arr = np.clip(np.round(arr * 255), 0, 255).astype(np.uint8)
     if channels is not None and arr.shape[1] != channels:
@@ -158,24 +161,56 @@ def load_array(path: str | os.PathLike, channels: int | None = None) -> ImageDat
     return ImageData(images, labels, int(labels.max()) + 1 if labels is not None and len(labels) else 0)
 
 
-def load_data(spec: str, resolution: int, channels: int) -> ImageData:
-    """Resolve a data spec: ``fashion-mnist[:DIR]``, a ``.npz``/``.npy`` file, or an image folder."""
+def _fashion_spec(spec: str) -> tuple[str, str]:
+    """``fashion-mnist[:train|:test|:DIR]`` -> (folder, split); the folder defaults to
+    ``$FEWSTEP_FASHION_MNIST`` or Debian's ``/usr/share/datasets/fashion-mnist``."""
+    rest = spec.partition(":")[2]
+    root = os.environ.get("FEWSTEP_FASHION_MNIST", FASHION_MNIST_DIR)
+    if rest in ("train", "test", "t10k"):
+        return root, rest
+    return (rest or root), "train"
+
+
+DATA_FORMS = "fashion-mnist[:train|:test|:DIR], an idx(.gz) file, a .npz/.npy array or a folder of images"
+
+
+def load_data(spec: str, resolution: int | None = None, channels: int | None = None) -> ImageData:
+    """Resolve a data spec (:data:`DATA_FORMS`) into uint8 images.
+
+    ``resolution`` and ``channels`` are what the network expects: a folder is resized and
+    centre-cropped to ``resolution`` (``None``: the first image's shorter side) and converted to
+    ``channels`` (``None``: grayscale or RGB as the first image is); other sources must already match, or the error says what to set.
+    """
+    path = Path(spec)
     if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
-        data = load_fashion_mnist(spec.partition(":")[2] or FASHION_MNIST_DIR)
-    elif spec.endswith((".npz", ".npy")):
-        if not Path(spec).exists():
-            raise FileNotFoundError(f"data file {spec} not found")
-        data = load_array(spec)
-    elif Path(spec).is_dir():
-        data = load_image_folder(spec, resolution, channels)
+        root, split = _fashion_spec(spec)
+        data = load_fashion_mnist(root, split)
+    elif not path.exists():
+        raise FileNotFoundError(f"data {spec!r} not found; pass {DATA_FORMS}")
+    elif path.suffix in (".npz", ".npy"):
+        data = load_array(path)
+    elif path.is_dir():
+        if resolution is None or channels is None:  # as stored: from the first image
+            from PIL import Image
+
+            first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+            if first is None:
+                raise ValueError(f"no images found in {path} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+            with Image.open(first) as img:
+                resolution = resolution or min(img.size)
+                channels = channels or (1 if img.mode in ("1", "L", "I", "I;16", "F") else 3)
+        data = load_image_folder(path, resolution, channels)
+    elif "idx" in path.name:
+        images = read_idx(path)
+        data = ImageData(torch.from_numpy(images.copy())[:, None] if images.ndim == 3 else torch.from_numpy(images.copy()))
     else:
-        raise FileNotFoundError(f"data {spec!r} is neither fashion-mnist[:DIR], a .npz/.npy file nor a folder")
+        raise ValueError(f"cannot read {spec!r}; pass {DATA_FORMS}")
     if len(data) == 0:
         raise ValueError(f"data set {spec!r} is empty")
-    if data.images.shape[1] != channels:
+    if channels is not None and data.images.shape[1] != channels:
         raise ValueError(f"data set {spec!r} has {data.images.shape[1]} channel(s) but the network expects "
                          f"{channels}; set in_channels to {data.images.shape[1]}")
-    if tuple(data.images.shape[-2:]) != (resolution, resolution):
+    if resolution is not None and tuple(data.images.shape[-2:]) != (resolution, resolution):
         raise ValueError(f"data set {spec!r} images are {tuple(data.images.shape[-2:])}, the network expects "
                          f"{resolution}x{resolution}; set the network's resolution to match")
     return data
