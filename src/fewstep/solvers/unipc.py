@@ -46,7 +46,7 @@ def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int,
     data = prediction == "data"
     a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
     skip = set(disable_corrector)
-    hist: list[Tensor] = []  # model outputs at grid points 0..i
+    hist: list[Tensor | None] = []  # model outputs at grid points 0..i (only the last few kept)
     prev = None  # (x_s, order) of the previous step, for its corrector
     for i in range(schedule.steps):
         p = denoiser.predict(x, float(schedule.t[i]), **cond)
@@ -62,6 +62,8 @@ def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int,
             x = _update(x_s, hist[j], diffs + [m - hist[j]], rhos, data=data, a_s=a[j], s_s=s[j], a_t=a[i],
                         s_t=s[i], h=h, variant=variant)
         hist.append(m)
+        if i >= order + 1:
+            hist[i - order - 1] = None  # older outputs are never read again: free them
         o = multistep_order(i, schedule, order, lower_order_final=lower_order_final, final_rule="unipc")
         h = lam[i + 1] - lam[i]
         rks = [(lam[i - k] - lam[i]) / h for k in range(1, o)]
