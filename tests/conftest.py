@@ -26,6 +26,14 @@ def ddpm_linear() -> VPDiscrete:
     return VPDiscrete.linear(1000, 1e-4, 0.02)
 
 
+@pytest.fixture(scope="session")
+def setup(gmm8, ddpm_linear):
+    """The diffusers-agreement setting: the exact 8-d mixture's denoiser, shared noise, its eps function."""
+    den = gmm8.denoiser(ddpm_linear)
+    noise = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    return den, noise, lambda x, t: den.eps(x, t)
+
+
 def seeded_noise(process, n: int, dim: int, seed: int = 0, dtype=torch.float64):
     return fewstep.prior_noise(process, (dim,), fewstep.generators(range(seed, seed + n)), dtype=dtype)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# DDPM's linear betas, as diffusers' schedulers take them.
+BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
 
 def trailing_times(num_train: int, steps: int) -> list[float]:
     """diffusers' ``timestep_spacing="trailing"`` times, plus the final point (0 -> clean end)."""

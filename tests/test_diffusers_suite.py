@@ -11,21 +11,13 @@ import fewstep
 from fewstep import solvers
 from fewstep.exact import GaussianMixture
 from fewstep.grids import make_schedule
-from fewstep.processes import VPDiscrete
 
-from diffusers_driver import run_scheduler, trailing_times
+from diffusers_driver import BETAS, run_scheduler, trailing_times
 
 diffusers = pytest.importorskip("diffusers")
 
-BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
 
-@pytest.fixture(scope="module")
-def setup(gmm8):
-    process = VPDiscrete.linear(1000, 1e-4, 0.02)
-    den = gmm8.denoiser(process)
-    noise = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
-    return den, noise, lambda x, t: den.eps(x, t)
 
 
 def _close(ours, theirs):
