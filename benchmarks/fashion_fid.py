@@ -1,6 +1,10 @@
 """Dataset-native FID of a Fashion-MNIST model for every fewstep solver, next to diffusers' schedulers.
 
-    PYTHONPATH=src python benchmarks/fashion_fid.py --n 10000 --nfe 5,10,20 --out fashion_fid
+    PYTHONPATH=src python benchmarks/fashion_fid.py --n 10000 --nfe 5,10,20 --compile --out fashion_fid
+
+A rerun with the same ``--out`` resumes: entries already in ``results.json`` (same sampler, NFE,
+grid, n and model) are kept, so the table can be filled over several sessions; the reported wall
+time is the sum of every entry's sampling and feature time plus this run's setup.
 
 For each NFE: ``n`` samples from seeds ``0 .. n-1`` per sampler (the same initial noise for
 fewstep and diffusers), FID / KID / precision / recall against the shipped Fashion-MNIST
@@ -24,7 +28,7 @@ import torch
 import fewstep
 from fewstep import solvers
 from fewstep._io import atomic_write_text
-from fewstep.metrics.distributed import default_device
+from fewstep.metrics.distributed import default_batch_size, default_device
 from fewstep.metrics.evaluate import DivergedError, compare, sample_stats
 from fewstep.metrics.features import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
@@ -84,7 +88,8 @@ def main() -> None:
     ap.add_argument("--grid", default="logsnr")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-floor", action="store_true", help="skip scoring real training images (the FID floor)")
-    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on a CPU, 500 on a GPU")
+    ap.add_argument("--compile", action="store_true", help="run the network through torch.compile")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="fashion_fid", help="folder for results.json and results.md")
     args = ap.parse_args()
@@ -92,6 +97,26 @@ def main() -> None:
     t_start = time.perf_counter()
     device = torch.device(args.device) if args.device else default_device()
     nfes = [int(v) for v in args.nfe.split(",")]
+    batch_size = args.batch_size or default_batch_size(device)
+    out = Path(args.out)
+    results_path = out / "results.json"
+    same = {"model": "standin" if args.standin else args.model, "n": args.n, "grid": args.grid}
+    done = {}
+    if results_path.is_file():
+        saved = json.loads(results_path.read_text())
+        if {k: saved.get("run", {}).get(k) for k in same} == same:
+            done = {(r["sampler"], r["nfe"]): r for r in saved["rows"]}
+            print(f"resuming: {len(done)} entries already in {results_path}")
+    rows: list[dict] = []
+
+    def save(wall: float) -> None:
+        """Write this run's rows and keep the saved entries this run did not ask for (never lose work)."""
+        out.mkdir(parents=True, exist_ok=True)
+        mine = {(r["sampler"], r["nfe"]) for r in rows}
+        kept = [r for key, r in done.items() if key not in mine]
+        atomic_write_text(results_path, json.dumps({"run": same, "args": vars(args), "setup_seconds": wall,
+                                                    "rows": rows + kept}, indent=2) + "\n")
+
     extractor = get_extractor("fashion", device=device)
     ref = reference_stats(None, extractor)
     if args.standin:
@@ -100,53 +125,58 @@ def main() -> None:
     else:
         denoiser = load_denoiser(args.model, device)
         shape = sample_shape(denoiser, args.model)
+    if args.compile:
+        fewstep.compile_denoiser(denoiser)
     names = solvers.available() if args.solvers == "all" else args.solvers.split(",")
     samplers = [(n, None) for n in names] + ([] if args.no_diffusers else [(k, v) for k, v in DIFFUSERS.items()])
-    rows = []
     if not args.no_floor:  # the data floor: real training images scored exactly like samples
         from fewstep.metrics.data import fashion_mnist
         from fewstep.metrics.evaluate import images_stats
 
         train = fashion_mnist("train")[0]
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.n]
-        m = compare(images_stats(extractor.to(device), train[pick], args.batch_size, shuffle_seed=None), ref)
+        m = compare(images_stats(extractor.to(device), train[pick], 250, shuffle_seed=None), ref)
         for nfe in nfes:
             rows.append({"sampler": "Fashion-MNIST train images (floor)", "nfe": nfe, **m, "sample_s": 0.0})
         print(f"data floor ({args.n} training images): FID {m['fid']:.3f}  KID {m['kid']:.4f}  "
               f"P {m['precision']:.3f} R {m['recall']:.3f}", flush=True)
+    setup_seconds = time.perf_counter() - t_start
     for label, dspec in samplers:
         for nfe in nfes:
             if dspec is None and nfe < solvers.get(label).min_nfe:
                 continue
+            if (label, nfe) in done:
+                rows.append(done[(label, nfe)])
+                continue
             sampler = diffusers_sampler(denoiser, shape, nfe, *dspec, device) if dspec else None
             try:
                 run = sample_stats(denoiser, shape, args.n, extractor, label, nfe, args.grid,
-                                   batch_size=args.batch_size, device=device, sampler=sampler)
+                                   batch_size=batch_size, device=device, sampler=sampler)
             except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
                 print(f"warning: {label} nfe={nfe}: {err}")
                 rows.append({"sampler": label, "nfe": nfe, "note": str(err),
                              "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
                 continue
             m = compare(run.stats, ref)
-            rows.append({"sampler": label, "nfe": nfe, **m, **run.extra, "sample_s": run.sample_seconds})
+            rows.append({"sampler": label, "nfe": nfe, **m, **run.extra, "sample_s": run.sample_seconds,
+                         "feature_s": run.feature_seconds})
+            save(setup_seconds)
             used = f" (used {run.extra['nfe_used']:.1f})" if "nfe_used" in run.extra and run.extra["nfe_used"] != nfe else ""
             print(f"{label:>28s} nfe={nfe:<3d}{used} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
                   f"R {m['recall']:.3f}  ({run.sample_seconds:.1f}s sampling)", flush=True)
-    wall = time.perf_counter() - t_start
+    wall = setup_seconds + sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in rows)
     table = ["| sampler | " + " | ".join(f"FID @ NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
     for label in dict.fromkeys(r["sampler"] for r in rows):
         cells = {r["nfe"]: f"{r['fid']:.2f}" if r["fid"] == r["fid"] else "n/a" for r in rows if r["sampler"] == label}
         table.append(f"| {label} | " + " | ".join(cells.get(n, "-") for n in nfes) + " |")
     note = (f"\n{args.n} samples per entry against the Fashion-MNIST test set (10k), features of "
-            f"{extractor.name} ({extractor.fingerprint()[:12]}); grid {args.grid}; device {device}; "
-            f"total wall time {wall / 60:.1f} min.\n")
+            f"{extractor.name} ({extractor.fingerprint()[:12]}); grid {args.grid}; device {device}"
+            f"{' (torch.compile)' if args.compile else ''}, batch {batch_size}; total wall time "
+            f"{wall / 60:.1f} min (sampling and features of every entry plus setup).\n")
     text = "\n".join(table) + "\n" + note
     print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    save(setup_seconds)
     atomic_write_text(out / "results.md", text)
-    atomic_write_text(out / "results.json", json.dumps({"args": vars(args), "wall_seconds": wall, "rows": rows},
-                                                       indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,22 @@ def test_diverged_configuration_scores_inf(tmp_path):
                            device="cpu", shape=[1, 28, 28], out=str(tmp_path))
     rows = run_model_bench(cfg, denoiser=den, progress=False)
     assert rows[0]["fid"] == float("inf") and (tmp_path / "report.html").exists()
+
+
+def test_bench_model_resumes_finished_configurations(bench_out, standin):
+    out, rows = bench_out
+    counter = fewstep.NFECounter(standin)
+    counter.sample_shape = standin.sample_shape
+    cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3, 4], n=12, batch_size=6,
+                           extractor="fashion", device="cpu", grid_images=8, out=str(out))
+    again = run_model_bench(cfg, denoiser=counter, progress=False)
+    # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each, plus one warm-up batch
+    assert counter.count == 2 * 2 * 4 + 4
+    old = {(r["solver"], r["nfe"]): r["fid"] for r in rows}
+    assert {(r["solver"], r["nfe"]): r["fid"] for r in again if r["nfe"] < 4} == old
+    assert len(list((out / "samples").glob("*.png"))) == 6
+    # a different sweep (other n) is not mixed with the saved one
+    counter.count = 0
+    cfg.n, cfg.nfes, cfg.solvers = 6, [2], ["ddim"]
+    run_model_bench(cfg, denoiser=counter, progress=False)
+    assert counter.count == 2 + 2

@@ -5,6 +5,7 @@ from .api import generate, generators, prior_noise, sample
 from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, DenoiserWrapper, DynamicThresholding,
                         NFECounter, Prediction)
 from .grids import Schedule, make_grid, make_schedule
+from .compiling import compile_denoiser
 from .loading import load_model
 
 __version__ = "0.1.0"
@@ -14,5 +15,5 @@ __all__ = [
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
     "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
     "Schedule", "make_grid", "make_schedule",
-    "processes", "grids", "solvers", "load_model",
+    "processes", "grids", "solvers", "load_model", "compile_denoiser",
 ]

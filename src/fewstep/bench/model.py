@@ -38,7 +38,8 @@ class ModelBenchConfig:
     ref: str | None = None
     extractor: str = "auto"
     inception: str | None = None
-    batch_size: int = 250
+    batch_size: int | None = None  # None: 64 on a CPU, 500 on a GPU
+    compile: bool = False
     seed: int = 0
     device: str | None = None
     shape: list[int] | None = None
@@ -65,7 +66,7 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
 
 def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool = True) -> list[dict[str, Any]]:
     """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs."""
-    from ..metrics.distributed import default_device, world
+    from ..metrics.distributed import default_batch_size, default_device, world
     from ..metrics.evaluate import DivergedError, compare, sample_stats
     from ..metrics.features import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
@@ -76,40 +77,102 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     ref = reference_stats(cfg.ref, extractor)
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.model, cfg.shape)
-    if runs:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
+    if cfg.compile:
+        from ..compiling import compile_denoiser
+
+        compile_denoiser(denoiser)
+    t0 = time.perf_counter()
+    batch_size = cfg.batch_size or default_batch_size(device)
+    key = _resume_key(cfg, extractor, ref)
+    done = _load_progress(Path(cfg.out), key) if cfg.out else {}
+    if done and progress:
+        print(f"resuming: {len(done)} of {len(runs)} configurations already in {cfg.out}")
+    todo = [r for r in runs if r not in done]
+    if todo:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
         from ..api import generate
 
         try:
             with torch.no_grad():
-                generate(denoiser, shape, [0, 1], runs[0][0], runs[0][2], runs[0][1], device=device)
+                generate(denoiser, shape, list(range(min(batch_size, cfg.n))), todo[0][0], todo[0][2], todo[0][1], device=device)
         except (ValueError, FloatingPointError, RuntimeError):
             pass  # a diverging first configuration is reported in its row
-    t0 = time.perf_counter()
     rows, grids = [], {}
     for name, grid, nfe in runs:
+        if (name, grid, nfe) in done:
+            row, png = done[(name, grid, nfe)]
+            rows.append(row)
+            if png is not None:
+                grids[(name, grid, nfe)] = png
+            continue
         try:
             run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
-                               batch_size=cfg.batch_size, device=device, keep_images=cfg.grid_images,
+                               batch_size=batch_size, device=device, keep_images=cfg.grid_images,
                                progress=progress, with_logits=extractor.name.startswith("inception"))
         except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
             print(f"warning: {name} nfe={nfe}: {err}")
             rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, "note": str(err),
                          "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
-            continue
-        metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
-        rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
-                     "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
-                     "ms_per_image": 1000 * run.sample_seconds / cfg.n})
-        if run.first_images is not None:
-            grids[(name, grid, nfe)] = image_grid_png(run.first_images)
+        else:
+            metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
+            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
+                         "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
+                         "ms_per_image": 1000 * run.sample_seconds / cfg.n})
+            if run.first_images is not None:
+                grids[(name, grid, nfe)] = image_grid_png(run.first_images)
+        if cfg.out and world()[0] == 0:
+            _save_progress(Path(cfg.out), key, rows, grids)
     wall = time.perf_counter() - t0
     if cfg.out and world()[0] == 0:
         meta = {"model": str(cfg.model), "extractor": f"{extractor.name} ({extractor.fingerprint()[:12]})",
                 "reference": cfg.ref or "shipped Fashion-MNIST test-set statistics", "reference_n": ref.n,
                 "samples per configuration": cfg.n, "first seed": cfg.seed, "device": str(device),
-                "total wall time (s)": round(wall, 1), "skipped": ", ".join(skipped) or "none"}
+                "wall time of this run (s)": round(wall, 1),
+                "sampling + feature time, all configurations (s)": round(
+                    sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in rows), 1),
+                "batch size": batch_size, "torch.compile": cfg.compile, "skipped": ", ".join(skipped) or "none"}
         write_outputs(Path(cfg.out), cfg, rows, grids, meta)
     return rows
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def _resume_key(cfg: ModelBenchConfig, extractor: Any, ref: Any) -> dict[str, Any]:
+    """What must match for a finished configuration to be reused by a rerun."""
+    return {"model": str(cfg.model), "n": cfg.n, "seed": cfg.seed, "grid_images": cfg.grid_images,
+            "extractor": extractor.fingerprint(), "ref": [str(cfg.ref), int(ref.n)]}
+
+
+def _load_progress(out: Path, key: dict[str, Any]) -> dict[tuple[str, str, int], tuple[dict, bytes | None]]:
+    """Finished configurations of an earlier run of the same sweep (none when its key differs)."""
+    path = out / PROGRESS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if saved.get("key") != key:
+        print(f"note: {path} is from a different sweep (model, n, seed, extractor or reference); starting afresh")
+        return {}
+    done = {}
+    for row in saved.get("rows", []):
+        png_path = out / "samples" / _grid_name(row["solver"], row["grid"], row["nfe"])
+        done[(row["solver"], row["grid"], row["nfe"])] = (row, png_path.read_bytes() if png_path.is_file() else None)
+    return done
+
+
+def _save_progress(out: Path, key: dict[str, Any], rows: list[dict], grids: dict) -> None:
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for (name, grid, nfe), png in grids.items():
+        path = out / "samples" / _grid_name(name, grid, nfe)
+        if not path.exists():
+            write_png(path, png)
+    atomic_write_text(out / PROGRESS_FILE, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+
+
+def _grid_name(name: str, grid: str, nfe: int) -> str:
+    return f"{name}_{grid}_nfe{nfe}.png".replace("/", "-")
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -149,7 +212,8 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -169,7 +233,7 @@ def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], 
     atomic_write_text(out / "results.json", json.dumps({"config": asdict(cfg), "meta": meta, "rows": rows}, indent=2) + "\n")
     atomic_write_text(out / "results.md", format_table(rows, markdown=True))
     for (name, grid, nfe), png in grids.items():
-        write_png(out / "samples" / f"{name}_{grid}_nfe{nfe}.png".replace("/", "-"), png)
+        write_png(out / "samples" / _grid_name(name, grid, nfe), png)
     plots = [out / "fid_vs_nfe.png", out / "fid_vs_time.png"]
     _plot(rows, "nfe", "network evaluations (NFE)", plots[0], f"{cfg.model}: FID vs NFE")
     _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[1], f"{cfg.model}: FID vs wall time")

@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--shape", type=_ints, default=None, help="sample shape C,H,W if the model does not say")
-    model.add_argument("--out", default="bench-model", help="output folder")
+    model.add_argument("--out", default="bench-model", help="output folder (a rerun resumes: finished "
+                                                            "configurations are read back, not sampled again)")
+    model.add_argument("--compile", action="store_true", help="run the network through torch.compile")
     from .stats import add_extractor_args
 
     add_extractor_args(model)
@@ -58,6 +60,6 @@ def _run_model(args: argparse.Namespace) -> int:
     cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
                            ref=args.ref, extractor=args.extractor, inception=args.inception,
                            batch_size=args.batch_size, seed=args.seed, device=args.device, shape=args.shape,
-                           out=args.out)
+                           out=args.out, compile=args.compile)
     run_model_bench(cfg)
     return 0

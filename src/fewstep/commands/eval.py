@@ -23,13 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
     p.add_argument("--shape", type=_shape, default=None, help="sample shape C,H,W if the model does not say")
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
+                                                          "a one-off compilation)")
     add_extractor_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
-    from ..metrics.distributed import default_device, world
+    from ..metrics.distributed import default_batch_size, default_device, world
     from ..metrics.evaluate import compare, sample_stats
     from ..metrics.features import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
@@ -41,8 +43,12 @@ def run(args: argparse.Namespace) -> int:
     ref = reference_stats(args.ref, extractor)
     denoiser = load_denoiser(args.model, device)
     shape = sample_shape(denoiser, args.model, args.shape)
+    if args.compile:
+        from ..compiling import compile_denoiser
+
+        compile_denoiser(denoiser)
     run_ = sample_stats(denoiser, shape, args.n, extractor, args.solver, args.nfe, args.grid, seed=args.seed,
-                        batch_size=args.batch_size, device=device,
+                        batch_size=args.batch_size or default_batch_size(device), device=device,
                         with_logits=extractor.name.startswith("inception"))
     if world()[0] != 0:
         return 0

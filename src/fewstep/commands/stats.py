@@ -13,7 +13,8 @@ def add_extractor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", default=None, metavar="PATH",
                    help="pt_inception-2015-12-05-6726825d.pth (else $FEWSTEP_INCEPTION)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default: 64 for sampling on a CPU, 500 on a GPU; 250 for `stats`)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     extractor = get_extractor(args.extractor, args.inception, device)
     images = load_images(args.data)
-    stats = images_stats(extractor, images, args.batch_size, args.max_features)
+    stats = images_stats(extractor, images, args.batch_size or 250, args.max_features)
     if world()[0] != 0:
         return 0
     stats.save(args.out)

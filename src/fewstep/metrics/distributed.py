@@ -29,6 +29,12 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def default_batch_size(device: torch.device | str) -> int:
+    """Images per sampling batch: 64 on a CPU (larger batches fall out of cache: 2.3 ms per
+    image-evaluation of the bundled UNet at 128, 4.3 ms at 500), 500 on an accelerator."""
+    return 64 if torch.device(device).type == "cpu" else 500
+
+
 def setup(device: torch.device) -> None:
     """Join the process group once when launched with several processes."""
     import torch.distributed as dist

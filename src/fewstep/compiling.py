@@ -1,0 +1,60 @@
+"""Compiling a denoiser's network with ``torch.compile`` (same maths, fewer milliseconds per evaluation).
+
+On the bundled Fashion-MNIST UNet (2 CPU threads, batch 64) compiling cuts one image-evaluation from
+about 2.5 ms to about 1.3 ms (``benchmarks/compile_speed.py``); outputs agree with eager execution to
+float32 rounding.  The first call compiles (tens of seconds on a CPU); later calls at the same batch
+size reuse the compiled code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["compile_denoiser", "CompileError"]
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not build the network on this machine."""
+
+
+class CompiledNetwork(torch.nn.Module):
+    """``net`` behind ``torch.compile``, turning a backend failure into an error that says what to do."""
+
+    def __init__(self, net: torch.nn.Module, **options: Any):
+        super().__init__()
+        self.eager = net
+        self.compiled = torch.compile(net, **options)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as err:  # the backend's error types differ between torch versions
+            if type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise CompileError(f"torch.compile failed on this machine ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0] if str(err) else ''}); run without --compile "
+                                   "(inductor needs a working C++ compiler on CPU and Triton on GPU)") from err
+            raise
+
+
+def compile_denoiser(denoiser: Any, **options: Any) -> Any:
+    """Put every ``torch.nn.Module`` network inside ``denoiser`` (and its wrappers' ``inner``) behind
+    ``torch.compile(**options)``, in place; returns ``denoiser``.  Compiling twice is a no-op.
+
+    Default ``dynamic=False``: each batch size gets its own specialised code (a sampling run sees
+    two, the batch and the remainder)."""
+    options.setdefault("dynamic", False)
+    inner, found = denoiser, False
+    while inner is not None:
+        net = getattr(inner, "net", None)
+        if isinstance(net, CompiledNetwork):
+            found = True
+        elif isinstance(net, torch.nn.Module):
+            inner.net = CompiledNetwork(net, **options)
+            found = True
+        inner = getattr(inner, "inner", None)
+    if not found:
+        raise ValueError(f"{type(denoiser).__name__} has no torch.nn.Module network to compile "
+                         "(expected a fewstep Denoiser, possibly inside wrappers)")
+    return denoiser
