@@ -84,8 +84,12 @@ def main() -> None:
     ap.add_argument("--standin", action="store_true", help="use a random tiny network (smoke test)")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--nfe", default="5,10,20")
-    ap.add_argument("--solvers", default="all")
+    ap.add_argument("--solvers", default="all", help="comma-separated fewstep solvers in the order to run them; "
+                                                      "'diffusers' places diffusers' three schedulers, 'limit' a "
+                                                      "near-exact ODE solve (dpm++2m at --limit-nfe)")
     ap.add_argument("--grid", default="logsnr")
+    ap.add_argument("--limit-nfe", type=int, default=100,
+                    help="NFE of the near-exact ODE solve that the 'limit' entry of --solvers adds (default 100)")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-floor", action="store_true", help="skip scoring real training images (the FID floor)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on a CPU, 500 on a GPU")
@@ -127,8 +131,17 @@ def main() -> None:
         shape = sample_shape(denoiser, args.model)
     if args.compile:
         fewstep.compile_denoiser(denoiser)
-    names = solvers.available() if args.solvers == "all" else args.solvers.split(",")
-    samplers = [(n, None) for n in names] + ([] if args.no_diffusers else [(k, v) for k, v in DIFFUSERS.items()])
+    names = solvers.available() + ["diffusers"] if args.solvers == "all" else args.solvers.split(",")
+    if "diffusers" not in names and not args.no_diffusers:
+        names.append("diffusers")
+    samplers = []  # in the order asked for; "diffusers" stands for its three schedulers
+    for name in names:
+        if name == "limit":
+            samplers.append((f"ODE limit: dpm++2m, {args.limit_nfe} NFE", "limit"))
+        elif name != "diffusers":
+            samplers.append((name, None))
+        elif not args.no_diffusers:
+            samplers += list(DIFFUSERS.items())
     if not args.no_floor:  # the data floor: real training images scored exactly like samples
         from fewstep.metrics.data import fashion_mnist
         from fewstep.metrics.evaluate import images_stats
@@ -142,6 +155,20 @@ def main() -> None:
               f"P {m['precision']:.3f} R {m['recall']:.3f}", flush=True)
     setup_seconds = time.perf_counter() - t_start
     for label, dspec in samplers:
+        if dspec == "limit":  # one converged solve, shown in every NFE column
+            if all((label, nfe) in done for nfe in nfes):
+                rows.extend(done[(label, nfe)] for nfe in nfes)
+                continue
+            run = sample_stats(denoiser, shape, args.n, extractor, "dpm++2m", args.limit_nfe, args.grid,
+                               batch_size=batch_size, device=device)
+            m = compare(run.stats, ref)
+            for i, nfe in enumerate(nfes):
+                rows.append({"sampler": label, "nfe": nfe, **m, "sample_s": run.sample_seconds if i == 0 else 0.0,
+                             "feature_s": run.feature_seconds if i == 0 else 0.0})
+            save(setup_seconds)
+            print(f"{label:>28s} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
+                  f"R {m['recall']:.3f}  ({run.sample_seconds:.1f}s sampling)", flush=True)
+            continue
         for nfe in nfes:
             if dspec is None and nfe < solvers.get(label).min_nfe:
                 continue
