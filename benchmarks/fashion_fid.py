@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--solvers", default="all", help="comma-separated fewstep solvers in the order to run them; "
                                                       "'diffusers' places diffusers' three schedulers, 'limit' a "
                                                       "near-exact ODE solve (dpm++2m at --limit-nfe)")
-    ap.add_argument("--grid", default="logsnr")
+    ap.add_argument("--grid", default=None, help="time grid of fewstep's solvers (default: the process's)")
     ap.add_argument("--limit-nfe", type=int, default=100,
                     help="NFE of the near-exact ODE solve that the 'limit' entry of --solvers adds (default 100)")
     ap.add_argument("--no-diffusers", action="store_true")
@@ -104,23 +104,6 @@ def main() -> None:
     batch_size = args.batch_size or default_batch_size(device)
     out = Path(args.out)
     results_path = out / "results.json"
-    same = {"model": "standin" if args.standin else args.model, "n": args.n, "grid": args.grid}
-    done = {}
-    if results_path.is_file():
-        saved = json.loads(results_path.read_text())
-        if {k: saved.get("run", {}).get(k) for k in same} == same:
-            done = {(r["sampler"], r["nfe"]): r for r in saved["rows"]}
-            print(f"resuming: {len(done)} entries already in {results_path}")
-    rows: list[dict] = []
-
-    def save(wall: float) -> None:
-        """Write this run's rows and keep the saved entries this run did not ask for (never lose work)."""
-        out.mkdir(parents=True, exist_ok=True)
-        mine = {(r["sampler"], r["nfe"]) for r in rows}
-        kept = [r for key, r in done.items() if key not in mine]
-        atomic_write_text(results_path, json.dumps({"run": same, "args": vars(args), "setup_seconds": wall,
-                                                    "rows": rows + kept}, indent=2) + "\n")
-
     extractor = get_extractor("fashion", device=device)
     ref = reference_stats(None, extractor)
     if args.standin:
@@ -129,6 +112,25 @@ def main() -> None:
     else:
         denoiser = load_denoiser(args.model, device)
         shape = sample_shape(denoiser, args.model)
+    args.grid = args.grid or denoiser.process.default_grid
+    same = {"model": "standin" if args.standin else args.model, "n": args.n, "grid": args.grid}
+    saved_rows: list[dict] = []  # every entry ever saved here, whatever its model, n or grid
+    if results_path.is_file():
+        saved = json.loads(results_path.read_text())
+        saved_rows = [{**saved.get("run", {}), **r} for r in saved["rows"]]  # older files kept these per file
+    done = {(r["sampler"], r["nfe"]): r for r in saved_rows if all(r.get(k) == v for k, v in same.items())}
+    if done:
+        print(f"resuming: {len(done)} entries already in {results_path}")
+    rows: list[dict] = []
+
+    def save(wall: float) -> None:
+        """Write this run's rows and keep every saved entry this run did not redo (never lose work)."""
+        out.mkdir(parents=True, exist_ok=True)
+        mine = {(r["sampler"], r["nfe"]) for r in rows}
+        kept = [r for r in saved_rows if not (all(r.get(k) == v for k, v in same.items())
+                                              and (r["sampler"], r["nfe"]) in mine)]
+        atomic_write_text(results_path, json.dumps({"args": vars(args), "setup_seconds": wall,
+                                                    "rows": [{**same, **r} for r in rows] + kept}, indent=2) + "\n")
     if args.compile:
         fewstep.compile_denoiser(denoiser)
     names = solvers.available() + ["diffusers"] if args.solvers == "all" else args.solvers.split(",")

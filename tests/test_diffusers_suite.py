@@ -172,7 +172,7 @@ def test_dpmpp_3m_sde_differs_from_diffusers_which_stalls(ddpm_linear):
     s = diffusers.DPMSolverMultistepScheduler(**BETAS, timestep_spacing="trailing", algorithm_type="sde-dpmsolver++",
                                               solver_order=3, final_sigmas_type="zero")
     theirs = run_scheduler(s, lambda x, t: den.eps(x, t), noise, 40, generator=torch.Generator().manual_seed(0))
-    ours = fewstep.sample(den, noise, "dpm++3m_sde", 40, generator=fewstep.generators(range(3000, 6000)))
+    ours = fewstep.sample(den, noise, "dpm++3m_sde", 40, "logsnr", generator=fewstep.generators(range(3000, 6000)))
     floor = sum(frechet_distance_to_moments(gmm.sample(3000, torch.Generator().manual_seed(k)), gmm.mean, gmm.covariance)
                 for k in range(5)) / 5
     fd_ours = frechet_distance_to_moments(ours, gmm.mean, gmm.covariance)

@@ -16,13 +16,14 @@ __all__ = ["sample", "generators", "prior_noise", "generate"]
 
 
 def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: int = 10,
-           grid: GridSpec = "logsnr", generator: Generator = None, *, clean_end: bool = True,
+           grid: GridSpec | None = None, generator: Generator = None, *, clean_end: bool = True,
            callback: Callback = None, grid_options: dict[str, float] | None = None,
            **options: Any) -> Tensor:
     """Solve from ``x_T`` (at the process's ``t_max``) to data with exactly ``nfe`` evaluations.
 
     ``solver`` is a name from ``fewstep.solvers.available()``; ``grid`` a name from
-    ``fewstep.grids.GRIDS`` or an explicit decreasing list of times; ``generator`` a
+    ``fewstep.grids.GRIDS``, an explicit decreasing list of times, or ``None`` for the process's
+    ``default_grid`` (time-uniform for VP processes, Karras for EDM/VE); ``generator`` a
     ``torch.Generator`` or one per sample (results then do not depend on the batch size).
     ``clean_end`` makes the last step land on ``sigma = 0``; without it the solver stops at the
     process's ``t_min``.  Extra keywords are the solver's options and conditioning (e.g. ``class_labels``).
@@ -48,7 +49,7 @@ def prior_noise(process, shape: Sequence[int], gens: Sequence[torch.Generator],
 
 
 def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str = "dpm++2m",
-             nfe: int = 10, grid: GridSpec = "logsnr", *, device: str | torch.device = "cpu",
+             nfe: int = 10, grid: GridSpec | None = None, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, **options: Any) -> Tensor:
     """Draw ``x_T`` from per-sample ``seeds`` and sample: the same seed gives the same image in any batch."""
     gens = generators(seeds)

@@ -25,14 +25,18 @@ GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 GridSpec = str | Sequence[float] | Tensor
 
 
-def make_grid(process: NoiseProcess, steps: int, kind: GridSpec = "logsnr", *, rho: float = 7.0,
+def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *, rho: float = 7.0,
               t_max: float | None = None, t_min: float | None = None) -> Tensor:
     """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min``.
 
     ``kind``: ``"uniform"`` in t; ``"logsnr"`` uniform in lambda (DPM-Solver); ``"quadratic"``
     time-quadratic (DDIM, Song et al. 2021, sec. D.2); ``"karras"`` uniform in
     ``(sigma/alpha)^(1/rho)`` (EDM eq. 5); or an explicit decreasing sequence of times.
+    ``None`` is the process's ``default_grid`` (time-uniform for VP processes and rectified
+    flow, Karras for EDM and VE).
     """
+    if kind is None:
+        kind = process.default_grid
     hi = process.t_max if t_max is None else t_max
     lo = process.t_min if t_min is None else t_min
     if not isinstance(kind, str):
@@ -94,7 +98,7 @@ class Schedule:
         return self.clean_end and i == self.steps - 1
 
 
-def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec = "logsnr", *,
+def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = None, *,
                   clean_end: bool = True, **grid_options: float) -> Schedule:
     """Build the :class:`Schedule` for ``steps`` solver steps on ``grid``."""
     ts = make_grid(process, steps, grid, **grid_options)

@@ -40,6 +40,9 @@ class NoiseProcess(ABC):
 
     t_min: float
     t_max: float
+    #: The time grid used when none is given (``fewstep.grids``): the one the process's own paper
+    #: samples with, checked by measurement (docs/solvers.md, "Default grids").
+    default_grid: str = "uniform"
 
     @abstractmethod
     def log_alpha(self, t: TimeLike) -> Tensor: ...
@@ -259,6 +262,8 @@ class VPCosine(NoiseProcess):
 class VE(NoiseProcess):
     """Variance-exploding SDE (Song et al. 2021): alpha = 1, sigma = sigma_min (sigma_max/sigma_min)^t, t in [0, 1]."""
 
+    default_grid = "karras"  # EDM (Karras et al. 2022, Table 1) improves VE sampling with rho = 7
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not 0 < sigma_min < sigma_max:
             raise ValueError("VE needs 0 < sigma_min < sigma_max")
@@ -285,6 +290,8 @@ class VE(NoiseProcess):
 
 class EDM(NoiseProcess):
     """Karras et al. 2022: alpha = 1, sigma = t, t in [sigma_min, sigma_max]."""
+
+    default_grid = "karras"  # EDM eq. 5, rho = 7
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not 0 < sigma_min < sigma_max:

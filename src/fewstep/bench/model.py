@@ -33,7 +33,7 @@ class ModelBenchConfig:
     model: str = "bundled:fashion"
     solvers: list[str] | None = None
     nfes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 8, 10, 15, 20])
-    grids: list[str] = field(default_factory=lambda: ["logsnr"])
+    grids: list[str] = field(default_factory=lambda: ["default"])  # "default": the process's grid
     n: int = 10_000
     ref: str | None = None
     extractor: str = "auto"
@@ -53,6 +53,11 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
         raise ValueError(f"n must be at least 2, got {cfg.n}")
     if not cfg.nfes or min(cfg.nfes) < 1:
         raise ValueError(f"NFE values must be positive integers, got {cfg.nfes}")
+    from ..grids import GRIDS
+
+    bad = [g for g in cfg.grids if g not in GRIDS and g != "default"]
+    if bad:
+        raise ValueError(f"unknown grid(s) {', '.join(bad)}; valid: default, {', '.join(GRIDS)}")
     runs, skipped = [], []
     for grid in cfg.grids:
         for name in names:
@@ -77,6 +82,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     ref = reference_stats(cfg.ref, extractor)
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.model, cfg.shape)
+    runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe) for name, grid, nfe in runs]
     if cfg.compile:
         from ..compiling import compile_denoiser
 

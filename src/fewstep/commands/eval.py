@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=10)
-    p.add_argument("--grid", default="logsnr")
+    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic or karras (default: the "
+                                                   "process's, time-uniform for VP models, karras for EDM)")
     p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                         with_logits=extractor.name.startswith("inception"))
     if world()[0] != 0:
         return 0
-    result = {"model": args.model, "solver": args.solver, "nfe": args.nfe, "grid": args.grid, "n": args.n,
+    result = {"model": args.model, "solver": args.solver, "nfe": args.nfe,
+              "grid": args.grid or denoiser.process.default_grid, "n": args.n,
               "seed": args.seed, "extractor": extractor.name, **compare(run_.stats, ref, logits=run_.logits),
               "sample_seconds": round(run_.sample_seconds, 3), "feature_seconds": round(run_.feature_seconds, 3)}
     print(json.dumps(result, indent=2))

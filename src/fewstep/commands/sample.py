@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "or bundled:fashion")
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=20)
-    p.add_argument("--grid", default="logsnr", help="time grid name")
+    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic or karras (default: the "
+                                                   "process's, time-uniform for VP models, karras for EDM)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)

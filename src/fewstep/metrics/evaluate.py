@@ -74,7 +74,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtractor, solver: str = "dpm++2m",
-                 nfe: int = 10, grid: Any = "logsnr", *, seed: int = 0, batch_size: int = 250,
+                 nfe: int = 10, grid: Any = None, *, seed: int = 0, batch_size: int = 250,
                  device: str | torch.device = "cpu", max_features: int = 10_000, keep_images: int = 0,
                  with_logits: bool = False, progress: bool = True, sampler=None, **options: Any) -> SampleRun:
     """Generate ``n`` samples from seeds ``seed .. seed + n - 1`` and accumulate their feature statistics.
