@@ -188,7 +188,7 @@ def main() -> None:
                 continue
             m = compare(run.stats, ref)
             rows.append({"sampler": label, "nfe": nfe, **m, **run.extra, "sample_s": run.sample_seconds,
-                         "feature_s": run.feature_seconds})
+                         "feature_s": run.feature_seconds, "device": str(device)})
             save(setup_seconds)
             used = f" (used {run.extra['nfe_used']:.1f})" if "nfe_used" in run.extra and run.extra["nfe_used"] != nfe else ""
             print(f"{label:>28s} nfe={nfe:<3d}{used} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "

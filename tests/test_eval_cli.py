@@ -154,3 +154,12 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     cfg.n, cfg.nfes, cfg.solvers = 6, [2], ["ddim"]
     run_model_bench(cfg, denoiser=counter, progress=False)
     assert counter.count == 2 + 2
+
+
+def test_bench_model_ode_limit_row(tmp_path, standin):
+    cfg = ModelBenchConfig(model="standin", solvers=["ddim"], nfes=[2], n=6, batch_size=6, extractor="fashion",
+                           device="cpu", grid_images=4, out=str(tmp_path), limit_nfe=8)
+    rows = run_model_bench(cfg, denoiser=standin, progress=False)
+    assert [(r["solver"], r["nfe"], r.get("role")) for r in rows] == [("ddim", 2, None), ("dpm++2m", 8, "ODE limit")]
+    assert rows[0]["grid"] == "uniform"  # the process's default grid, by name
+    assert "ODE limit" in (tmp_path / "results.md").read_text()

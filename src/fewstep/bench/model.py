@@ -25,7 +25,9 @@ from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
 
-COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image"]
+COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image",
+           "role"]
+LIMIT_SOLVER = "dpm++2m"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class ModelBenchConfig:
     inception: str | None = None
     batch_size: int | None = None  # None: 64 on a CPU, 500 on a GPU
     compile: bool = False
+    limit_nfe: int = 0  # > 0: also a near-exact ODE solve (dpm++2m at this NFE), the FID the solvers converge to
     seed: int = 0
     device: str | None = None
     shape: list[int] | None = None
@@ -66,6 +69,8 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
                     skipped.append(f"{name} nfe={nfe} (needs >= {solvers.get(name).min_nfe})")
                 else:
                     runs.append((name, grid, nfe))
+        if cfg.limit_nfe > 0 and (LIMIT_SOLVER, grid, cfg.limit_nfe) not in runs:
+            runs.append((LIMIT_SOLVER, grid, cfg.limit_nfe))
     return runs, skipped
 
 
@@ -123,6 +128,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
             rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
                          "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
                          "ms_per_image": 1000 * run.sample_seconds / cfg.n})
+            if cfg.limit_nfe > 0 and (name, nfe) == (LIMIT_SOLVER, cfg.limit_nfe):
+                rows[-1]["role"] = "ODE limit"
             if run.first_images is not None:
                 grids[(name, grid, nfe)] = image_grid_png(run.first_images)
         if cfg.out and world()[0] == 0:
@@ -209,10 +216,14 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     for gi, grid in enumerate(grids):
         for name in dict.fromkeys(r["solver"] for r in rows):
             pts = sorted((r[x], r["fid"]) for r in rows if r["solver"] == name and r["grid"] == grid
-                         and x in r and math.isfinite(r["fid"]))
+                         and x in r and math.isfinite(r["fid"]) and "role" not in r)
             if pts:
                 label = name if len(grids) == 1 else f"{name} ({grid})"
                 ax.plot(*zip(*pts), styles[gi % 4], marker="o", ms=3, label=label)
+    for r in rows:  # the near-exact solve: the FID every solver tends to as NFE grows
+        if r.get("role") == "ODE limit" and math.isfinite(r["fid"]):
+            ax.axhline(r["fid"], color="k", ls=":", lw=1,
+                       label=f"ODE limit ({r['solver']}, {r['nfe']} NFE{'' if len(grids) == 1 else ', ' + r['grid']})")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID (lower is better)")

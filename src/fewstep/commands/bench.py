@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--out", default="bench-model", help="output folder (a rerun resumes: finished "
                                                             "configurations are read back, not sampled again)")
     model.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    model.add_argument("--limit-nfe", type=int, default=0, metavar="N",
+                       help="also score a near-exact ODE solve (dpm++2m, N NFE, e.g. 100): the FID the solvers "
+                            "converge to, drawn as a line on the plots")
     from .stats import add_extractor_args
 
     add_extractor_args(model)
@@ -61,6 +64,7 @@ def _run_model(args: argparse.Namespace) -> int:
     cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
                            ref=args.ref, extractor=args.extractor, inception=args.inception,
                            batch_size=args.batch_size, seed=args.seed, device=args.device, shape=args.shape,
-                           out=args.out, compile=args.compile)
+                           out=args.out, compile=args.compile,
+                           limit_nfe=args.limit_nfe)
     run_model_bench(cfg)
     return 0
