@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--no-floor", action="store_true", help="skip scoring real training images (the FID floor)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on a CPU, 500 on a GPU")
     ap.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    ap.add_argument("--report-only", action="store_true", help="print the table of the saved entries, sample nothing")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="fashion_fid", help="folder for results.json and results.md")
     args = ap.parse_args()
@@ -115,6 +116,7 @@ def main() -> None:
     args.grid = args.grid or denoiser.process.default_grid
     same = {"model": "standin" if args.standin else args.model, "n": args.n, "grid": args.grid}
     saved_rows: list[dict] = []  # every entry ever saved here, whatever its model, n or grid
+    saved: dict = {}
     if results_path.is_file():
         saved = json.loads(results_path.read_text())
         saved_rows = [{**saved.get("run", {}), **r} for r in saved["rows"]]  # older files kept these per file
@@ -144,6 +146,16 @@ def main() -> None:
             samplers.append((name, None))
         elif not args.no_diffusers:
             samplers += list(DIFFUSERS.items())
+    if args.report_only:  # the table of what is saved, in the order asked for, without sampling
+        order = {label: i for i, (label, _) in enumerate(samplers)}
+        rows = sorted((r for r in done.values() if r["sampler"] in order or "floor" in r["sampler"]),
+                      key=lambda r: (order.get(r["sampler"], -1), r["nfe"]))
+        samplers = []
+        args.no_floor = True
+        t_start = time.perf_counter() - saved.get("setup_seconds", 0.0)
+        run_args = saved.get("args", {})
+        args.compile, batch_size = run_args.get("compile", False), run_args.get("batch_size") or batch_size
+        device = ", ".join(sorted({r["device"] for r in rows if "device" in r})) or run_args.get("device") or "cpu"
     if not args.no_floor:  # the data floor: real training images scored exactly like samples
         from fewstep.metrics.data import fashion_mnist
         from fewstep.metrics.evaluate import images_stats
@@ -204,7 +216,8 @@ def main() -> None:
             f"{wall / 60:.1f} min (sampling and features of every entry plus setup).\n")
     text = "\n".join(table) + "\n" + note
     print("\n" + text)
-    save(setup_seconds)
+    if not args.report_only:
+        save(setup_seconds)
     atomic_write_text(out / "results.md", text)
 
 
