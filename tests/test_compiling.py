@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.compiling import CompiledNetwork
+from fewstep.compiling import CompiledNetwork, CompileError
 from fewstep.processes import VPDiscrete
 
 
@@ -29,7 +29,10 @@ def test_compiled_denoiser_matches_eager():
         assert isinstance(den.net, CompiledNetwork)
         fewstep.compile_denoiser(wrapped)  # twice: no-op
         assert not isinstance(den.net.eager, CompiledNetwork)
-        compiled = fewstep.generate(wrapped, (1, 8, 8), seeds, "dpm++2m", 4)
+        try:
+            compiled = fewstep.generate(wrapped, (1, 8, 8), seeds, "dpm++2m", 4)
+        except CompileError as err:  # e.g. no C++ compiler on this machine: the error says so
+            pytest.skip(f"torch.compile cannot build here: {err}")
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
