@@ -1,7 +1,7 @@
 """Compiling a denoiser's network with ``torch.compile`` (same maths, fewer milliseconds per evaluation).
 
-On the bundled Fashion-MNIST UNet (2 CPU threads, batch 64) compiling cuts one image-evaluation from
-about 2.5 ms to about 1.3 ms (``benchmarks/compile_speed.py``); outputs agree with eager execution to
+On the bundled Fashion-MNIST UNet (2 CPU threads) compiling cuts one image-evaluation from 2.55 to
+1.65 ms at batch 64 and from 5.67 to 2.32 ms at batch 500 (``benchmarks/compile_speed.py``); outputs agree with eager execution to
 float32 rounding.  The first call compiles (tens of seconds on a CPU); later calls at the same batch
 size reuse the compiled code.
 """

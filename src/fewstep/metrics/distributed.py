@@ -30,8 +30,9 @@ def default_device() -> torch.device:
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    """Images per sampling batch: 64 on a CPU (larger batches fall out of cache: 2.3 ms per
-    image-evaluation of the bundled UNet at 128, 4.3 ms at 500), 500 on an accelerator."""
+    """Images per sampling batch: 64 on a CPU (larger batches fall out of cache: 2.55 ms per
+    image-evaluation of the bundled UNet at 64, 5.67 ms at 500, ``benchmarks/compile_speed.py``),
+    500 on an accelerator."""
     return 64 if torch.device(device).type == "cpu" else 500
 
 
