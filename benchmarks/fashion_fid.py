@@ -120,7 +120,7 @@ def main() -> None:
     saved: dict = {}
     if results_path.is_file():
         saved = json.loads(results_path.read_text())
-        saved_rows = [{**saved.get("run", {}), **r} for r in saved["rows"]]  # older files kept these per file
+        saved_rows = saved["rows"]
     done = {(r["sampler"], r["nfe"]): r for r in saved_rows if all(r.get(k) == v for k, v in same.items())}
     if done:
         print(f"resuming: {len(done)} entries already in {results_path}")

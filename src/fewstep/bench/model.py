@@ -132,8 +132,10 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
                 rows[-1]["role"] = "ODE limit"
             if run.first_images is not None:
                 grids[(name, grid, nfe)] = image_grid_png(run.first_images)
+                if cfg.out and world()[0] == 0:
+                    write_png(Path(cfg.out) / "samples" / _grid_name(name, grid, nfe), grids[(name, grid, nfe)])
         if cfg.out and world()[0] == 0:
-            _save_progress(Path(cfg.out), key, rows, grids)
+            atomic_write_text(Path(cfg.out) / PROGRESS_FILE, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
     wall = time.perf_counter() - t0
     if cfg.out and world()[0] == 0:
         meta = {"model": str(cfg.model), "extractor": f"{extractor.name} ({extractor.fingerprint()[:12]})",
@@ -170,18 +172,11 @@ def _load_progress(out: Path, key: dict[str, Any]) -> dict[tuple[str, str, int],
         return {}
     done = {}
     for row in saved.get("rows", []):
+        if row["fid"] != row["fid"]:  # could not run (nan): try again rather than keep the failure
+            continue
         png_path = out / "samples" / _grid_name(row["solver"], row["grid"], row["nfe"])
         done[(row["solver"], row["grid"], row["nfe"])] = (row, png_path.read_bytes() if png_path.is_file() else None)
     return done
-
-
-def _save_progress(out: Path, key: dict[str, Any], rows: list[dict], grids: dict) -> None:
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    for (name, grid, nfe), png in grids.items():
-        path = out / "samples" / _grid_name(name, grid, nfe)
-        if not path.exists():
-            write_png(path, png)
-    atomic_write_text(out / PROGRESS_FILE, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
 
 
 def _grid_name(name: str, grid: str, nfe: int) -> str:
