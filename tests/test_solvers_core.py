@@ -82,6 +82,25 @@ def test_euler_equals_ddim(gmm8, ddpm_linear):
     assert torch.allclose(a, b, atol=1e-10)
 
 
+def test_dpm_solver_1_equals_ddim(gmm8, ddpm_linear):
+    """DPM-Solver-1 is DDIM (Lu et al. 2022, sec. 4.1), on any grid."""
+    den = gmm8.denoiser(ddpm_linear)
+    x_T = seeded_noise(ddpm_linear, 4, 8)
+    a = fewstep.sample(den, x_T, "dpm1", 7, "logsnr")
+    b = fewstep.sample(den, x_T, "ddim", 7, "logsnr")
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_euler_ancestral_equals_ddpm(gmm8, ddpm_linear):
+    """Euler ancestral (eta = 1) draws the same posterior as DDPM: in ``y = x/alpha``,
+    ``sigma_up = alpha' c`` and ``sigma_down / s = (s'/s)^2`` are DDPM's noise split (Ho et al. 2020, eq. 7)."""
+    den = gmm8.denoiser(ddpm_linear)
+    x_T = seeded_noise(ddpm_linear, 4, 8)
+    a = fewstep.sample(den, x_T, "euler_a", 6, "uniform", generator=fewstep.generators([1, 2, 3, 4]))
+    b = fewstep.sample(den, x_T, "ddpm", 6, "uniform", generator=fewstep.generators([1, 2, 3, 4]))
+    assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_solver_reaches_reference_with_many_steps(gmm8, ddpm_linear):
     den = gmm8.denoiser(ddpm_linear)
     x_T = seeded_noise(ddpm_linear, 8, 8)
