@@ -73,31 +73,21 @@ def test_stochastic_solvers_use_their_noise(gmm8, ddpm_linear):
     assert not torch.allclose(a, b)
 
 
-def test_euler_equals_ddim(gmm8, ddpm_linear):
-    """DDIM is Euler's method in (x/alpha, sigma/alpha) (Karras et al. 2022, sec. 4)."""
+@pytest.mark.parametrize("solver, same_as, nfe, grid", [
+    # DDIM is Euler's method in (x/alpha, sigma/alpha) (Karras et al. 2022, sec. 4)
+    ("euler", "ddim", 9, "karras"),
+    # DPM-Solver-1 is DDIM (Lu et al. 2022, sec. 4.1), on any grid
+    ("dpm1", "ddim", 7, "logsnr"),
+    # Euler ancestral (eta = 1) draws DDPM's posterior: in y = x/alpha, sigma_up = alpha' c and
+    # sigma_down / s = (s'/s)^2 are DDPM's noise split (Ho et al. 2020, eq. 7)
+    ("euler_a", "ddpm", 6, "uniform"),
+])
+def test_solver_identities(gmm8, ddpm_linear, solver, same_as, nfe, grid):
+    """Solvers that are the same algorithm in other variables give the same samples from the same noise."""
     den = gmm8.denoiser(ddpm_linear)
     x_T = seeded_noise(ddpm_linear, 4, 8)
-    a = fewstep.sample(den, x_T, "euler", 9, "karras")
-    b = fewstep.sample(den, x_T, "ddim", 9, "karras")
-    assert torch.allclose(a, b, atol=1e-10)
-
-
-def test_dpm_solver_1_equals_ddim(gmm8, ddpm_linear):
-    """DPM-Solver-1 is DDIM (Lu et al. 2022, sec. 4.1), on any grid."""
-    den = gmm8.denoiser(ddpm_linear)
-    x_T = seeded_noise(ddpm_linear, 4, 8)
-    a = fewstep.sample(den, x_T, "dpm1", 7, "logsnr")
-    b = fewstep.sample(den, x_T, "ddim", 7, "logsnr")
-    assert torch.allclose(a, b, atol=1e-10)
-
-
-def test_euler_ancestral_equals_ddpm(gmm8, ddpm_linear):
-    """Euler ancestral (eta = 1) draws the same posterior as DDPM: in ``y = x/alpha``,
-    ``sigma_up = alpha' c`` and ``sigma_down / s = (s'/s)^2`` are DDPM's noise split (Ho et al. 2020, eq. 7)."""
-    den = gmm8.denoiser(ddpm_linear)
-    x_T = seeded_noise(ddpm_linear, 4, 8)
-    a = fewstep.sample(den, x_T, "euler_a", 6, "uniform", generator=fewstep.generators([1, 2, 3, 4]))
-    b = fewstep.sample(den, x_T, "ddpm", 6, "uniform", generator=fewstep.generators([1, 2, 3, 4]))
+    a = fewstep.sample(den, x_T, solver, nfe, grid, generator=fewstep.generators([1, 2, 3, 4]))
+    b = fewstep.sample(den, x_T, same_as, nfe, grid, generator=fewstep.generators([1, 2, 3, 4]))
     assert torch.allclose(a, b, atol=1e-10)
 
 
