@@ -140,7 +140,6 @@ def test_diverged_configuration_scores_inf(tmp_path):
 def test_bench_model_resumes_finished_configurations(bench_out, standin):
     out, rows = bench_out
     counter = fewstep.NFECounter(standin)
-    counter.sample_shape = standin.sample_shape
     cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3, 4], n=12, batch_size=6,
                            extractor="fashion", device="cpu", grid_images=8, out=str(out))
     again = run_model_bench(cfg, denoiser=counter, progress=False)

@@ -12,8 +12,8 @@ import torch
 
 from fewstep import Denoiser
 from fewstep.processes import EDM, RectifiedFlow, VPDiscrete
-from fewstep.training.losses import (WEIGHTINGS, diffusion_loss, native_target, sample_t_lognormal,
-                                     sample_t_uniform, x0_error_scale)
+from fewstep.parametrization import parametrization
+from fewstep.training.losses import WEIGHTINGS, diffusion_loss, sample_t_lognormal, sample_t_uniform
 
 C = 0.7  # data standard deviation
 SD = 0.5  # sigma_data
@@ -35,7 +35,7 @@ class ExactGaussianNet:
             x0 = C**2 * y / (C**2 + s_hat**2)
             eps = (y - x0) / s_hat
             t = p.t_of_sigma_hat(s_hat.reshape(-1))
-            out = native_target("edm", p, x0, eps, t, SD)
+            out = parametrization("edm", p, SD).target(x0, eps, t)
         else:
             t = t_in
             a = p.alpha(t).reshape(-1, 1, 1, 1)
@@ -43,7 +43,7 @@ class ExactGaussianNet:
             y, s_hat = x.double() / a, s / a
             x0 = C**2 * y / (C**2 + s_hat**2)
             eps = (x.double() - a * x0) / s
-            out = native_target(self.prediction, p, x0, eps, t, SD)
+            out = parametrization(self.prediction, p, SD).target(x0, eps, t)
         return (out + self.bias).to(x.dtype)
 
 
@@ -66,7 +66,7 @@ def test_loss_minimum_on_exact_model(proc, prediction, weighting):
     s_hat = process.sigma(t) / process.alpha(t)
     var = C**2 * s_hat**2 / (C**2 + s_hat**2)
     w = WEIGHTINGS[weighting](prediction, process, t, sigma_data=SD)
-    expected = w * var / x0_error_scale(prediction, process, t, SD) ** 2
+    expected = w * var / parametrization(prediction, process, SD).x0_error_scale(t) ** 2
     assert torch.allclose(loss, expected, rtol=0.08), (loss, expected)
     # Any other model is worse.
     bias = (0.3 * (expected / w).sqrt()).reshape(-1, 1, 1, 1)  # 0.3 native standard deviations

@@ -10,15 +10,15 @@ from torch import Tensor
 from . import solvers
 from .denoisers import DenoiserBase
 from .grids import GridSpec, make_schedule
-from .solvers._common import Callback, Generator
+from .solvers._common import Callback, Cond, Generator
 
 __all__ = ["sample", "generators", "prior_noise", "generate"]
 
 
 def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: int = 10,
-           grid: GridSpec | None = None, generator: Generator = None, *, clean_end: bool = True,
-           callback: Callback = None, grid_options: dict[str, float] | None = None,
-           **options: Any) -> Tensor:
+           grid: GridSpec | None = None, generator: Generator = None, *, cond: Cond = None,
+           clean_end: bool = True, callback: Callback = None, grid_options: dict[str, float] | None = None,
+           grad: bool = False, **options: Any) -> Tensor:
     """Solve from ``x_T`` (at the process's ``t_max``) to data with exactly ``nfe`` evaluations.
 
     ``solver`` is a name from ``fewstep.solvers.available()``; ``grid`` a name from
@@ -26,14 +26,28 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
     ``default_grid`` (time-uniform for VP processes, Karras for EDM/VE); ``generator`` a
     ``torch.Generator`` or one per sample (results then do not depend on the batch size).
     ``clean_end`` makes the last step land on ``sigma = 0``; without it the solver stops at the
-    process's ``t_min``.  Extra keywords are the solver's options and conditioning (e.g. ``class_labels``).
+    process's ``t_min``.  ``cond`` is the conditioning passed to every network call (e.g.
+    ``{"class_labels": labels}``); extra keywords are the solver's options
+    (``fewstep.solvers.get(name).options``): unknown ones, and ones the NFE plan sets, are refused.
+
+    Sampling runs under ``torch.inference_mode`` (no autograd graph; the result does not require
+    grad); ``grad=True`` keeps autograd on, for methods that differentiate through sampling.
     """
     spec = solvers.get(solver)
     if not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+    if cond is not None and not isinstance(cond, dict):
+        raise TypeError(f"cond must be a dict of conditioning keywords (e.g. {{'class_labels': labels}}), "
+                        f"got {type(cond).__name__}")
+    spec.check_options(options)
     steps, planned = spec.steps_for(nfe, clean_end)
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, **(grid_options or {}))
-    return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, **{**planned, **options})
+    kwargs = {**planned, **options}  # only solvers without a fixed NFE (dpm_adaptive) may override their plan
+    if grad:
+        return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
+    with torch.inference_mode():
+        x = spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
+    return x.clone()  # a normal tensor: inference tensors refuse in-place updates outside inference mode
 
 
 def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -51,7 +65,13 @@ def prior_noise(process, shape: Sequence[int], gens: Sequence[torch.Generator],
 def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str = "dpm++2m",
              nfe: int = 10, grid: GridSpec | None = None, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, **options: Any) -> Tensor:
-    """Draw ``x_T`` from per-sample ``seeds`` and sample: the same seed gives the same image in any batch."""
+    """Draw ``x_T`` from per-sample ``seeds`` and sample: the same seed gives the same image in any batch.
+
+    ``options`` are :func:`sample`'s keywords (``cond``, ``callback``, ``grad``, solver options).
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("generate: seeds is empty; pass at least one seed (e.g. seeds=range(16))")
     gens = generators(seeds)
     x_T = prior_noise(denoiser.process, shape, gens, dtype=dtype, device=device)
     return sample(denoiser, x_T, solver, nfe, grid, gens, **options)

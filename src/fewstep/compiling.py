@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .denoisers import DenoiserBase, accepts_context
+
 __all__ = ["compile_denoiser", "CompileError"]
 
 
@@ -26,6 +28,7 @@ class CompiledNetwork(torch.nn.Module):
         super().__init__()
         self.eager = net
         self.compiled = torch.compile(net, **options)
+        self.accepts_step_context = accepts_context(net)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -38,23 +41,14 @@ class CompiledNetwork(torch.nn.Module):
             raise
 
 
-def compile_denoiser(denoiser: Any, **options: Any) -> Any:
-    """Put every ``torch.nn.Module`` network inside ``denoiser`` (and its wrappers' ``inner``) behind
+def compile_denoiser(denoiser: DenoiserBase, **options: Any) -> DenoiserBase:
+    """Put every network of ``denoiser`` (``denoiser.networks()``, through any wrappers) behind
     ``torch.compile(**options)``, in place; returns ``denoiser``.  Compiling twice is a no-op.
 
     Default ``dynamic=False``: each batch size gets its own specialised code (a sampling run sees
     two, the batch and the remainder)."""
     options.setdefault("dynamic", False)
-    inner, found = denoiser, False
-    while inner is not None:
-        net = getattr(inner, "net", None)
-        if isinstance(net, CompiledNetwork):
-            found = True
-        elif isinstance(net, torch.nn.Module):
-            inner.net = CompiledNetwork(net, **options)
-            found = True
-        inner = getattr(inner, "inner", None)
-    if not found:
+    if next(denoiser.networks(), None) is None:
         raise ValueError(f"{type(denoiser).__name__} has no torch.nn.Module network to compile "
                          "(expected a fewstep Denoiser, possibly inside wrappers)")
-    return denoiser
+    return denoiser.map_networks(lambda net: net if isinstance(net, CompiledNetwork) else CompiledNetwork(net, **options))

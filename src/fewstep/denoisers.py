@@ -10,13 +10,13 @@ Wrappers (guidance, thresholding, counting, caching) are denoisers around a deno
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from .context import StepContext
+from .parametrization import PREDICTION_TYPES, Prediction, alpha_sigma, parametrization
 from .processes import NoiseProcess
 
 __all__ = [
@@ -28,36 +28,34 @@ __all__ = [
     "DynamicThresholding",
     "NFECounter",
     "PREDICTION_TYPES",
+    "accepts_context",
 ]
 
-PREDICTION_TYPES = ("eps", "x0", "v", "flow", "edm")
+NetworkTransform = Callable[[torch.nn.Module], torch.nn.Module]
 
 
-@dataclass
-class Prediction:
-    """Data prediction ``x0`` and noise prediction ``eps`` at one ``(x, t)``."""
-
-    x0: Tensor
-    eps: Tensor
-
-
-def _per_sample(value: Tensor, x: Tensor) -> Tensor | float:
-    """A float64 coefficient as a python float (scalar t) or broadcastable to ``x``."""
-    if value.ndim == 0:
-        return float(value)
-    return value.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+def accepts_context(net: Any) -> bool:
+    """Whether ``net`` takes the sampling context as a ``ctx`` keyword (fewstep's UNet and DiT do)."""
+    return bool(getattr(net, "accepts_step_context", False))
 
 
 class DenoiserBase:
-    """Anything with a ``process`` and ``predict(x, t, **cond) -> Prediction``.
+    """Anything with a ``process`` and ``predict(x, t, *, ctx=None, **cond) -> Prediction``.
 
-    ``t`` is a python float shared by the batch or a float64 tensor of shape ``(batch,)``.
-    Calling the denoiser returns the data prediction, like a k-diffusion denoiser.
+    ``t`` is a python float shared by the batch or a float64 tensor of shape ``(batch,)``;
+    ``ctx`` is the :class:`~fewstep.context.StepContext` of the evaluation (``None`` outside a
+    solver), ``cond`` the conditioning (e.g. ``class_labels``).  Calling the denoiser returns the
+    data prediction, like a k-diffusion denoiser.
+
+    Metadata is declared once and read through any wrapper: ``sample_shape`` ``(C, H, W)`` of one
+    sample (``None`` when unknown) and ``config`` (the checkpoint's config, if any).
     """
 
     process: NoiseProcess
+    sample_shape: tuple[int, ...] | None = None
+    config: dict[str, Any] | None = None
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
         raise NotImplementedError
 
     def __call__(self, x: Tensor, t: float | Tensor, **cond: Any) -> Tensor:
@@ -68,40 +66,51 @@ class DenoiserBase:
 
     def coefficients(self, x: Tensor, t: float | Tensor) -> tuple[Tensor | float, Tensor | float]:
         """``(alpha(t), sigma(t))`` as floats or tensors broadcastable to ``x``."""
-        if isinstance(t, float):
-            return self.process.alpha_sigma(t)
-        p = self.process
-        return _per_sample(p.alpha(t), x), _per_sample(p.sigma(t), x)
+        return alpha_sigma(self.process, x, t)
+
+    def networks(self) -> Iterator[torch.nn.Module]:
+        """Every ``torch.nn.Module`` network this denoiser (and any denoiser it wraps) evaluates."""
+        return iter(())
+
+    def map_networks(self, transform: NetworkTransform) -> "DenoiserBase":
+        """Replace each network ``net`` by ``transform(net)``, in place (compiling, quantizing and caching
+        are such transforms); returns ``self``."""
+        return self
 
 
 class Denoiser(DenoiserBase):
     """Wrap ``net(x, t_model, **cond)`` trained with prediction type ``prediction``.
 
-    * ``"eps"``: the net predicts the noise (DDPM).
-    * ``"x0"``: the net predicts the clean sample.
-    * ``"v"``: ``v = alpha eps - sigma x0`` (Salimans & Ho 2022).
-    * ``"flow"``: the velocity ``dx/dt = alpha' x0 + sigma' eps`` (rectified flow: ``eps - x0``).
-    * ``"edm"``: EDM preconditioning (Karras et al. 2022, Table 1) in the scaled variable
-      ``x / alpha`` with noise level ``sigma / alpha``: ``D = c_skip x + c_out F(c_in x, c_noise)``.
+    The prediction-type maths (network input, output -> ``x0``/``eps``) is the
+    :class:`~fewstep.parametrization.Parametrization` shared with the training loss:
+    ``"eps"``, ``"x0"``, ``"v"``, ``"flow"`` or ``"edm"`` (Karras et al. 2022 preconditioning
+    with ``sigma_data``).  A network with ``accepts_step_context = True`` also receives the
+    sampling context as ``ctx``.
     """
 
     def __init__(self, net: Callable[..., Tensor], process: NoiseProcess, prediction: str = "eps",
-                 sigma_data: float = 0.5):
-        if prediction not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTION_TYPES)}")
+                 sigma_data: float = 0.5, *, sample_shape: Sequence[int] | None = None,
+                 config: dict[str, Any] | None = None):
+        self.param = parametrization(prediction, process, sigma_data)
         self.net = net
         self.process = process
         self.prediction = prediction
         self.sigma_data = sigma_data
+        self.sample_shape = tuple(int(v) for v in sample_shape) if sample_shape is not None else None
+        self.config = config
 
-    def _net_time(self, x: Tensor, t: float | Tensor) -> Tensor:
-        tm = self.process.model_time(t)
-        if tm.ndim == 0:
-            return torch.full((x.shape[0],), float(tm), device=x.device, dtype=x.dtype)
-        return tm.to(device=x.device, dtype=x.dtype)
+    def networks(self) -> Iterator[torch.nn.Module]:
+        if isinstance(self.net, torch.nn.Module):
+            yield self.net
 
-    def _call_net(self, x: Tensor, t_model: Tensor, cond: dict[str, Any]) -> Tensor:
-        out = self.net(x, t_model, **cond)
+    def map_networks(self, transform: NetworkTransform) -> "Denoiser":
+        if isinstance(self.net, torch.nn.Module):
+            self.net = transform(self.net)
+        return self
+
+    def _call_net(self, x: Tensor, t_model: Tensor, ctx: StepContext | None, cond: dict[str, Any]) -> Tensor:
+        out = self.net(x, t_model, ctx=ctx, **cond) if ctx is not None and accepts_context(self.net) \
+            else self.net(x, t_model, **cond)
         if not isinstance(out, Tensor):
             out = getattr(out, "sample", out)
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -112,40 +121,13 @@ class Denoiser(DenoiserBase):
             )
         return out
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
-        a, s = self.coefficients(x, t)
-        kind = self.prediction
-        if kind == "edm":
-            s_hat = s / a
-            sd2 = self.sigma_data**2
-            c_in = 1.0 / (s_hat**2 + sd2) ** 0.5
-            c_skip = sd2 / (s_hat**2 + sd2)
-            c_out = s_hat * self.sigma_data / (s_hat**2 + sd2) ** 0.5
-            y = x / a
-            if isinstance(s_hat, float):
-                c_noise = torch.full((x.shape[0],), math.log(s_hat) / 4, dtype=x.dtype, device=x.device)
-            else:
-                c_noise = (torch.log(s_hat) / 4).reshape(-1)
-            f = self._call_net(y * c_in, c_noise, cond)
-            x0 = c_skip * y + c_out * f
-            return Prediction(x0, (x - a * x0) / s)
-        out = self._call_net(x, self._net_time(x, t), cond)
-        if kind == "eps":
-            return Prediction((x - s * out) / a, out)
-        if kind == "x0":
-            return Prediction(out, (x - a * out) / s)
-        if kind == "v":
-            norm = a * a + s * s
-            return Prediction((a * x - s * out) / norm, (s * x + a * out) / norm)
-        # flow: u = a' x0 + s' eps, x = a x0 + s eps
-        da, ds = self.process.derivatives(t)
-        da, ds = _per_sample(da, x), _per_sample(ds, x)
-        det = a * ds - s * da
-        return Prediction((ds * x - s * out) / det, (a * out - da * x) / det)
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
+        x_in, t_in = self.param.net_input(x, t)
+        return self.param.prediction(x, t, self._call_net(x_in, t_in, ctx, cond))
 
 
 class DenoiserWrapper(DenoiserBase):
-    """Base class of wrappers: delegates to ``inner`` and exposes its process."""
+    """Base class of wrappers: delegates to ``inner`` and reads its process and metadata through it."""
 
     def __init__(self, inner: DenoiserBase):
         self.inner = inner
@@ -154,8 +136,23 @@ class DenoiserWrapper(DenoiserBase):
     def process(self) -> NoiseProcess:  # type: ignore[override]
         return self.inner.process
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
-        return self.inner.predict(x, t, **cond)
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:  # type: ignore[override]
+        return self.inner.sample_shape
+
+    @property
+    def config(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.inner.config
+
+    def networks(self) -> Iterator[torch.nn.Module]:
+        return self.inner.networks()
+
+    def map_networks(self, transform: NetworkTransform) -> "DenoiserWrapper":
+        self.inner.map_networks(transform)
+        return self
+
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
+        return self.inner.predict(x, t, ctx=ctx, **cond)
 
 
 class NFECounter(DenoiserWrapper):
@@ -165,9 +162,9 @@ class NFECounter(DenoiserWrapper):
         super().__init__(inner)
         self.count = 0
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
         self.count += 1
-        return self.inner.predict(x, t, **cond)
+        return self.inner.predict(x, t, ctx=ctx, **cond)
 
 
 class ClassifierFreeGuidance(DenoiserWrapper):
@@ -183,12 +180,12 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         self.scale = scale
         self.uncond = uncond
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
         if self.scale == 1.0:
-            return self.inner.predict(x, t, **cond)
+            return self.inner.predict(x, t, ctx=ctx, **cond)
         both = {k: torch.cat([self.uncond[k], v]) if isinstance(v, Tensor) else v for k, v in cond.items()}
         tt = t if not isinstance(t, Tensor) or t.ndim == 0 else torch.cat([t, t])
-        p = self.inner.predict(torch.cat([x, x]), tt, **both)
+        p = self.inner.predict(torch.cat([x, x]), tt, ctx=ctx, **both)
         (x0_u, x0_c), (e_u, e_c) = p.x0.chunk(2), p.eps.chunk(2)
         w = self.scale
         return Prediction(x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u))
@@ -208,8 +205,8 @@ class DynamicThresholding(DenoiserWrapper):
         self.ratio = ratio
         self.max_value = max_value
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
-        p = self.inner.predict(x, t, **cond)
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
+        p = self.inner.predict(x, t, ctx=ctx, **cond)
         flat = p.x0.reshape(p.x0.shape[0], -1).abs().float()
         s = torch.quantile(flat, self.ratio, dim=1).clamp(min=1.0, max=self.max_value)
         s = s.to(p.x0.dtype).reshape(-1, *([1] * (x.ndim - 1)))

@@ -35,7 +35,7 @@ def resolve_bundled(name: str) -> Path:
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> Denoiser:
-    """Load a denoiser, in eval mode, with ``sample_shape`` = ``(C, H, W)`` set on it.
+    """Load a denoiser, in eval mode, declaring its ``sample_shape`` ``(C, H, W)`` and ``config``.
 
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
@@ -57,7 +57,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
             raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
         folder = latest
     den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
-    den.net.to(device=device, dtype=dtype).eval()
+    for net in den.networks():
+        net.to(device=device, dtype=dtype).eval()
     return den
 
 
@@ -82,11 +83,10 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
     _load_state(net, state, weights)
-    den = Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5))
     n = cfg["network"]
-    den.sample_shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
-    den.config = cfg
-    return den
+    shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
+    return Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5),
+                    sample_shape=shape, config=cfg)
 
 
 def _load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -175,9 +175,6 @@ def _load_diffusers(folder: Path) -> Denoiser:
                                 f"safetensors weights (never pickled .bin files). Re-save with safe_serialization=True")
     proc, pred = process_from_diffusers(json.loads(sched_path.read_text()))
     unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
-    den = Denoiser(unet, proc, pred)
     c = unet.config
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    den.sample_shape = (c.in_channels, size, size)
-    den.config = {"diffusers": str(unet_dir)}
-    return den
+    return Denoiser(unet, proc, pred, sample_shape=(c.in_channels, size, size), config={"diffusers": str(unet_dir)})

@@ -137,9 +137,6 @@ class VPDiscrete(NoiseProcess):
         self.num_train_timesteps = len(betas)
         self.t_min = 0.0
         self.t_max = float(len(betas) - 1)
-        # lambda is strictly decreasing in t: invert by interpolation on the table.
-        la = self._log_alpha
-        self._lam_table = la - 0.5 * torch.log(-torch.expm1(2 * la))
 
     @classmethod
     def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "VPDiscrete":

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             cond["class_labels"] = torch.full((len(chunk),), args.class_label, dtype=torch.long, device=device)
         with torch.no_grad():
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
-            x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, **cond)
+            x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond)
         if as_folder:
             for s, img in zip(chunk, to_uint8(x)):
                 save_png(img, out / f"{s:06d}.png")

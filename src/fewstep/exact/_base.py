@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..context import StepContext
 from ..denoisers import DenoiserBase, Prediction
 from ..processes import NoiseProcess
 
@@ -37,7 +38,7 @@ class ExactDenoiser(DenoiserBase):
         self.model = model
         self.process = process
 
-    def predict(self, x: Tensor, t: float | Tensor, **cond: Any) -> Prediction:
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
         p = self.process
         a, s = p.alpha(t), p.sigma(t)
         shape = x.shape

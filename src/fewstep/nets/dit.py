@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..context import StepContext, tap
 from ._layers import ConditionEmbedding, broadcast_time
 
 
@@ -73,7 +74,13 @@ class DiTConfig:
 
 
 class DiT(nn.Module):
-    """``net(x, noise_level, class_labels=None)`` on a ``resolution x resolution`` image."""
+    """``net(x, noise_level, class_labels=None, ctx=None)`` on a ``resolution x resolution`` image.
+
+    Block taps (:func:`fewstep.context.tap`): ``block.k``, the k-th transformer block (the features
+    TaylorSeer forecasts, Liu et al. 2025).
+    """
+
+    accepts_step_context = True
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -95,7 +102,8 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, noise_level: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_level: Tensor | float, class_labels: Tensor | None = None,
+                ctx: StepContext | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[-2:] != (cfg.resolution, cfg.resolution):
             raise ValueError(f"DiT expects input shaped (batch, {cfg.in_channels}, {cfg.resolution}, "
@@ -103,8 +111,8 @@ class DiT(nn.Module):
         b, p, g = x.shape[0], cfg.patch_size, self.grid
         c = self.embed(broadcast_time(noise_level, b, x.device), class_labels)
         h = self.patch(x).flatten(2).transpose(1, 2) + self.pos.to(x.dtype)
-        for block in self.blocks:
-            h = block(h, c)
+        for k, block in enumerate(self.blocks):
+            h = tap(ctx, f"block.{k}", block, h, c)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=1)
         h = self.head(_modulate(self.norm_out(h), shift, scale))  # (b, g*g, p*p*out)
         out_ch = cfg.out_channels or cfg.in_channels

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..context import StepContext, tap
 from ._layers import ConditionEmbedding, broadcast_time
 
 
@@ -84,7 +85,15 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """``net(x, noise_level, class_labels=None)`` -> tensor shaped like ``x`` (before ``out_channels``)."""
+    """``net(x, noise_level, class_labels=None, ctx=None)`` -> tensor shaped like ``x`` (before ``out_channels``).
+
+    Block taps (:func:`fewstep.context.tap`), for caches and forecasters that a sampling context
+    carries: ``down.k`` and ``up.k`` (the k-th block group of the encoder and decoder), ``mid``, and
+    ``deep``, everything between the first encoder group and the last decoder group (the branch
+    DeepCache reuses, Ma et al. 2024, sec. 3.2): ``deep(h_after_down0) -> h_before_last_up``.
+    """
+
+    accepts_step_context = True
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -131,20 +140,30 @@ class UNet(nn.Module):
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
         return h
 
-    def forward(self, x: Tensor, noise_level: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
+    def _deep(self, h: Tensor, emb: Tensor, ctx: StepContext | None) -> Tensor:
+        """Encoder groups 1.., the middle, decoder groups ..-2: their skip connections stay inside."""
+        skips = [h]
+        for k in range(1, len(self.down)):
+            h = tap(ctx, f"down.{k}", self._run, self.down[k], h, emb)
+            skips.append(h)
+        h = tap(ctx, "mid", self._run, self.mid, h, emb)
+        for k in range(len(self.up) - 1):
+            blocks = self.up[k]
+            if isinstance(blocks[0], ResBlock):
+                h = tap(ctx, f"up.{k}", self._run, blocks, torch.cat([h, skips.pop()], dim=1), emb)
+            else:  # upsample to the size of the matching encoder feature map (odd sizes round-trip)
+                h = blocks[0](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
+        return h
+
+    def forward(self, x: Tensor, noise_level: Tensor | float, class_labels: Tensor | None = None,
+                ctx: StepContext | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet expects input shaped (batch, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         emb = self.embed(broadcast_time(noise_level, x.shape[0], x.device), class_labels)
-        h = self.conv_in(x)
-        skips = [h]
-        for blocks in self.down:
-            h = self._run(blocks, h, emb)
-            skips.append(h)
-        h = self._run(self.mid, h, emb)
-        for blocks in self.up:
-            if isinstance(blocks[0], ResBlock):
-                h = self._run(blocks, torch.cat([h, skips.pop()], dim=1), emb)
-            else:  # upsample to the size of the matching encoder feature map (odd sizes round-trip)
-                h = blocks[0](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
+        h0 = self.conv_in(x)
+        h = tap(ctx, "down.0", self._run, self.down[0], h0, emb)
+        h = tap(ctx, "deep", self._deep, h, emb, ctx)
+        last = len(self.up) - 1
+        h = tap(ctx, f"up.{last}", self._run, self.up[last], torch.cat([h, h0], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))

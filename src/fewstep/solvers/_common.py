@@ -10,10 +10,12 @@ from torch import Tensor
 
 from ..grids import Schedule
 
-__all__ = ["Generator", "randn_like", "NonFiniteError", "step_done", "Callback", "multistep_order", "two_stage_plan"]
+__all__ = ["Generator", "Cond", "randn_like", "NonFiniteError", "step_done", "Callback", "multistep_order", "two_stage_plan"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
+#: Conditioning passed to every network call (e.g. ``{"class_labels": labels}``).
+Cond = dict[str, Any] | None
 
 
 class NonFiniteError(FloatingPointError):

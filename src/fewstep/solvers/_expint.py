@@ -13,7 +13,7 @@ import math
 
 from torch import Tensor
 
-__all__ = ["phi", "data_step", "noise_step", "ddim_noise_split", "taylor_matrix", "taylor_factors", "expint_weights", "exp_combine",
+__all__ = ["phi", "data_step", "ddim_noise_split", "taylor_matrix", "taylor_factors", "expint_weights", "exp_combine",
            "lagrange_integral", "unipc_b", "unipc_rhs", "solve_vandermonde"]
 
 
@@ -32,11 +32,6 @@ def phi(k: int, h: float) -> float:
 def data_step(x: Tensor, x0: Tensor, alpha_t: float, sigma_s: float, sigma_t: float, h: float) -> Tensor:
     """First-order data-prediction step (DDIM / DPM-Solver++1): ``(s_t/s_s) x - a_t (e^{-h}-1) x0``."""
     return (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * x0
-
-
-def noise_step(x: Tensor, eps: Tensor, alpha_s: float, alpha_t: float, sigma_t: float, h: float) -> Tensor:
-    """First-order noise-prediction step (DPM-Solver-1): ``(a_t/a_s) x - s_t (e^{h}-1) eps``."""
-    return (alpha_t / alpha_s) * x - (sigma_t * math.expm1(h)) * eps
 
 
 def ddim_noise_split(sigma_t: float, h: float, eta: float) -> tuple[float, float]:

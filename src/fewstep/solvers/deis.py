@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ._common import Callback, Generator, multistep_order, step_done
+from ..context import bind
+from ._common import Callback, Cond, Generator, multistep_order, step_done
 from ._expint import exp_combine, lagrange_integral
 from .registry import register
 
@@ -42,8 +43,8 @@ def deis_coefficients(schedule: Schedule, order: int, basis: str = "t", lower_or
 
 @register("deis", order=3, paper="Zhang & Chen 2023, DEIS, eq. 14-16 (tAB-DEIS, orders 1-3)")
 def deis(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-         callback: Callback = None, order: int = 3, basis: str = "t", lower_order_final: bool = True,
-         **cond) -> Tensor:
+         callback: Callback = None, cond: Cond = None, order: int = 3, basis: str = "t",
+         lower_order_final: bool = True) -> Tensor:
     """tAB-DEIS on the noise prediction: polynomial extrapolation of the last ``order`` eps in ``t``.
 
     Warm-up with lower orders; a clean last step is first order (DDIM) and, with ``lower_order_final``, grids
@@ -52,9 +53,10 @@ def deis(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Ge
     a, s = schedule.alpha.tolist(), schedule.sigma.tolist()
     lam = schedule.lam.tolist()
     coeffs = deis_coefficients(schedule, order, basis, lower_order_final)
+    model = bind(denoiser, schedule, cond)
     eps_hist: list[Tensor] = []
     for i in range(schedule.steps):
-        p = denoiser.predict(x, float(schedule.t[i]), **cond)
+        p = model.predict(x, float(schedule.t[i]), i)
         eps_hist = (eps_hist + [p.eps])[-order:]
         c = coeffs[i]
         x = exp_combine(x, [eps_hist[-1 - j] for j in range(len(c))], c, data=False, alpha_s=a[i], sigma_s=s[i],

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ._common import Callback, Generator, step_done
+from ..context import BoundDenoiser, bind
+from ._common import Callback, Cond, Generator, NonFiniteError, step_done
 from ._expint import exp_combine, phi
 from .registry import register
 
@@ -40,9 +41,10 @@ def _first(x: Tensor, eps: Tensor, s: _Point, t: _Point) -> Tensor:
     return exp_combine(x, [eps], [h * phi(1, h)], data=False, alpha_s=s.a, sigma_s=s.s, alpha_t=t.a, sigma_t=t.s, h=h)
 
 
-def _singlestep(den: DenoiserBase, x: Tensor, eps_s: Tensor, s: _Point, t: _Point, order: int,
-                mids: Sequence[_Point], cond: dict) -> tuple[Tensor, Tensor]:
-    """One DPM-Solver-``order`` step from ``s`` to ``t`` through the intermediate points ``mids``.
+def _singlestep(model: BoundDenoiser, x: Tensor, eps_s: Tensor, s: _Point, t: _Point, order: int,
+                mids: Sequence[_Point], step: int) -> tuple[Tensor, Tensor]:
+    """One DPM-Solver-``order`` step from ``s`` to ``t`` through the intermediate points ``mids`` (the
+    evaluations there are stages 1, 2 of step ``step``).
 
     Returns ``(x_t, x_lower)`` where ``x_lower`` is the embedded lower-order solution (DPM-Solver-12/23, Alg. 4-5).
     Order 2 (Alg. 1): ``u = DPM-Solver-1(x, s -> s1)``, ``x_t = (a_t/a_s) x - s_t (e^h-1) eps_s
@@ -56,13 +58,13 @@ def _singlestep(den: DenoiserBase, x: Tensor, eps_s: Tensor, s: _Point, t: _Poin
     s1 = mids[0]
     r1 = (s1.lam - s.lam) / h
     u1 = _first(x, eps_s, s, s1)
-    d1 = den.eps(u1, s1.t, **cond) - eps_s
+    d1 = model.eps(u1, s1.t, step, 1) - eps_s
     if order == 2:
         return base - (t.s * h * phi(1, h) / (2 * r1)) * d1, base
     s2 = mids[1]
     r2 = (s2.lam - s.lam) / h
     u2 = _first(x, eps_s, s, s2) - (s2.s * (r2 / r1) * r2 * h * phi(2, r2 * h)) * d1
-    d2 = den.eps(u2, s2.t, **cond) - eps_s
+    d2 = model.eps(u2, s2.t, step, 2) - eps_s
     lower = base - (t.s * h * phi(1, h) / (2 * r1)) * d1
     return base - (t.s / r2 * h * phi(2, h)) * d2, lower
 
@@ -103,7 +105,7 @@ def _plan(order: int | None):
 
 
 def _dpm_solver(den: DenoiserBase, x: Tensor, schedule: Schedule, orders: Sequence[int], *, intermediate: str,
-                r1: float | None, r2: float | None, callback: Callback, cond: dict) -> Tensor:
+                r1: float | None, r2: float | None, callback: Callback, cond: Cond) -> Tensor:
     """Singlestep DPM-Solver along ``schedule`` with per-step ``orders``.
 
     ``intermediate="lambda"``: steps are grid intervals, intermediate points at ``lam_s + r h`` (the paper's
@@ -117,29 +119,30 @@ def _dpm_solver(den: DenoiserBase, x: Tensor, schedule: Schedule, orders: Sequen
     need = len(orders) if span else sum(orders)
     if need != schedule.steps:
         raise ValueError(f"orders {list(orders)} need a grid of {need} steps, got {schedule.steps}")
+    model = bind(den, schedule, cond)
     j = 0
     for i, o in enumerate(orders):
         k = 1 if span else o
         s, t = _Point.on(schedule, j), _Point.on(schedule, j + k)
         if schedule.lands_clean(j + k - 1) and o > 1:
             raise ValueError("a step onto clean data must be first order")
-        eps = den.eps(x, s.t, **cond)
+        p = model.predict(x, s.t, j)
         if o == 1 or span is None:
             mids = [_Point.on(schedule, j + m) for m in range(1, o)]
         else:
             rs = [r1 or 0.5] if o == 2 else [r1 or 1 / 3, r2 or 2 / 3]
             mids = [_Point.at_lam(proc, s.lam + r * (t.lam - s.lam)) for r in rs]
-        x, _ = _singlestep(den, x, eps, s, t, o, mids, cond)
+        x, _ = _singlestep(model, x, p.eps, s, t, o, mids, j)
         j += k
-        step_done(j - 1, schedule, x, None, callback)
+        step_done(j - 1, schedule, x, p.x0, callback)
     return x
 
 
 def _register_fixed(name: str, order: int | None, paper: str):
     @register(name, order=order or 3, nfe_per_step=order or 3, plan=_plan(order), paper=paper)
     def solve(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-              callback: Callback = None, orders: Sequence[int] | None = None, intermediate: str = "lambda",
-              r1: float | None = None, r2: float | None = None, **cond) -> Tensor:
+              callback: Callback = None, cond: Cond = None, orders: Sequence[int] | None = None,
+              intermediate: str = "lambda", r1: float | None = None, r2: float | None = None) -> Tensor:
         """Singlestep DPM-Solver (noise prediction); ``orders`` per step (default from the NFE plan)."""
         if orders is None:
             n = schedule.steps
@@ -170,9 +173,9 @@ def _adaptive_plan(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
 @register("dpm_adaptive", order=3, nfe_per_step=2, plan=_adaptive_plan, fixed_nfe=False, min_nfe=2,
           paper="Lu et al. 2022, DPM-Solver, Algorithms 4-5 (DPM-Solver-12/23 adaptive step size)")
 def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-                 callback: Callback = None, order: int = 3, atol: float = 0.0078, rtol: float = 0.05,
-                 h_init: float = 0.05, theta: float = 0.9, max_nfe: int | None = None,
-                 stats: dict | None = None, **cond) -> Tensor:
+                 callback: Callback = None, cond: Cond = None, order: int = 3, atol: float = 0.0078,
+                 rtol: float = 0.05, h_init: float = 0.05, theta: float = 0.9, max_nfe: int | None = None,
+                 stats: dict | None = None) -> Tensor:
     """Adaptive DPM-Solver-12 (``order=2``) or -23 (``order=3``) from the grid's first to its last point.
 
     A trial step of size ``h`` (in lambda) gives ``x_high`` and the embedded ``x_low``; with
@@ -199,18 +202,23 @@ def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
             raise RuntimeError(f"dpm_adaptive needs more than its budget of {max_nfe} evaluations for atol={atol}, "
                                f"rtol={rtol} ({info['steps']} steps accepted so far); raise nfe or loosen the tolerances")
 
+    model = bind(denoiser, schedule, cond)
     s, h = start, h_init
     while s.lam < end.lam - 1e-12:
         spend(1)
-        eps = denoiser.eps(x, s.t, **cond)
+        p = model.predict(x, s.t, info["steps"])
+        eps = p.eps
         while True:
             h = min(h, end.lam - s.lam)
             t = end if h >= end.lam - s.lam - 1e-12 else _Point.at_lam(proc, s.lam + h)
             spend(order - 1)
             mids = [_Point.at_lam(proc, s.lam + r * (t.lam - s.lam)) for r in rs]
-            high, low = _singlestep(denoiser, x, eps, s, t, order, mids, cond)
+            high, low = _singlestep(model, x, eps, s, t, order, mids, info["steps"])
             delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(low.abs(), x.abs()))
             err = float(((high - low) / delta).reshape(len(x), -1).pow(2).mean(1).sqrt().max())
+            if not math.isfinite(err):
+                raise NonFiniteError(f"NaN or inf appeared in dpm_adaptive's step from t={s.t:.6g} to t={t.t:.6g} "
+                                     f"({info['steps']} steps accepted); check the model and the grid's end points")
             h_new = theta * (t.lam - s.lam) * max(err, 1e-10) ** (-1.0 / order)
             if err <= 1.0:
                 x, s = high, t
@@ -219,12 +227,12 @@ def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
                 break
             info["rejected"] += 1
             h = h_new
-        if not bool(torch.isfinite(x).all()):
-            step_done(0, schedule, x, None, None)
+    x0 = p.x0 if info["steps"] else None
     if schedule.clean_end:
         spend(1)
-        x = _first(x, denoiser.eps(x, s.t, **cond), s, _Point.on(schedule, schedule.steps))
+        p = model.predict(x, s.t, info["steps"])
+        x, x0 = _first(x, p.eps, s, _Point.on(schedule, schedule.steps)), p.x0
     if stats is not None:
         stats.update(info)
-    step_done(schedule.steps - 1, schedule, x, None, callback)
+    step_done(schedule.steps - 1, schedule, x, x0, callback)
     return x

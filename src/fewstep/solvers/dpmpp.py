@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ._common import Callback, Generator, multistep_order, randn_like, step_done, two_stage_plan
+from ..context import bind
+from ._common import Callback, Cond, Generator, multistep_order, randn_like, step_done, two_stage_plan
 from ._expint import data_step, exp_combine, expint_weights, taylor_factors
 from .registry import register
 
@@ -16,16 +17,17 @@ from .registry import register
 @register("dpm++2m", order=2, aliases=("dpmpp_2m", "dpmpp2m"),
           paper="Lu et al. 2022, DPM-Solver++, Algorithm 2 (multistep second order, data prediction)")
 def dpmpp_2m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-             callback: Callback = None, **cond) -> Tensor:
+             callback: Callback = None, cond: Cond = None) -> Tensor:
     """``x_t = (s_t/s_s) x_s - a_t (e^{-h}-1) D`` with ``D = (1 + 1/(2r)) x0_s - x0_prev / (2r)``, ``r = h_prev/h``.
 
     The first step has no history and the step onto clean data (``h = inf``) cannot use one:
     both are first order, as in the paper's Algorithm 2 and its lower-order final step.
     """
     ts, a, s, lam = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    model = bind(denoiser, schedule, cond)
     x0_prev, h_prev = None, 0.0
     for i in range(schedule.steps):
-        x0 = denoiser(x, ts[i], **cond)
+        x0 = model.x0(x, ts[i], i)
         h = lam[i + 1] - lam[i]
         if x0_prev is None or schedule.lands_clean(i):
             d = x0
@@ -40,7 +42,7 @@ def dpmpp_2m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator
 
 def _multistep(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, order: int, *, sde: bool,
                generator: Generator, callback: Callback, solver_type: str, half_d2: bool,
-               lower_order_final: bool, cond: dict) -> Tensor:
+               lower_order_final: bool, cond: Cond) -> Tensor:
     """DPM-Solver++(kM) and its SDE form: polynomial interpolation of past ``x0`` in lambda, exact integral.
 
     ODE (Lu et al. 2022, eq. 9-10): ``x_t = (s_t/s_s) x_s + a_t sum_k h phi_{k+1}(-h) P^{(k)}``;
@@ -49,9 +51,10 @@ def _multistep(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, order: int
     """
     a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
     rate = 2.0 if sde else 1.0
+    model = bind(denoiser, schedule, cond)
     hist: list[Tensor] = []
     for i in range(schedule.steps):
-        x0 = denoiser(x, float(schedule.t[i]), **cond)
+        x0 = model.x0(x, float(schedule.t[i]), i)
         hist = (hist + [x0])[-order:]
         h = lam[i + 1] - lam[i]
         o = min(multistep_order(i, schedule, order, lower_order_final=lower_order_final), len(hist))
@@ -76,7 +79,7 @@ def _multistep(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, order: int
 @register("dpm++3m", order=3, aliases=("dpmpp_3m",),
           paper="Lu et al. 2022, DPM-Solver++, sec. 4 multistep (third order, data prediction)")
 def dpmpp_3m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-             callback: Callback = None, lower_order_final: bool = True, half_d2: bool = False, **cond) -> Tensor:
+             callback: Callback = None, cond: Cond = None, lower_order_final: bool = True, half_d2: bool = False) -> Tensor:
     """Third-order multistep DPM-Solver++: quadratic interpolation of the last three ``x0`` in lambda.
 
     Warm-up orders 1, 2; a clean last step is first order (and with ``lower_order_final``, grids under
@@ -92,8 +95,8 @@ def dpmpp_3m(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator
 @register("dpm++2m_sde", order=2, stochastic=True, aliases=("dpmpp_2m_sde",),
           paper="Lu et al. 2022, DPM-Solver++, appendix (SDE-DPM-Solver++2M)")
 def dpmpp_2m_sde(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-                 callback: Callback = None, solver_type: str = "midpoint", lower_order_final: bool = True,
-                 **cond) -> Tensor:
+                 callback: Callback = None, cond: Cond = None, solver_type: str = "midpoint",
+                 lower_order_final: bool = True) -> Tensor:
     """Second-order multistep SDE solver in data prediction; ``solver_type`` ``"midpoint"`` or ``"taylor"`` (``2h phi_2(-2h)``)."""
     return _multistep(denoiser, x, schedule, 2, sde=True, generator=generator, callback=callback,
                       solver_type=solver_type, half_d2=False, lower_order_final=lower_order_final, cond=cond)
@@ -102,8 +105,8 @@ def dpmpp_2m_sde(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
 @register("dpm++3m_sde", order=3, stochastic=True, aliases=("dpmpp_3m_sde",),
           paper="Lu et al. 2022, DPM-Solver++, appendix (SDE-DPM-Solver++, third-order multistep)")
 def dpmpp_3m_sde(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-                 callback: Callback = None, lower_order_final: bool = True, half_d2: bool = False,
-                 **cond) -> Tensor:
+                 callback: Callback = None, cond: Cond = None, lower_order_final: bool = True,
+                 half_d2: bool = False) -> Tensor:
     """Third-order multistep SDE solver in data prediction (Taylor weights ``2h phi_{k+1}(-2h)``)."""
     return _multistep(denoiser, x, schedule, 3, sde=True, generator=generator, callback=callback,
                       solver_type="taylor", half_d2=half_d2, lower_order_final=lower_order_final, cond=cond)
@@ -112,7 +115,8 @@ def dpmpp_3m_sde(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
 @register("dpm++2s", order=2, nfe_per_step=2, plan=two_stage_plan("second_order_steps"), aliases=("dpmpp_2s",),
           paper="Lu et al. 2022, DPM-Solver++, Algorithm 1 (singlestep second order, data prediction)")
 def dpmpp_2s(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-             callback: Callback = None, second_order_steps: int | None = None, r: float = 0.5, **cond) -> Tensor:
+             callback: Callback = None, cond: Cond = None, second_order_steps: int | None = None,
+             r: float = 0.5) -> Tensor:
     """``u = (s_r/s_s) x - a_r (e^{-rh}-1) x0_s``; ``x_t = (s_t/s_s) x - a_t (e^{-h}-1) ((1-1/2r) x0_s + x0(u)/2r)``.
 
     ``s_r`` is the time with ``lam = lam_s + r h``.  Steps ``i >= second_order_steps`` (by default only a
@@ -123,15 +127,16 @@ def dpmpp_2s(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator
     if second_order_steps is None:
         second_order_steps = n - 1 if schedule.clean_end else n
     a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    model = bind(denoiser, schedule, cond)
     for i in range(n):
-        x0 = denoiser(x, float(schedule.t[i]), **cond)
+        x0 = model.x0(x, float(schedule.t[i]), i)
         h = lam[i + 1] - lam[i]
         d = x0
         if i < second_order_steps and h != math.inf:
             t_r = float(proc.t_of_lambda(lam[i] + r * h))
             a_r, s_r = float(proc.alpha(t_r)), float(proc.sigma(t_r))
             u = data_step(x, x0, a_r, s[i], s_r, r * h)
-            d = (1 - 0.5 / r) * x0 + (0.5 / r) * denoiser(u, t_r, **cond)
+            d = (1 - 0.5 / r) * x0 + (0.5 / r) * model.x0(u, t_r, i, 1)
         x = data_step(x, d, a[i + 1], s[i], s[i + 1], h)
         step_done(i, schedule, x, x0, callback)
     return x

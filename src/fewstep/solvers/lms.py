@@ -7,7 +7,8 @@ from torch import Tensor
 
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ._common import Callback, Generator, step_done
+from ..context import bind
+from ._common import Callback, Cond, Generator, step_done
 from .registry import register
 
 
@@ -34,7 +35,7 @@ def lms_coefficients(sigmas: list[float], order: int) -> list[list[float]]:
 
 @register("lms", order=4, paper="k-diffusion sample_lms / Karras et al. 2022 eq. 4: Adams-Bashforth in sigma")
 def lms(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-        callback: Callback = None, order: int = 4, **cond) -> Tensor:
+        callback: Callback = None, cond: Cond = None, order: int = 4) -> Tensor:
     """``y_{i+1} = y_i + sum_j c_ij d_{i-j}`` with ``d = (y - D(y))/sigma``, ``y = x/alpha``, ``sigma = sigma/alpha``.
 
     Orders grow 1, 2, ... up to ``order`` (no lower-order final step: the clean end ``sigma = 0`` is regular here).
@@ -42,9 +43,10 @@ def lms(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Gen
     a, sh = schedule.alpha.tolist(), schedule.sigma_hat.tolist()
     coeffs = lms_coefficients(sh, order)
     y = x / a[0]
+    model = bind(denoiser, schedule, cond)
     ds: list[Tensor] = []
     for i in range(schedule.steps):
-        x0 = denoiser(a[i] * y, float(schedule.t[i]), **cond)
+        x0 = model.x0(a[i] * y, float(schedule.t[i]), i)
         ds = (ds + [(y - x0) / sh[i]])[-order:]
         for j, c in enumerate(coeffs[i]):
             y = y + c * ds[-1 - j]

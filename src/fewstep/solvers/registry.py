@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 __all__ = ["SolverSpec", "register", "get", "available", "specs"]
@@ -34,6 +37,32 @@ class SolverSpec:
     plan: Plan = one_step_per_eval
     fixed_nfe: bool = True
     aliases: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def options(self) -> dict[str, Any]:
+        """The solver's own options and their defaults (keyword arguments other than generator, callback, cond)."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params
+                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback", "cond")}
+
+    @cached_property
+    def planned_options(self) -> frozenset[str]:
+        """Options the NFE plan sets so that the solver spends exactly its budget."""
+        return frozenset(self.plan(max(self.min_nfe, 6), True)[1])
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse unknown options (naming the valid ones) and options that would override the NFE plan."""
+        for name in options:
+            if name not in self.options:
+                valid = sorted(set(self.options) - self.planned_options) if self.fixed_nfe else sorted(self.options)
+                close = difflib.get_close_matches(name, valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                cond = " Conditioning goes in cond={...}." if not close else ""
+                raise ValueError(f"solver {self.name!r} has no option {name!r}{hint}; its options: "
+                                 f"{', '.join(valid) or 'none'}.{cond}")
+            if self.fixed_nfe and name in self.planned_options:
+                raise ValueError(f"option {name!r} of solver {self.name!r} is set from nfe so that it spends exactly "
+                                 f"nfe evaluations; choose nfe instead (or call the solver function directly)")
 
     def steps_for(self, nfe: int, clean_end: bool = True) -> tuple[int, dict[str, Any]]:
         if not isinstance(nfe, int) or isinstance(nfe, bool):

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ._common import Callback, Generator, multistep_order, step_done
+from ..context import bind
+from ._common import Callback, Cond, Generator, multistep_order, step_done
 from ._expint import solve_vandermonde, unipc_b, unipc_rhs
 from .registry import register
 
@@ -33,7 +34,7 @@ def _update(x: Tensor, m0: Tensor, diffs: list[Tensor], rhos: list[float], *, da
 
 def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int, variant: str, prediction: str,
            corrector: bool, disable_corrector: Sequence[int], lower_order_final: bool, callback: Callback,
-           cond: dict) -> Tensor:
+           cond: Cond) -> Tensor:
     """UniP-p predictor and, reusing the next evaluation, the UniC corrector (Zhao et al. 2023, Alg. 1-2).
 
     With past values ``m_k`` at ``lam_k`` (``r_k = (lam_k - lam_s)/h``, ``D_k = (m_k - m0)/r_k``) the predictor
@@ -46,10 +47,11 @@ def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int,
     data = prediction == "data"
     a, s, lam = schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
     skip = set(disable_corrector)
+    model = bind(denoiser, schedule, cond)
     hist: list[Tensor | None] = []  # model outputs at grid points 0..i (only the last few kept)
     prev = None  # (x_s, order) of the previous step, for its corrector
     for i in range(schedule.steps):
-        p = denoiser.predict(x, float(schedule.t[i]), **cond)
+        p = model.predict(x, float(schedule.t[i]), i)
         m = p.x0 if data else p.eps
         if prev is not None and corrector and (i - 1) not in skip:
             x_s, o_prev = prev
@@ -78,8 +80,8 @@ def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int,
 
 @register("unipc", order=3, paper="Zhao et al. 2023, UniPC, Algorithms 1-3 (UniP-p with UniC, B(h) = bh1/bh2)")
 def unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-          callback: Callback = None, order: int = 2, variant: str = "bh2", prediction: str = "data",
-          disable_corrector: Sequence[int] = (), lower_order_final: bool = True, **cond) -> Tensor:
+          callback: Callback = None, cond: Cond = None, order: int = 2, variant: str = "bh2",
+          prediction: str = "data", disable_corrector: Sequence[int] = (), lower_order_final: bool = True) -> Tensor:
     """UniPC-p (``order`` 1-3 predictor, order ``p+1`` with the corrector on every step but the last).
 
     ``variant``: ``B(h)`` ``"bh1"`` (``hh``) or ``"bh2"`` (``e^{hh}-1``); ``prediction``: ``"data"``
@@ -94,8 +96,8 @@ def unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: G
 
 @register("unip", order=3, paper="Zhao et al. 2023, UniPC, Algorithm 2 (the UniP-p predictor alone)")
 def unip(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
-         callback: Callback = None, order: int = 3, variant: str = "bh2", prediction: str = "data",
-         lower_order_final: bool = True, **cond) -> Tensor:
+         callback: Callback = None, cond: Cond = None, order: int = 3, variant: str = "bh2",
+         prediction: str = "data", lower_order_final: bool = True) -> Tensor:
     """The UniP-p predictor without corrector: a multistep solver of order ``order``."""
     return _unipc(denoiser, x, schedule, order=order, variant=variant, prediction=prediction, corrector=False,
                   disable_corrector=(), lower_order_final=lower_order_final, callback=callback, cond=cond)
