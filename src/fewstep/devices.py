@@ -19,7 +19,7 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     """
     if spec is None or str(spec).strip().lower() in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = str(spec).strip()
+    text = str(spec).strip().lower()
     try:
         device = torch.device(text)
     except RuntimeError:
