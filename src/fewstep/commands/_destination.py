@@ -58,9 +58,6 @@ def check_writable(dest: Destination) -> None:
     shown = dest.path
     if dest.kind == "folder" and dest.path.exists() and not dest.path.is_dir():
         raise ValueError(f"--out {shown}: exists and is a file, not a folder; choose another --out")
-    if dest.kind != "folder" and dest.path.is_dir():
-        raise ValueError(f"--out {shown}: is a folder; give a file name (e.g. {shown / 'grid.png'}) or "
-                         f"drop the suffix to write a folder of PNGs")
     existing = dest.folder
     while not existing.exists():  # the nearest ancestor that exists: everything below it is created
         if existing.parent == existing:
