@@ -68,6 +68,19 @@ def test_other_settings_are_refused_before_loading(run_dir, tmp_path, capsys, mo
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing added or changed
 
 
+def test_a_manifest_without_images_is_replaced(run_dir, tmp_path, monkeypatch):
+    """A run that failed before its first image leaves only a manifest: other settings may then use the folder."""
+    import fewstep.api
+
+    out = tmp_path / "imgs"
+    monkeypatch.setattr(fewstep.api, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert _sample(run_dir, out, "--n", "2") == 1
+    assert os.listdir(out) == ["fewstep-samples.json"]
+    monkeypatch.undo()
+    assert _sample(run_dir, out, "--n", "2", "--nfe", "3") == 0
+    assert json.loads((out / "fewstep-samples.json").read_text())["nfe"] == 3
+
+
 def test_the_default_grid_is_recorded_by_name(run_dir, tmp_path):
     out = tmp_path / "imgs"
     assert _sample(run_dir, out, "--n", "1") == 0

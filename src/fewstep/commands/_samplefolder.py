@@ -43,24 +43,25 @@ def check_manifest(folder: Path, expected: dict[str, Any]) -> bool:
     """Check that ``folder`` may receive images made with the ``expected`` settings.
 
     Only the keys of ``expected`` are compared, so a partial check can run before the model is
-    loaded. Returns whether ``folder`` already has a manifest. Raises :class:`ValueError` naming
-    every differing field when the folder holds images of other settings, or PNGs of unknown origin.
+    loaded. Returns whether ``folder`` already has a manifest of these settings. Raises
+    :class:`ValueError` naming every differing field when the folder holds images of other
+    settings, or PNGs of unknown origin; a manifest of other settings without images is stale.
     """
     if not folder.is_dir():
         return False
     recorded = _read(folder)
+    pngs = sum(1 for _ in folder.glob("*.png"))
     if recorded is None:
-        pngs = sum(1 for p in folder.glob("*.png"))
         if pngs:
             raise ValueError(f"--out {folder}: holds {pngs} PNG file{'s' if pngs != 1 else ''} but no {MANIFEST}, "
                              f"so what made them is unknown; choose another --out, or delete the folder")
         return False
     diffs = [f"{key} {_show(recorded.get(key, '(missing)'))} there, {_show(value)} now"
              for key, value in expected.items() if _norm(recorded.get(key, "(missing)")) != _norm(value)]
-    if diffs:
+    if diffs and pngs:
         raise ValueError(f"--out {folder}: holds images made with other settings ({'; '.join(diffs)}); "
                          f"choose another --out, or delete the folder to start over")
-    return True
+    return not diffs  # no images yet: a manifest of other settings is simply replaced
 
 
 def write_manifest(folder: Path, settings: dict[str, Any]) -> None:
