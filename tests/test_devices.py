@@ -67,14 +67,14 @@ def test_mps_unavailable(monkeypatch):
 
 @pytest.mark.parametrize("argv", [
     ["sample", "--model", "bundled:fashion", "--out", "{tmp}/g.png"],
-    ["train", "--config", "fashion-unet", "--data", "fashion-mnist", "--out", "{tmp}/run"],
+    ["train", "--config", "fashion-unet", "--data", "{tmp}/missing.npz", "--out", "{tmp}/run"],
     ["eval", "--n", "10"],
     ["stats", "--data", "fashion-mnist:test", "--out", "{tmp}/ref.npz"],
     ["bench", "model", "--n", "10", "--out", "{tmp}/bench"],
 ])
 def test_every_command_refuses_a_missing_device_in_one_line(argv, tmp_path, capsys, cpu_build, monkeypatch):
+    """The device is checked first: before the model, the data (train's is missing) or any output."""
     monkeypatch.setattr("fewstep.loading.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    monkeypatch.setattr("fewstep.training.data.load_data", lambda *a, **k: pytest.fail("the data was loaded"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv + ["--device", "cuda"]) == 1
     err = capsys.readouterr().err
