@@ -48,7 +48,7 @@ def compile_denoiser(denoiser: DenoiserBase, **options: Any) -> DenoiserBase:
     Default ``dynamic=False``: each batch size gets its own specialised code (a sampling run sees
     two, the batch and the remainder)."""
     options.setdefault("dynamic", False)
-    if next(denoiser.networks(), None) is None:
+    if not isinstance(denoiser, DenoiserBase) or next(denoiser.networks(), None) is None:
         raise ValueError(f"{type(denoiser).__name__} has no torch.nn.Module network to compile "
                          "(expected a fewstep Denoiser, possibly inside wrappers)")
     return denoiser.map_networks(lambda net: net if isinstance(net, CompiledNetwork) else CompiledNetwork(net, **options))

@@ -1,4 +1,4 @@
-"""Save image batches in ``[-1, 1]`` as a PNG grid, as single PNGs, or as an ``.npz`` (atomic writes)."""
+"""Save image batches in ``[-1, 1]`` as a grid image, as single PNGs, or as an ``.npz`` (atomic writes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from torch import Tensor
 
 from ._io import atomic_path
 
-__all__ = ["to_uint8", "save_image_grid", "save_png", "save_npz"]
+__all__ = ["to_uint8", "save_image_grid", "save_image", "save_png", "save_npz", "IMAGE_FORMATS"]
+
+# File suffix -> Pillow format; any other suffix is written as PNG.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -28,7 +31,8 @@ def _pil(arr: np.ndarray):
 
 
 def save_image_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None, pad: int = 2) -> Path:
-    """Tile ``x`` into a grid (``nrow`` columns, default square) and write a PNG."""
+    """Tile ``x`` into a grid (``nrow`` columns, default square) and write it (format from the suffix, see
+    :func:`save_image`)."""
     imgs = to_uint8(x)
     n, h, w, c = imgs.shape
     cols = nrow or math.ceil(math.sqrt(n))
@@ -37,11 +41,25 @@ def save_image_grid(x: Tensor, path: str | os.PathLike, nrow: int | None = None,
     for i in range(n):
         r, q = divmod(i, cols)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = imgs[i]
-    return save_png(grid, path)
+    return save_image(grid, path)
+
+
+def save_image(arr: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write one uint8 ``(H, W, C)`` image atomically: JPEG (quality 95) for ``.jpg``/``.jpeg``, lossless
+    WebP for ``.webp``, else PNG."""
+    path = Path(path)
+    fmt = IMAGE_FORMATS.get(path.suffix.lower(), "PNG")
+    img = _pil(arr)
+    options: dict = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    if fmt == "JPEG" and img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt, **options)
+    return path
 
 
 def save_png(arr: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write one uint8 ``(H, W, C)`` image as PNG atomically."""
+    """Write one uint8 ``(H, W, C)`` image as PNG atomically, whatever the suffix."""
     path = Path(path)
     with atomic_path(path) as tmp:
         _pil(arr).save(tmp, format="PNG")

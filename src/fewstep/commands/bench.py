@@ -60,10 +60,12 @@ def _run_gmm(args: argparse.Namespace) -> int:
 
 def _run_model(args: argparse.Namespace) -> int:
     from ..bench.model import ModelBenchConfig, run_model_bench
+    from ..devices import resolve_device
 
     cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
                            ref=args.ref, extractor=args.extractor, inception=args.inception,
-                           batch_size=args.batch_size, seed=args.seed, device=args.device, shape=args.shape,
+                           batch_size=args.batch_size, seed=args.seed,
+                           device=args.device and str(resolve_device(args.device)), shape=args.shape,
                            out=args.out, compile=args.compile,
                            limit_nfe=args.limit_nfe)
     run_model_bench(cfg)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
-    device = args.device or default_device()
+    device = default_device(args.device)
     extractor = get_extractor(args.extractor, args.inception, device)
     ref = reference_stats(args.ref, extractor)
     denoiser = load_denoiser(args.model, device)

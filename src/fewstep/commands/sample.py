@@ -1,16 +1,21 @@
-"""``fewstep sample``: draw images from a model into a PNG grid, a folder of PNGs, or an ``.npz``."""
+"""``fewstep sample``: draw images from a model into a grid image, a folder of PNGs, or an ``.npz``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from ._destination import Destination, check_writable, parse_destination
+from ._samplefolder import MANIFEST, check_manifest, image_name, is_valid_png, write_manifest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate images from a model", description=(
         "Sample N images with per-image seeds SEED..SEED+N-1 (the same seed gives the same image at any batch "
-        "size). --out ending in .png writes a grid, .npz an array, anything else a folder of PNGs that resumes "
-        "where it stopped and never overwrites finished images."))
+        "size). --out ending in .png, .jpg, .jpeg or .webp writes a grid, .npz an array (images, seeds), no "
+        f"suffix a folder of PNGs that resumes where it stopped: its {MANIFEST} records the model and "
+        "settings, a rerun with other settings is refused, and broken images are drawn again."))
     p.add_argument("--model", required=True, help="a checkpoint folder, a run folder, a diffusers UNet2DModel folder, "
                                                   "or bundled:fashion")
     p.add_argument("--solver", default="dpm++2m")
@@ -22,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--class-label", type=int, default=None, help="class to condition on (class-conditional models)")
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights of a checkpoint")
-    p.add_argument("--out", required=True, help="grid.png, a folder, or file.npz")
-    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="grid.png (.jpg, .jpeg, .webp), file.npz, or a folder (no suffix)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
     p.add_argument("--threads", type=int, default=None)
@@ -32,62 +37,130 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _model_source(spec: str) -> tuple[str, str]:
+    """``(identity recorded in the manifest, what to load)``: a run folder means its newest checkpoint now."""
+    if spec.startswith("bundled:"):
+        return spec, spec
+    path = Path(spec)
+    if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
+        from ..training.checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(path) or path  # none yet: load_model says so
+    return str(path.resolve()), str(path)
+
+
+def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str, Any]:
+    """What a folder's manifest records that is known before loading the model (grid only when given)."""
+    from .. import __version__
+
+    settings: dict[str, Any] = {"model": model_id, "ema": not args.raw, "solver": solver, "nfe": args.nfe}
+    if args.grid is not None:
+        settings["grid"] = args.grid
+    settings.update(class_label=args.class_label, fewstep_version=__version__)
+    return settings
+
+
+def _folder_todo(folder: Path, seeds: list[int], shape: tuple[int, ...]) -> list[int]:
+    """Seeds whose image is missing or broken in ``folder``; says what is there already."""
+    todo = [s for s in seeds if not is_valid_png(folder / image_name(s), shape)]
+    broken = sum(1 for s in todo if (folder / image_name(s)).exists())
+    if len(todo) < len(seeds) or broken:
+        note = (f" ({broken} broken image{'s' if broken != 1 else ''}, empty, truncated or of another size, "
+                f"drawn again)" if broken else "")
+        print(f"{len(seeds) - len(todo)} of {len(seeds)} images already in {folder}; "
+              f"generating the other {len(todo)}{note}")
+    return todo
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..api import generate
-    from ..imagegrid import save_image_grid, save_npz, save_png, to_uint8
-    from ..loading import load_model
+    from ..devices import resolve_device
+    from ..grids import GRIDS
+    from ..solvers import get as get_solver
 
     if args.n < 1 or args.batch_size < 1 or args.nfe < 1:
         raise ValueError("--n, --batch-size and --nfe must be positive")
+    # Everything that can be checked without the model is checked first: a mistake costs a second.
+    solver = get_solver(args.solver)
+    solver.steps_for(args.nfe)
+    if args.grid is not None and args.grid not in GRIDS:
+        raise ValueError(f"--grid {args.grid}: unknown grid; valid grids: {', '.join(GRIDS)}")
+    dest = parse_destination(args.out)
+    check_writable(dest)
+    device = resolve_device(args.device)
+    model_id, model_path = _model_source(args.model)
+    settings = _settings(args, model_id, solver.name)
+    if dest.kind == "folder":
+        check_manifest(dest.path, settings)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    den = load_model(args.model, ema=not args.raw, device=device)
-    shape = den.sample_shape
-    if args.compile:
+
+    from ..loading import load_model
+
+    den = load_model(model_path, ema=not args.raw, device=device)
+    shape = tuple(den.sample_shape)
+    seeds = list(range(args.seed, args.seed + args.n))
+    todo = seeds
+    if dest.kind == "folder":
+        settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
+        settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "class_label",
+                                                   "sample_shape", "fewstep_version")}
+        if not check_manifest(dest.path, settings):
+            write_manifest(dest.path, settings)
+        todo = _folder_todo(dest.path, seeds, shape)
+    if args.compile and todo:
         from ..compiling import compile_denoiser
 
         compile_denoiser(den)
-    out = Path(args.out)
-    as_folder = out.suffix.lower() not in (".png", ".npz")
-    seeds = list(range(args.seed, args.seed + args.n))
-    if as_folder:
-        out.mkdir(parents=True, exist_ok=True)
-        todo = [s for s in seeds if not (out / f"{s:06d}.png").exists()]
-        if len(todo) < len(seeds):
-            print(f"{len(seeds) - len(todo)} of {len(seeds)} images already in {out}; generating the other {len(todo)}")
-    else:
-        todo = seeds
+    images = _draw(den, shape, todo, args, device, dest)
+    if dest.kind != "folder":
+        _write_file(torch.cat(images), seeds, dest)
+    print(f"wrote {dest.path}")
+    return 0
+
+
+def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
+          dest: Destination) -> list[Any]:
+    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned."""
+    import torch
+
+    from ..api import generate
+    from ..imagegrid import save_png, to_uint8
+
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=len(todo), desc="sample", unit="img", dynamic_ncols=True)
     images = []
-    for i in range(0, len(todo), args.batch_size):
-        chunk = todo[i:i + args.batch_size]
-        cond = {}
-        if args.class_label is not None:
-            cond["class_labels"] = torch.full((len(chunk),), args.class_label, dtype=torch.long, device=device)
-        with torch.no_grad():
+    try:
+        for i in range(0, len(todo), args.batch_size):
+            chunk = todo[i:i + args.batch_size]
+            cond = {}
+            if args.class_label is not None:
+                cond["class_labels"] = torch.full((len(chunk),), args.class_label, dtype=torch.long, device=device)
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
             x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond)
-        if as_folder:
-            for s, img in zip(chunk, to_uint8(x)):
-                save_png(img, out / f"{s:06d}.png")
-        else:
-            images.append(x.cpu())
+            if dest.kind == "folder":
+                for s, img in zip(chunk, to_uint8(x)):
+                    save_png(img, dest.path / image_name(s))
+            else:
+                images.append(x.cpu())
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    if not as_folder:
-        x = torch.cat(images)
-        if out.suffix.lower() == ".png":
-            save_image_grid(x, out)
-        else:
-            import numpy as np
-            save_npz(x, out, seeds=np.asarray(seeds))
-    print(f"wrote {out}")
-    return 0
+            bar.close()  # before any error message, so that message gets a line of its own
+    return images
+
+
+def _write_file(x: Any, seeds: list[int], dest: Destination) -> None:
+    import numpy as np
+
+    from ..imagegrid import save_image_grid, save_npz
+
+    if dest.kind == "grid":
+        save_image_grid(x, dest.path)
+    else:
+        save_npz(x, dest.path, seeds=np.asarray(seeds))

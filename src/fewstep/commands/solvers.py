@@ -7,6 +7,7 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("solvers", help="list the registered solvers with their order, cost and paper")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_run)
 
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.evaluate import images_stats
     from ..metrics.features import get_extractor
 
-    device = args.device or default_device()
+    device = default_device(args.device)
     extractor = get_extractor(args.extractor, args.inception, device)
     images = load_images(args.data)
     stats = images_stats(extractor, images, args.batch_size or 250, args.max_features)

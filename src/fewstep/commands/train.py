@@ -49,10 +49,12 @@ def _load_config(spec: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device
     from ..training.checkpoint import latest_checkpoint, read_config
     from ..training.data import load_data
     from ..training.trainer import Trainer, init_distributed_from_env
 
+    device = resolve_device(args.device)  # a bad --device fails here, not after the data is loaded
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     data_cfg.setdefault("channels", net.get("in_channels", 1))
     init_distributed_from_env()
     data = load_data(data_cfg["spec"], data_cfg["resolution"], data_cfg["channels"])
-    trainer = Trainer(config, data, args.out, device=args.device, progress=not args.no_progress)
+    trainer = Trainer(config, data, args.out, device=device, progress=not args.no_progress)
     if args.resume:
         step = trainer.resume()
         if trainer.rank == 0:

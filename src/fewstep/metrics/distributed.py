@@ -22,8 +22,13 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def default_device() -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+def default_device(spec: str | None = None) -> torch.device:
+    """The device ``spec`` names, checked by :func:`fewstep.devices.resolve_device`; without one,
+    ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if spec:
+        from ..devices import resolve_device
+
+        return resolve_device(spec)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
