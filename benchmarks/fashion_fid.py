@@ -30,7 +30,7 @@ from fewstep import solvers
 from fewstep._io import atomic_write_text
 from fewstep.metrics.distributed import default_batch_size, default_device
 from fewstep.metrics.evaluate import DivergedError, compare, sample_stats
-from fewstep.metrics.features import get_extractor
+from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
 from fewstep.processes import VPDiscrete
 

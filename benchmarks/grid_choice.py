@@ -18,7 +18,7 @@ import torch
 
 import fewstep
 from fewstep.metrics.evaluate import compare, sample_stats
-from fewstep.metrics.features import get_extractor
+from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
 
 

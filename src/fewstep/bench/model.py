@@ -78,7 +78,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs."""
     from ..metrics.distributed import default_batch_size, default_device, world
     from ..metrics.evaluate import DivergedError, compare, sample_stats
-    from ..metrics.features import get_extractor
+    from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
 
     runs, skipped = _plan(cfg)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
     from ..metrics.distributed import default_batch_size, default_device, world
     from ..metrics.evaluate import compare, sample_stats
-    from ..metrics.features import get_extractor
+    from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
 
     if args.n < 2:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.data import load_images
     from ..metrics.distributed import default_device, world
     from ..metrics.evaluate import images_stats
-    from ..metrics.features import get_extractor
+    from ..metrics.extractors import get_extractor
 
     device = args.device or default_device()
     extractor = get_extractor(args.extractor, args.inception, device)
