@@ -14,6 +14,7 @@ from fewstep.bench.model import ModelBenchConfig, run_model_bench
 from fewstep.cli import main
 from fewstep.metrics import FeatureStats, get_extractor
 from fewstep.metrics.evaluate import sample_stats
+from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.processes import VPDiscrete
 
 
@@ -38,8 +39,9 @@ def standin():
 
 def test_results_do_not_depend_on_batch_size(standin):
     ext = get_extractor("fashion")
-    a = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=3, progress=False)
-    b = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=10, progress=False)
+    fn = solver_sample_fn(standin, (1, 28, 28), "ddim", 3)
+    a = sample_stats(fn, 10, ext, batch_size=3, progress=False)
+    b = sample_stats(fn, 10, ext, batch_size=10, progress=False)
     np.testing.assert_allclose(a.stats.mu, b.stats.mu, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.stats.features, b.stats.features, rtol=1e-4, atol=1e-4)
 
