@@ -112,3 +112,26 @@ def test_reference_id_depends_on_contents_not_name(tmp_path, setup):
     assert reference_id(FeatureStats.load(tmp_path / "a.npz")) == reference_id(ref)
     other = FeatureStats.like(ext).update(np.random.default_rng(0).normal(size=(5, 128)))
     assert reference_id(other) != reference_id(ref)
+
+
+def test_shipped_fashion_fid_results_read_in_the_shared_format():
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    store = EvalStore(root / "benchmarks" / "results" / "fashion_fid" / "results.json", writable=False)
+    by = {(r["label"], k["sampler"].get("nfe")): r for k, r in store}
+    assert len(store) == 78 and by[("dpm_adaptive", 100)]["fid"] == pytest.approx(6.08096117823888)
+    assert by[("ODE limit: dpm++2m, 100 NFE", 100)]["sample_s"] == pytest.approx(1637.6130959210059)
+    script = runpy.run_path(str(root / "benchmarks" / "fashion_fid.py"))
+    old = {"args": {"n": 4}, "setup_seconds": 3.0, "rows": [
+        {"model": "m", "n": 4, "grid": "uniform", "sampler": script["FLOOR"], "nfe": nfe, "fid": 0.1, "sample_s": 0.0}
+        for nfe in (5, 10)] + [
+        {"model": "m", "n": 4, "grid": "uniform", "sampler": "ddim", "nfe": 5, "fid": 30.0, "kid": 0.5, "sample_s": 9.0},
+        {"model": "m", "n": 4, "grid": "uniform", "sampler": "diffusers DDIM", "nfe": 5, "fid": 31.0, "sample_s": 8.0}]}
+    new = script["convert_rows"](old, "ext:hash", "refhash")
+    assert new["format"] == FORMAT and new["meta"]["setup_seconds"] == 3.0 and len(new["entries"]) == 3
+    ddim = next(e for e in new["entries"] if e["key"]["sampler"].get("solver") == "ddim")
+    assert ddim["key"] == {"model": "m", "sampler": {"solver": "ddim", "nfe": 5, "grid": "uniform"}, "n": 4, "seed": 0,
+                           "extractor": "ext:hash", "reference": "refhash"}
+    assert ddim["result"] == {"label": "ddim", "n": 4, "fid": 30.0, "kid": 0.5, "sample_s": 9.0}
