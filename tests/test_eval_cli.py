@@ -146,8 +146,9 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3, 4], n=12, batch_size=6,
                            extractor="fashion", device="cpu", grid_images=8, out=str(out))
     again = run_model_bench(cfg, denoiser=counter, progress=False)
-    # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each, plus one warm-up batch
-    assert counter.count == 2 * 2 * 4 + 4
+    # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each (2 batches of 6),
+    # plus two warm-up batches (one untimed, one timed for the estimate)
+    assert counter.count == 2 * 2 * 4 + 2 * 4
     saved = json.loads((out / "evaluations.json").read_text())
     assert saved["format"] == "fewstep-evaluations-1" and len(saved["entries"]) == 6
     assert {e["key"]["sampler"]["solver"] for e in saved["entries"]} == {"ddim", "dpm++2m"}
@@ -158,7 +159,7 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     counter.count = 0
     cfg.n, cfg.nfes, cfg.solvers = 6, [2], ["ddim"]
     run_model_bench(cfg, denoiser=counter, progress=False)
-    assert counter.count == 2 + 2
+    assert counter.count == 2 + 2 * 2
 
 
 def test_bench_model_ode_limit_row(tmp_path, standin):

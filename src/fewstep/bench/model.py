@@ -171,16 +171,17 @@ def _row(label: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
 
 def _warm_up(denoiser: Any, shape: tuple[int, ...], todo: list[tuple[str, str, int]], batch_size: int, n: int,
              device: Any) -> float | None:
-    """Run one batch of the first configuration (kernel selection, allocations), so that its timing is
-    fair; return the seconds per image-evaluation it took (None when it failed)."""
+    """Run two batches of the first configuration: the first (kernel selection, allocations) so that
+    its timing is fair, the second timed; return its seconds per image-evaluation (None on failure)."""
     from ..metrics.sampling import solver_sample_fn
 
     name, grid, nfe = todo[0]
     fn = solver_sample_fn(denoiser, shape, name, nfe, grid, device)
     seeds = list(range(min(batch_size, n)))
-    start = time.perf_counter()
     try:
         with torch.no_grad():
+            fn(seeds)
+            start = time.perf_counter()
             fn(seeds)
     except (ValueError, FloatingPointError, RuntimeError):
         return None  # a diverging first configuration is reported in its row
