@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     eager = load_denoiser(args.model, "cpu")
-    shape = sample_shape(eager, args.model)
+    shape = sample_shape(eager)
     net = eager.net
     compiled = fewstep.compile_denoiser(load_denoiser(args.model, "cpu")).net
     print(f"{args.model}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, "

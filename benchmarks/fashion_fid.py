@@ -2,9 +2,11 @@
 
     PYTHONPATH=src python benchmarks/fashion_fid.py --n 10000 --nfe 5,10,20 --compile --out fashion_fid
 
-A rerun with the same ``--out`` resumes: entries already in ``results.json`` (same sampler, NFE,
-grid, n and model) are kept, so the table can be filled over several sessions; the reported wall
-time is the sum of every entry's sampling and feature time plus this run's setup.
+A rerun with the same ``--out`` resumes: ``results.json`` holds every finished evaluation in
+fewstep's one resume format (``fewstep.metrics.resume``, keyed by model, sampler description, n,
+seed, extractor hash and reference hash, the same file ``fewstep bench model`` keeps), so the
+table can be filled over several sessions; the reported wall time is the sum of every entry's
+sampling and feature time plus the setup time.
 
 For each NFE: ``n`` samples from seeds ``0 .. n-1`` per sampler (the same initial noise for
 fewstep and diffusers), FID / KID / precision / recall against the shipped Fashion-MNIST
@@ -22,6 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -29,9 +32,11 @@ import fewstep
 from fewstep import solvers
 from fewstep._io import atomic_write_text
 from fewstep.metrics.distributed import default_batch_size, default_device
-from fewstep.metrics.evaluate import DivergedError, compare, sample_stats
-from fewstep.metrics.features import get_extractor
-from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
+from fewstep.metrics.evaluate import DivergedError, evaluate
+from fewstep.metrics.extractors import get_extractor
+from fewstep.metrics.models import load_denoiser, reference_id, reference_stats, sample_shape
+from fewstep.metrics.resume import FORMAT, EvalStore, evaluation_key, finished
+from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.processes import VPDiscrete
 
 # Matched to fewstep's defaults: no clipping or thresholding, last step onto sigma = 0.
@@ -40,6 +45,10 @@ DIFFUSERS = {"diffusers DDIM": ("DDIMScheduler", {"clip_sample": False, "set_alp
                                             {"algorithm_type": "dpmsolver++", "solver_order": 2,
                                              "final_sigmas_type": "zero", "lower_order_final": True}),
              "diffusers UniPC": ("UniPCMultistepScheduler", {"solver_order": 2, "final_sigmas_type": "zero"})}
+FLOOR = "Fashion-MNIST train images (floor)"
+FLOOR_MODEL = "fashion-mnist:train (real images)"
+FLOOR_SAMPLER = {"data": "fashion-mnist:train", "pick": "randperm(60000, seed 0)[seed]"}
+LIMIT_SOLVER = "dpm++2m"
 
 
 class StandIn(torch.nn.Module):
@@ -55,7 +64,8 @@ class StandIn(torch.nn.Module):
 
 
 def diffusers_sampler(denoiser, shape, nfe: int, scheduler_name: str, options: dict, device):
-    """``sampler(seeds) -> images`` running a diffusers scheduler on ``denoiser``'s eps predictions."""
+    """A sample function ``sampler(seeds) -> images`` running a diffusers scheduler on ``denoiser``'s eps
+    predictions."""
     import diffusers
 
     process = denoiser.process
@@ -76,6 +86,51 @@ def diffusers_sampler(denoiser, shape, nfe: int, scheduler_name: str, options: d
         return x
 
     return sampler
+
+
+def diffusers_description(label: str, nfe: int) -> dict[str, Any]:
+    """The sampler description (resume key) of one of diffusers' schedulers at ``nfe``."""
+    name, options = DIFFUSERS[label]
+    return {"diffusers": name, "nfe": nfe, "timestep_spacing": "trailing", **options}
+
+
+def limit_label(nfe: int) -> str:
+    return f"ODE limit: {LIMIT_SOLVER}, {nfe} NFE"
+
+
+def floor_sample_fn(n: int) -> Callable[[list[int]], torch.Tensor]:
+    """Real training images as a sample function: seed ``s`` is the ``s``-th of a seeded random order."""
+    from fewstep.metrics.data import fashion_mnist
+
+    train = fashion_mnist("train")[0]
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return lambda seeds: train[pick[torch.as_tensor(seeds)]]
+
+
+def convert_rows(saved: dict[str, Any], extractor_id: str, ref_id: str) -> dict[str, Any]:
+    """This script's results.json before the shared resume format (``{"args", "setup_seconds", "rows"}``,
+    one row per sampler and NFE column) as an :class:`EvalStore` file; every number is kept.
+
+    The floor and the ODE limit appeared once per NFE column; they are one evaluation each (the
+    first row holds their time).  Old files used seeds 0 .. n-1, the shipped extractor and reference.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for row in saved["rows"]:
+        label, nfe, grid = row["sampler"], row["nfe"], row["grid"]
+        result = {k: v for k, v in row.items() if k not in ("model", "sampler", "nfe", "grid")}
+        model = row["model"]
+        if label == FLOOR:
+            model, sampler = FLOOR_MODEL, FLOOR_SAMPLER
+        elif label.startswith("ODE limit: "):
+            sampler = {"solver": LIMIT_SOLVER, "nfe": int(label.split(", ")[1].split()[0]), "grid": grid}
+        elif label in DIFFUSERS:
+            sampler = diffusers_description(label, nfe)
+        else:
+            sampler = {"solver": label, "nfe": nfe, "grid": grid}
+        key = evaluation_key(model, sampler, row["n"], 0, extractor_id, ref_id)
+        entries.setdefault(json.dumps(key, sort_keys=True), {"key": key, "result": {"label": label, **result}})
+    return {"format": FORMAT, "meta": {"args": saved.get("args", {}), "setup_seconds": saved.get("setup_seconds", 0.0)},
+            "entries": list(entries.values())}
 
 
 def main() -> None:
@@ -108,117 +163,97 @@ def main() -> None:
     results_path = out / "results.json"
     extractor = get_extractor("fashion", device=device)
     ref = reference_stats(None, extractor)
+    extractor_id, ref_id = f"{extractor.name}:{extractor.fingerprint()}", reference_id(ref)
+    if results_path.is_file() and "rows" in json.loads(results_path.read_text()):  # the layout before EvalStore
+        atomic_write_text(results_path, json.dumps(convert_rows(json.loads(results_path.read_text()), extractor_id,
+                                                                ref_id), indent=1) + "\n")
+        print(f"converted {results_path} to the shared resume format ({FORMAT})")
+    store = EvalStore(results_path)
+    model = "standin" if args.standin else args.model
     if args.standin:
         denoiser = fewstep.Denoiser(StandIn().to(device), VPDiscrete.linear(), "eps")
         shape = (1, 28, 28)
     else:
         denoiser = load_denoiser(args.model, device)
-        shape = sample_shape(denoiser, args.model)
+        shape = sample_shape(denoiser)
     args.grid = args.grid or denoiser.process.default_grid
-    same = {"model": "standin" if args.standin else args.model, "n": args.n, "grid": args.grid}
-    saved_rows: list[dict] = []  # every entry ever saved here, whatever its model, n or grid
-    saved: dict = {}
-    if results_path.is_file():
-        saved = json.loads(results_path.read_text())
-        saved_rows = saved["rows"]
-    done = {(r["sampler"], r["nfe"]): r for r in saved_rows if all(r.get(k) == v for k, v in same.items())}
-    if done:
-        print(f"resuming: {len(done)} entries already in {results_path}")
-    rows: list[dict] = []
-
-    def save(wall: float) -> None:
-        """Write this run's rows and keep every saved entry this run did not redo (never lose work)."""
-        out.mkdir(parents=True, exist_ok=True)
-        mine = {(r["sampler"], r["nfe"]) for r in rows}
-        kept = [r for r in saved_rows if not (all(r.get(k) == v for k, v in same.items())
-                                              and (r["sampler"], r["nfe"]) in mine)]
-        atomic_write_text(results_path, json.dumps({"args": vars(args), "setup_seconds": wall,
-                                                    "rows": [{**same, **r} for r in rows] + kept}, indent=2) + "\n")
     if args.compile:
         fewstep.compile_denoiser(denoiser)
+
+    def key(sampler: dict[str, Any], model_name: str = model) -> dict[str, Any]:
+        return evaluation_key(model_name, sampler, args.n, 0, extractor_id, ref_id)
+
     names = solvers.available() + ["diffusers"] if args.solvers == "all" else args.solvers.split(",")
     if "diffusers" not in names and not args.no_diffusers:
         names.append("diffusers")
-    samplers = []  # in the order asked for; "diffusers" stands for its three schedulers
+    # (label, NFE column, model, sampler description, sample-function factory), in the order asked for
+    plan: list[tuple[str, int, str, dict[str, Any], Callable[[], Any]]] = []
+    if not args.no_floor and not args.report_only:
+        make_floor = floor_sample_fn
+        plan += [(FLOOR, nfe, FLOOR_MODEL, FLOOR_SAMPLER, lambda: make_floor(args.n)) for nfe in nfes]
+    elif args.report_only:
+        plan += [(FLOOR, nfe, FLOOR_MODEL, FLOOR_SAMPLER, lambda: None) for nfe in nfes]
     for name in names:
         if name == "limit":
-            samplers.append((f"ODE limit: dpm++2m, {args.limit_nfe} NFE", "limit"))
-        elif name != "diffusers":
-            samplers.append((name, None))
-        elif not args.no_diffusers:
-            samplers += list(DIFFUSERS.items())
-    if args.report_only:  # the table of what is saved, in the order asked for, without sampling
-        order = {label: i for i, (label, _) in enumerate(samplers)}
-        rows = sorted((r for r in done.values() if r["sampler"] in order or "floor" in r["sampler"]),
-                      key=lambda r: (order.get(r["sampler"], -1), r["nfe"]))
-        samplers = []
-        args.no_floor = True
-        t_start = time.perf_counter() - saved.get("setup_seconds", 0.0)
-        run_args = saved.get("args", {})
-        args.compile, batch_size = run_args.get("compile", False), run_args.get("batch_size") or batch_size
-        device = ", ".join(sorted({r["device"] for r in rows if "device" in r})) or run_args.get("device") or "cpu"
-    if not args.no_floor:  # the data floor: real training images scored exactly like samples
-        from fewstep.metrics.data import fashion_mnist
-        from fewstep.metrics.evaluate import images_stats
-
-        train = fashion_mnist("train")[0]
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.n]
-        m = compare(images_stats(extractor.to(device), train[pick], 250, shuffle_seed=None), ref)
-        for nfe in nfes:
-            rows.append({"sampler": "Fashion-MNIST train images (floor)", "nfe": nfe, **m, "sample_s": 0.0})
-        print(f"data floor ({args.n} training images): FID {m['fid']:.3f}  KID {m['kid']:.4f}  "
-              f"P {m['precision']:.3f} R {m['recall']:.3f}", flush=True)
-    setup_seconds = time.perf_counter() - t_start
-    for label, dspec in samplers:
-        if dspec == "limit":  # one converged solve, shown in every NFE column
-            if all((label, nfe) in done for nfe in nfes):
-                rows.extend(done[(label, nfe)] for nfe in nfes)
-                continue
-            run = sample_stats(denoiser, shape, args.n, extractor, "dpm++2m", args.limit_nfe, args.grid,
-                               batch_size=batch_size, device=device)
-            m = compare(run.stats, ref)
-            for i, nfe in enumerate(nfes):
-                rows.append({"sampler": label, "nfe": nfe, **m, "sample_s": run.sample_seconds if i == 0 else 0.0,
-                             "feature_s": run.feature_seconds if i == 0 else 0.0})
-            save(setup_seconds)
-            print(f"{label:>28s} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
-                  f"R {m['recall']:.3f}  ({run.sample_seconds:.1f}s sampling)", flush=True)
+            fn = solver_sample_fn(denoiser, shape, LIMIT_SOLVER, args.limit_nfe, args.grid, device)
+            plan += [(limit_label(args.limit_nfe), nfe, model, fn.description, lambda fn=fn: fn) for nfe in nfes]
+        elif name == "diffusers":
+            if not args.no_diffusers:
+                plan += [(label, nfe, model, diffusers_description(label, nfe),
+                          lambda label=label, nfe=nfe: diffusers_sampler(denoiser, shape, nfe, *DIFFUSERS[label], device))
+                         for label in DIFFUSERS for nfe in nfes]
+        else:
+            for nfe in nfes:
+                if nfe >= solvers.get(name).min_nfe:
+                    fn = solver_sample_fn(denoiser, shape, name, nfe, args.grid, device)
+                    plan.append((name, nfe, model, fn.description, lambda fn=fn: fn))
+    rows: list[dict[str, Any]] = []
+    distinct: dict[str, dict[str, Any]] = {}  # every evaluation once, however many NFE columns show it
+    for label, nfe, model_name, sampler, make in plan:
+        saved = store.get(key(sampler, model_name))
+        if saved is not None and (finished(saved) or args.report_only):
+            rows.append({"sampler": label, "nfe": nfe, **saved})
+            distinct[json.dumps(key(sampler, model_name), sort_keys=True)] = saved
             continue
-        for nfe in nfes:
-            if dspec is None and nfe < solvers.get(label).min_nfe:
-                continue
-            if (label, nfe) in done:
-                rows.append(done[(label, nfe)])
-                continue
-            sampler = diffusers_sampler(denoiser, shape, nfe, *dspec, device) if dspec else None
-            try:
-                run = sample_stats(denoiser, shape, args.n, extractor, label, nfe, args.grid,
-                                   batch_size=batch_size, device=device, sampler=sampler)
-            except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
-                print(f"warning: {label} nfe={nfe}: {err}")
-                rows.append({"sampler": label, "nfe": nfe, "note": str(err),
-                             "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
-                continue
-            m = compare(run.stats, ref)
-            rows.append({"sampler": label, "nfe": nfe, **m, **run.extra, "sample_s": run.sample_seconds,
-                         "feature_s": run.feature_seconds, "device": str(device)})
-            save(setup_seconds)
-            used = f" (used {run.extra['nfe_used']:.1f})" if "nfe_used" in run.extra and run.extra["nfe_used"] != nfe else ""
-            print(f"{label:>28s} nfe={nfe:<3d}{used} FID {m['fid']:8.3f}  KID {m['kid']:.4f}  P {m['precision']:.3f} "
-                  f"R {m['recall']:.3f}  ({run.sample_seconds:.1f}s sampling)", flush=True)
-    wall = setup_seconds + sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in rows)
+        if args.report_only:
+            continue
+        fn = make()
+        try:
+            result = evaluate(fn, args.n, extractor, ref, batch_size=batch_size if label != FLOOR else 250,
+                              desc=f"{label} nfe={sampler.get('nfe', nfe)}")
+        except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+            print(f"warning: {label} nfe={nfe}: {err}")
+            result = {"n": args.n, "seed": 0, "note": str(err),
+                      "fid": float("inf") if isinstance(err, DivergedError) else float("nan")}
+        if label == FLOOR:
+            result.pop("nfe_used", None)
+            result["sample_s"] = 0.0  # reading images, not sampling
+        store.put(key(sampler, model_name), {"label": label, **result, "device": str(device)})
+        rows.append({"sampler": label, "nfe": nfe, **store.get(key(sampler, model_name))})
+        distinct[json.dumps(key(sampler, model_name), sort_keys=True)] = rows[-1]
+        if "precision" in result:
+            used = f" (used {result['nfe_used']:.1f})" if result.get("nfe_used", nfe) != sampler.get("nfe", nfe) else ""
+            print(f"{label:>28s} nfe={nfe:<3d}{used} FID {result['fid']:8.3f}  KID {result['kid']:.4f}  "
+                  f"P {result['precision']:.3f} R {result['recall']:.3f}  ({result['sample_s']:.1f}s sampling)",
+                  flush=True)
+    setup_seconds = store.meta.get("setup_seconds", 0.0) if args.report_only else time.perf_counter() - t_start
+    if not args.report_only:
+        store.meta = {"args": vars(args), "setup_seconds": setup_seconds}
+        store.save()
+    run_args = store.meta.get("args", {}) if args.report_only else vars(args)
+    wall = setup_seconds + sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in distinct.values())
     table = ["| sampler | " + " | ".join(f"FID @ NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
     for label in dict.fromkeys(r["sampler"] for r in rows):
         cells = {r["nfe"]: f"{r['fid']:.2f}" if r["fid"] == r["fid"] else "n/a" for r in rows if r["sampler"] == label}
         table.append(f"| {label} | " + " | ".join(cells.get(n, "-") for n in nfes) + " |")
+    devices = ", ".join(sorted({r["device"] for r in rows if "device" in r})) or str(device)
     note = (f"\n{args.n} samples per entry against the Fashion-MNIST test set (10k), features of "
-            f"{extractor.name} ({extractor.fingerprint()[:12]}); grid {args.grid}; device {device}"
-            f"{' (torch.compile)' if args.compile else ''}, batch {batch_size}; total wall time "
+            f"{extractor.name} ({extractor.fingerprint()[:12]}); grid {args.grid}; device {devices}"
+            f"{' (torch.compile)' if run_args.get('compile') else ''}, batch "
+            f"{run_args.get('batch_size') or batch_size}; total wall time "
             f"{wall / 60:.1f} min (sampling and features of every entry plus setup).\n")
     text = "\n".join(table) + "\n" + note
     print("\n" + text)
-    if not args.report_only:
-        save(setup_seconds)
     atomic_write_text(out / "results.md", text)
 
 

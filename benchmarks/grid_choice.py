@@ -17,9 +17,10 @@ import argparse
 import torch
 
 import fewstep
-from fewstep.metrics.evaluate import compare, sample_stats
-from fewstep.metrics.features import get_extractor
+from fewstep.metrics.evaluate import evaluate
+from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats, sample_shape
+from fewstep.metrics.sampling import solver_sample_fn
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     denoiser = load_denoiser(args.model, device)
-    shape = sample_shape(denoiser, args.model)
+    shape = sample_shape(denoiser)
     if not args.no_compile:
         fewstep.compile_denoiser(denoiser)
     names, grids = args.solvers.split(","), args.grids.split(",")
@@ -65,9 +66,8 @@ def main() -> None:
     stats = reference_stats(None, extractor)
 
     def fid(solver: str, nfe: int, grid: str) -> float:
-        run = sample_stats(denoiser, shape, args.n_fid, extractor, solver, nfe, grid,
-                           batch_size=args.batch_size, progress=False)
-        return compare(run.stats, stats)["fid"]
+        return evaluate(solver_sample_fn(denoiser, shape, solver, nfe, grid, device), args.n_fid, extractor, stats,
+                        batch_size=args.batch_size, progress=False)["fid"]
 
     print(f"\nFID of {args.n_fid} samples (fashion classifier features, Fashion-MNIST test set); "
           f"the near-exact solve (dpm++2m, {args.ref_nfe} NFE, logsnr) scores {fid('dpm++2m', args.ref_nfe, 'logsnr'):.2f}")

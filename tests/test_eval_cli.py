@@ -14,6 +14,7 @@ from fewstep.bench.model import ModelBenchConfig, run_model_bench
 from fewstep.cli import main
 from fewstep.metrics import FeatureStats, get_extractor
 from fewstep.metrics.evaluate import sample_stats
+from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.processes import VPDiscrete
 
 
@@ -38,8 +39,9 @@ def standin():
 
 def test_results_do_not_depend_on_batch_size(standin):
     ext = get_extractor("fashion")
-    a = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=3, progress=False)
-    b = sample_stats(standin, (1, 28, 28), 10, ext, "ddim", 3, batch_size=10, progress=False)
+    fn = solver_sample_fn(standin, (1, 28, 28), "ddim", 3)
+    a = sample_stats(fn, 10, ext, batch_size=3, progress=False)
+    b = sample_stats(fn, 10, ext, batch_size=10, progress=False)
     np.testing.assert_allclose(a.stats.mu, b.stats.mu, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.stats.features, b.stats.features, rtol=1e-4, atol=1e-4)
 
@@ -143,8 +145,12 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3, 4], n=12, batch_size=6,
                            extractor="fashion", device="cpu", grid_images=8, out=str(out))
     again = run_model_bench(cfg, denoiser=counter, progress=False)
-    # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each, plus one warm-up batch
-    assert counter.count == 2 * 2 * 4 + 4
+    # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each (2 batches of 6),
+    # plus two warm-up batches (one untimed, one timed for the estimate)
+    assert counter.count == 2 * 2 * 4 + 2 * 4
+    saved = json.loads((out / "evaluations.json").read_text())
+    assert saved["format"] == "fewstep-evaluations-1" and len(saved["entries"]) == 6
+    assert {e["key"]["sampler"]["solver"] for e in saved["entries"]} == {"ddim", "dpm++2m"}
     old = {(r["solver"], r["nfe"]): r["fid"] for r in rows}
     assert {(r["solver"], r["nfe"]): r["fid"] for r in again if r["nfe"] < 4} == old
     assert len(list((out / "samples").glob("*.png"))) == 6
@@ -152,7 +158,7 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     counter.count = 0
     cfg.n, cfg.nfes, cfg.solvers = 6, [2], ["ddim"]
     run_model_bench(cfg, denoiser=counter, progress=False)
-    assert counter.count == 2 + 2
+    assert counter.count == 2 + 2 * 2
 
 
 def test_bench_model_ode_limit_row(tmp_path, standin):
@@ -162,3 +168,74 @@ def test_bench_model_ode_limit_row(tmp_path, standin):
     assert [(r["solver"], r["nfe"], r.get("role")) for r in rows] == [("ddim", 2, None), ("dpm++2m", 8, "ODE limit")]
     assert rows[0]["grid"] == "uniform"  # the process's default grid, by name
     assert "ODE limit" in (tmp_path / "results.md").read_text()
+
+
+def test_garbage_reference_is_one_clear_line(tmp_path, capsys):
+    from fewstep.metrics.fashion_classifier import asset_dir
+
+    shipped = (asset_dir() / "fashion_test_stats.npz").read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(shipped[:len(shipped) // 2])
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    np.savez(tmp_path / "keys.npz", mean=np.zeros(3))
+    for name in ("trunc.npz", "junk.npz", "keys.npz"):
+        capsys.readouterr()
+        assert main(["eval", "--ref", str(tmp_path / name), "--extractor", "fashion", "--n", "4"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err, err
+        assert str(tmp_path / name) in err and "fewstep stats" in err, err
+    assert "no 'mu' or 'sigma'" in err
+
+
+def test_stats_reports_mixed_sizes_and_channels(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((rng.random((28, 28)) * 255).astype(np.uint8)).save(folder / f"a{i}.png")
+    Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(folder / "b.png")
+    args = ["stats", "--data", str(folder), "--out", str(tmp_path / "r.npz"), "--extractor", "fashion", "--device", "cpu"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "found sizes 28x28 (3 files), 32x32 (1 file)" in err and "--resolution" in err
+    assert main(args + ["--resolution", "28"]) == 0
+    assert FeatureStats.load(tmp_path / "r.npz").n == 4
+    Image.fromarray((rng.random((28, 28, 3)) * 255).astype(np.uint8)).save(folder / "c.png")
+    assert main(args + ["--resolution", "28"]) == 1
+    assert "channel mismatch" in capsys.readouterr().err
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((28, 28, 3)) * 255).astype(np.uint8)).save(rgb / f"{i}.png")
+    assert main(["stats", "--data", str(rgb), "--out", str(tmp_path / "s.npz"), "--extractor", "fashion"]) == 1
+    err = capsys.readouterr().err
+    assert "channel mismatch" in err and "3-channel" in err and "fashion-classifier-v1" in err
+
+
+def test_eval_takes_threads_and_announces_the_total(standin, monkeypatch, capsys):
+    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", lambda model, device=None: standin)
+    before = torch.get_num_threads()
+    try:
+        assert main(["eval", "--model", "standin", "--solver", "ddim", "--nfe", "2", "--n", "6", "--extractor",
+                     "fashion", "--device", "cpu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "6 samples" in out and "12 image-evaluations" in out
+    assert json.loads(out[out.index("{"):])["sample_s"] > 0
+
+
+def test_bench_model_announces_plan_and_estimate(tmp_path, standin, capsys):
+    from fewstep.bench.model import plan_summary
+
+    cfg = ModelBenchConfig(model="standin", solvers=["ddim"], nfes=[2, 3], n=4, batch_size=4, extractor="fashion",
+                           device="cpu", grid_images=0, out=str(tmp_path))
+    run_model_bench(cfg, denoiser=standin, progress=True)
+    out = capsys.readouterr().out
+    assert "2 configurations x 4 samples" in out and "8 samples, 20 image-evaluations" in out and "estimated" in out
+    long = plan_summary(192, 0, [10] * 192, 10_000, 2.5e-3, "cpu")
+    assert "13.3 h on cpu" in long and "That is long" in long and "resumes" in long
+    assert "min on cpu" in plan_summary(1, 0, [10], 10_000, 2.5e-3, "cpu") and "That is long" not in plan_summary(
+        1, 0, [10], 10_000, 2.5e-3, "cpu")

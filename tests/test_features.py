@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from fewstep.metrics.features import ModuleExtractor, get_extractor, state_dict_hash
+from fewstep.metrics.extractors import get_extractor
+from fewstep.metrics.features import ModuleExtractor, state_dict_hash
 from fewstep.metrics.inception import ENV_VAR, WEIGHTS_NAME, FIDInceptionV3, InceptionExtractor, find_inception_weights
 
 

@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch, fewstep
     from fewstep.metrics import ModuleExtractor
     from fewstep.metrics.evaluate import sample_stats
+    from fewstep.metrics.sampling import solver_sample_fn
     from fewstep.metrics.distributed import world
 
     def run():
@@ -25,8 +26,9 @@ SCRIPT = textwrap.dedent("""
         feat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 6))
         den = fewstep.Denoiser(lambda x, t: net(x), fewstep.processes.VPDiscrete.linear(), "eps")
         with torch.no_grad():
-            return sample_stats(den, (1, 8, 8), 11, ModuleExtractor(feat, "lin", 6), "ddim", 3, batch_size=4,
-                                progress=False, max_features=7).stats
+            fn = solver_sample_fn(den, (1, 8, 8), "ddim", 3)
+            return sample_stats(fn, 11, ModuleExtractor(feat, "lin", 6), batch_size=4, progress=False,
+                                max_features=7).stats
 
     if __name__ == "__main__":
         stats = run()

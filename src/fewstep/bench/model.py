@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import solvers
 from .._io import atomic_write_text
@@ -75,18 +76,24 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
 
 
 def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs."""
-    from ..metrics.distributed import default_batch_size, default_device, world
-    from ..metrics.evaluate import DivergedError, compare, sample_stats
-    from ..metrics.features import get_extractor
+    """Run the sweep on ``denoiser`` (default: ``fewstep.load_model(cfg.model)``) and write the outputs.
+
+    Every configuration goes through :func:`fewstep.metrics.evaluate.evaluate`; finished ones are
+    saved in ``<out>/evaluations.json`` (:class:`~fewstep.metrics.resume.EvalStore`) and read back by a rerun.
+    """
+    from ..metrics.distributed import default_batch_size, default_device, shard, world
+    from ..metrics.evaluate import DivergedError, evaluate
+    from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
+    from ..metrics.resume import EvalStore, evaluation_key, finished
+    from ..metrics.sampling import KeepFirst, solver_sample_fn
 
     runs, skipped = _plan(cfg)
     device = cfg.device or default_device()
     extractor = get_extractor(cfg.extractor, cfg.inception, device)
     ref = reference_stats(cfg.ref, extractor)
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
-    shape = sample_shape(denoiser, cfg.model, cfg.shape)
+    shape = sample_shape(denoiser, cfg.shape)
     runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe) for name, grid, nfe in runs]
     if cfg.compile:
         from ..compiling import compile_denoiser
@@ -94,50 +101,53 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         compile_denoiser(denoiser)
     t0 = time.perf_counter()
     batch_size = cfg.batch_size or default_batch_size(device)
-    key = _resume_key(cfg, extractor, ref)
-    done = _load_progress(Path(cfg.out), key) if cfg.out else {}
-    if done and progress:
-        print(f"resuming: {len(done)} of {len(runs)} configurations already in {cfg.out}")
-    todo = [r for r in runs if r not in done]
-    if todo:  # warm-up (kernel selection, allocations) so the first configuration's timing is fair
-        from ..api import generate
+    rank0 = world()[0] == 0
+    store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
 
-        try:
-            with torch.no_grad():
-                generate(denoiser, shape, list(range(min(batch_size, cfg.n))), todo[0][0], todo[0][2], todo[0][1], device=device)
-        except (ValueError, FloatingPointError, RuntimeError):
-            pass  # a diverging first configuration is reported in its row
+    def key(name: str, grid: str, nfe: int) -> dict[str, Any]:
+        return evaluation_key(cfg.model, solver_sample_fn(denoiser, shape, name, nfe, grid).description, cfg.n,
+                              cfg.seed, extractor, ref)
+
+    done = {r: store.get(key(*r)) for r in runs} if store is not None else {}
+    done = {r: row for r, row in done.items() if row is not None and finished(row)}
+    todo = [r for r in runs if r not in done]
+    per_eval = _warm_up(denoiser, shape, todo, batch_size, cfg.n, device) if todo else None
+    if progress and rank0:
+        print(plan_summary(len(runs), len(done), [nfe for _, _, nfe in todo], cfg.n, per_eval, str(device)),
+              flush=True)
+    per_rank = len(shard(range(cfg.n), *world()))  # the samples this process makes per configuration
+    overall = tqdm(total=len(todo) * per_rank, desc="all configurations", unit="img",
+                   disable=not progress or not rank0 or not todo, position=0)
     rows, grids = [], {}
     for name, grid, nfe in runs:
+        label = {"solver": name, "grid": grid, "nfe": nfe}
+        png_path = Path(cfg.out) / "samples" / _grid_name(name, grid, nfe) if cfg.out else None
+        if cfg.limit_nfe > 0 and (name, nfe) == (LIMIT_SOLVER, cfg.limit_nfe):
+            label["role"] = "ODE limit"
         if (name, grid, nfe) in done:
-            row, png = done[(name, grid, nfe)]
-            rows.append(row)
-            if png is not None:
-                grids[(name, grid, nfe)] = png
+            rows.append(_row(label, done[(name, grid, nfe)]))
+            if png_path is not None and png_path.is_file():
+                grids[(name, grid, nfe)] = png_path.read_bytes()
             continue
+        before = overall.n
+        sample_fn = KeepFirst(solver_sample_fn(denoiser, shape, name, nfe, grid, device), cfg.grid_images)
         try:
-            run = sample_stats(denoiser, shape, cfg.n, extractor, name, nfe, grid, seed=cfg.seed,
-                               batch_size=batch_size, device=device, keep_images=cfg.grid_images,
-                               progress=progress, with_logits=extractor.name.startswith("inception"))
+            result = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size,
+                              progress=progress, desc=f"{name} nfe={nfe}", on_batch=overall.update)
         except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
             print(f"warning: {name} nfe={nfe}: {err}")
-            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, "note": str(err),
-                         "fid": float("inf") if isinstance(err, DivergedError) else float("nan")})
-        else:
-            metrics = compare(run.stats, ref, logits=run.logits, seed=cfg.seed)
-            rows.append({"solver": name, "grid": grid, "nfe": nfe, "n": cfg.n, **metrics, **run.extra,
-                         "sample_s": run.sample_seconds, "feature_s": run.feature_seconds,
-                         "ms_per_image": 1000 * run.sample_seconds / cfg.n})
-            if cfg.limit_nfe > 0 and (name, nfe) == (LIMIT_SOLVER, cfg.limit_nfe):
-                rows[-1]["role"] = "ODE limit"
-            if run.first_images is not None:
-                grids[(name, grid, nfe)] = image_grid_png(run.first_images)
-                if cfg.out and world()[0] == 0:
-                    write_png(Path(cfg.out) / "samples" / _grid_name(name, grid, nfe), grids[(name, grid, nfe)])
-        if cfg.out and world()[0] == 0:
-            atomic_write_text(Path(cfg.out) / PROGRESS_FILE, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+            result = {"n": cfg.n, "note": str(err), "fid": float("inf") if isinstance(err, DivergedError) else float("nan")}
+        overall.update(per_rank - (overall.n - before))  # a failed configuration counts as done
+        rows.append(_row(label, result))
+        if sample_fn.images is not None:
+            grids[(name, grid, nfe)] = image_grid_png(sample_fn.images)
+            if png_path is not None and rank0:
+                write_png(png_path, grids[(name, grid, nfe)])
+        if store is not None:
+            store.put(key(name, grid, nfe), {**result, "device": str(device)})
+    overall.close()
     wall = time.perf_counter() - t0
-    if cfg.out and world()[0] == 0:
+    if cfg.out and rank0:
         meta = {"model": str(cfg.model), "extractor": f"{extractor.name} ({extractor.fingerprint()[:12]})",
                 "reference": cfg.ref or "shipped Fashion-MNIST test-set statistics", "reference_n": ref.n,
                 "samples per configuration": cfg.n, "first seed": cfg.seed, "device": str(device),
@@ -149,34 +159,57 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     return rows
 
 
-PROGRESS_FILE = "progress.json"
+STORE_FILE = "evaluations.json"
 
 
-def _resume_key(cfg: ModelBenchConfig, extractor: Any, ref: Any) -> dict[str, Any]:
-    """What must match for a finished configuration to be reused by a rerun."""
-    return {"model": str(cfg.model), "n": cfg.n, "seed": cfg.seed, "grid_images": cfg.grid_images,
-            "extractor": extractor.fingerprint(), "ref": [str(cfg.ref), int(ref.n)]}
+def _row(label: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A table row: the configuration, then its metrics and timings."""
+    role = {"role": label["role"]} if "role" in label else {}
+    config = {k: v for k, v in label.items() if k != "role"}
+    return {**config, **{k: v for k, v in result.items() if k not in label and k != "device"}, **role}
 
 
-def _load_progress(out: Path, key: dict[str, Any]) -> dict[tuple[str, str, int], tuple[dict, bytes | None]]:
-    """Finished configurations of an earlier run of the same sweep (none when its key differs)."""
-    path = out / PROGRESS_FILE
-    if not path.is_file():
-        return {}
+def _warm_up(denoiser: Any, shape: tuple[int, ...], todo: list[tuple[str, str, int]], batch_size: int, n: int,
+             device: Any) -> float | None:
+    """Run two batches of the first configuration: the first (kernel selection, allocations) so that
+    its timing is fair, the second timed; return its seconds per image-evaluation (None on failure)."""
+    from ..metrics.sampling import solver_sample_fn
+
+    name, grid, nfe = todo[0]
+    fn = solver_sample_fn(denoiser, shape, name, nfe, grid, device)
+    seeds = list(range(min(batch_size, n)))
     try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if saved.get("key") != key:
-        print(f"note: {path} is from a different sweep (model, n, seed, extractor or reference); starting afresh")
-        return {}
-    done = {}
-    for row in saved.get("rows", []):
-        if row["fid"] != row["fid"]:  # could not run (nan): try again rather than keep the failure
-            continue
-        png_path = out / "samples" / _grid_name(row["solver"], row["grid"], row["nfe"])
-        done[(row["solver"], row["grid"], row["nfe"])] = (row, png_path.read_bytes() if png_path.is_file() else None)
-    return done
+        with torch.no_grad():
+            fn(seeds)
+            start = time.perf_counter()
+            fn(seeds)
+    except (ValueError, FloatingPointError, RuntimeError):
+        return None  # a diverging first configuration is reported in its row
+    return (time.perf_counter() - start) / (len(seeds) * max(1.0, fn.nfe_used or nfe))
+
+
+def plan_summary(configs: int, resumed: int, nfes: list[int], n: int, per_eval: float | None, device: str) -> str:
+    """What the sweep will run and about how long it will take (from the warm-up batch)."""
+    samples = len(nfes) * n
+    evals = n * sum(nfes)
+    text = (f"bench model: {configs} configurations x {n} samples; {resumed} already done, {len(nfes)} to run: "
+            f"{samples:,} samples, {evals:,} image-evaluations")
+    if per_eval is None:
+        return text + "; no time estimate (the warm-up batch failed)"
+    hours = evals * per_eval / 3600
+    text += f"; estimated {_duration(evals * per_eval)} on {device} ({1000 * per_eval:.2f} ms per image-evaluation)"
+    if hours > 1:
+        text += (". That is long: fewer --nfe values, --solvers or a smaller --n (e.g. 1000) make a quick look, "
+                 "and a rerun with the same --out resumes where this one stops")
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _grid_name(name: str, grid: str, nfe: int) -> str:

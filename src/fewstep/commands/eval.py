@@ -26,37 +26,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_extractor_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from .._io import atomic_write_text
     from ..metrics.distributed import default_batch_size, default_device, world
-    from ..metrics.evaluate import compare, sample_stats
-    from ..metrics.features import get_extractor
+    from ..metrics.evaluate import evaluate
+    from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
+    from ..metrics.sampling import solver_sample_fn
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, args.inception, device)
     ref = reference_stats(args.ref, extractor)
     denoiser = load_denoiser(args.model, device)
-    shape = sample_shape(denoiser, args.model, args.shape)
+    shape = sample_shape(denoiser, args.shape)
     if args.compile:
         from ..compiling import compile_denoiser
 
         compile_denoiser(denoiser)
-    run_ = sample_stats(denoiser, shape, args.n, extractor, args.solver, args.nfe, args.grid, seed=args.seed,
-                        batch_size=args.batch_size or default_batch_size(device), device=device,
-                        with_logits=extractor.name.startswith("inception"))
+    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device)
+    batch_size = args.batch_size or default_batch_size(device)
+    if world()[0] == 0:
+        print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "
+              f"({args.n * args.nfe:,} image-evaluations, batches of {batch_size}); the bar shows the ETA",
+              flush=True)
+    result = evaluate(sample_fn, args.n, extractor, ref, seed=args.seed, batch_size=batch_size,
+                      desc=f"{args.solver} nfe={args.nfe}")
     if world()[0] != 0:
         return 0
-    result = {"model": args.model, "solver": args.solver, "nfe": args.nfe,
-              "grid": args.grid or denoiser.process.default_grid, "n": args.n,
-              "seed": args.seed, "extractor": extractor.name, **compare(run_.stats, ref, logits=run_.logits),
-              "sample_seconds": round(run_.sample_seconds, 3), "feature_seconds": round(run_.feature_seconds, 3)}
+    result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result}
     print(json.dumps(result, indent=2))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

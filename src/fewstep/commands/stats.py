@@ -24,19 +24,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fashion-mnist:test|train, an IDX file, a .npy/.npz image array or a folder of images")
     p.add_argument("--out", required=True, help="output .npz (mu, sigma, extractor name and hash, features)")
     p.add_argument("--max-features", type=int, default=10_000, help="features kept for KID and precision/recall")
+    p.add_argument("--resolution", type=int, default=None, metavar="N",
+                   help="resize (and centre-crop) every image to N x N; needed when a folder mixes image sizes")
     add_extractor_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.data import load_images
+    from ..metrics.data import check_channels, load_images
     from ..metrics.distributed import default_device, world
     from ..metrics.evaluate import images_stats
-    from ..metrics.features import get_extractor
+    from ..metrics.extractors import get_extractor
 
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, args.inception, device)
-    images = load_images(args.data)
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"--resolution must be a positive number of pixels, got {args.resolution}")
+    images = load_images(args.data, args.resolution)
+    check_channels(images, args.data, extractor)
     stats = images_stats(extractor, images, args.batch_size or 250, args.max_features)
     if world()[0] != 0:
         return 0

@@ -35,9 +35,10 @@ def default_device(spec: str | None = None) -> torch.device:
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    """Images per sampling batch: 64 on a CPU (larger batches fall out of cache: 2.55 ms per
-    image-evaluation of the bundled UNet at 64, 5.67 ms at 500, ``benchmarks/compile_speed.py``),
-    500 on an accelerator."""
+    """Images per sampling batch: 64 on a CPU, where larger batches fall out of cache (the eager
+    bundled UNet on 2 CPU threads takes 2.55 ms per image-evaluation at batch 64 and 5.67 ms at
+    500: the figures of :mod:`fewstep.compiling`, from ``benchmarks/compile_speed.py``), 500 on an
+    accelerator."""
     return 64 if torch.device(device).type == "cpu" else 500
 
 

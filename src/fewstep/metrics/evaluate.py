@@ -1,15 +1,17 @@
-"""Evaluation pipeline: features of data sets and of generated samples, and the metrics between them.
+"""Evaluation: features of data sets and of a sample function's images, and the metrics between them.
 
-Generated samples are made batch by batch from per-sample seeds (``fewstep.generate``), so the
-numbers do not depend on the batch size, and are quantised to 8 bits like stored images before
-feature extraction.  Only the running statistics (and a capped feature sample) are kept.
+:func:`evaluate` is the one entry point that ``fewstep eval``, ``fewstep bench model`` and
+``benchmarks/fashion_fid.py`` call.  It takes a sample function (:mod:`.sampling`): images are
+made batch by batch from per-sample seeds ``seed .. seed + n - 1``, so the numbers do not depend
+on the batch size, and are quantised to 8 bits like stored images before feature extraction.
+Only the running statistics (and a capped feature sample) are kept.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,13 +24,10 @@ from .frechet import frechet_distance
 from .inception_score import inception_score
 from .kid import kernel_inception_distance
 from .prdc import precision_recall
+from .sampling import DivergedError, SampleFn
 from .stats import FeatureStats
 
-__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "DivergedError"]
-
-
-class DivergedError(ValueError):
-    """A sampler produced NaN or infinite samples."""
+__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "evaluate", "DivergedError"]
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -57,77 +56,65 @@ def images_stats(extractor: FeatureExtractor, images: Tensor, batch_size: int = 
 
 @dataclass
 class SampleRun:
-    """Statistics of generated samples and what it cost to make them."""
+    """Statistics of generated samples (all ranks merged) and what it cost this rank to make them."""
 
     stats: FeatureStats
     sample_seconds: float
     feature_seconds: float
-    first_images: Tensor | None = None
+    batches: int
     logits: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 @torch.no_grad()
-def sample_stats(denoiser, shape: Sequence[int], n: int, extractor: FeatureExtractor, solver: str = "dpm++2m",
-                 nfe: int = 10, grid: Any = None, *, seed: int = 0, batch_size: int = 250,
-                 device: str | torch.device = "cpu", max_features: int = 10_000, keep_images: int = 0,
-                 with_logits: bool = False, progress: bool = True, sampler=None, **options: Any) -> SampleRun:
-    """Generate ``n`` samples from seeds ``seed .. seed + n - 1`` and accumulate their feature statistics.
+def sample_stats(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, *, seed: int = 0, batch_size: int = 64,
+                 max_features: int = 10_000, with_logits: bool = False, progress: bool = True,
+                 desc: str = "samples", on_batch: Callable[[int], None] | None = None) -> SampleRun:
+    """Images of ``sample_fn`` for seeds ``seed .. seed + n - 1`` and their feature statistics.
 
     Under ``torchrun`` each rank handles a disjoint slice of the seeds and the statistics are
-    merged across ranks.  ``sampler(seeds) -> images`` replaces ``fewstep.generate`` (e.g. a
-    diffusers scheduler loop); ``keep_images`` returns the first images for a sample grid.
+    merged across ranks.  ``on_batch(k)`` is called after each batch of ``k`` images (e.g. to
+    advance an overall progress bar).  Non-finite samples raise :class:`DivergedError`.
     """
-    from ..api import generate
-    from ..denoisers import NFECounter
-    from ..solvers._common import NonFiniteError
-
-    device = torch.device(device)
-    counter = NFECounter(denoiser)
-    setup(device)
+    if n < 1:
+        raise ValueError(f"the number of samples must be positive, got {n}")
+    setup(extractor.device)
     rank, size = world()
     seeds = shard(range(seed, seed + n), rank, size)
     stats = FeatureStats.like(extractor, max_features)
-    kept: list[Tensor] = []
     logits: list[np.ndarray] = []
     t_sample = t_feat = 0.0
-    bar = tqdm(total=len(seeds), desc=f"{solver} nfe={nfe}", disable=not progress or rank != 0, unit="img")
+    bar = tqdm(total=len(seeds), desc=desc, disable=not progress or rank != 0, unit="img", leave=False)
     for i in range(0, len(seeds), batch_size):
-        chunk = seeds[i:i + batch_size]
-        _sync(device)
+        chunk = list(seeds[i:i + batch_size])
+        _sync()
         t0 = time.perf_counter()
-        if sampler is not None:
-            x = sampler(chunk)
-        else:
-            try:
-                x = generate(counter, shape, chunk, solver, nfe, grid, device=device, **options)
-            except NonFiniteError as err:
-                raise DivergedError(f"{solver} at nfe={nfe} diverged: {err}") from err
+        x = sample_fn(chunk)
+        if tuple(x.shape[:1]) != (len(chunk),) or x.ndim != 4:
+            raise ValueError(f"a sample function must return (len(seeds), C, H, W) images; for {len(chunk)} seeds "
+                             f"it returned shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
-            raise DivergedError(f"{solver} at nfe={nfe} produced NaN or infinite samples (seeds {chunk[0]}..{chunk[-1]})")
+            raise DivergedError(f"{desc} produced NaN or infinite samples (seeds {chunk[0]}..{chunk[-1]})")
         x = quantize(x.float())
-        _sync(device)
+        _sync()
         t1 = time.perf_counter()
         stats.update(extractor(x.to(extractor.device)))
         if with_logits:
             logits.append(extractor.logits(x.to(extractor.device)).double().cpu().numpy())
-        _sync(device)
+        _sync()
         t_sample, t_feat = t_sample + t1 - t0, t_feat + time.perf_counter() - t1
-        if sum(len(k) for k in kept) < keep_images:
-            kept.append(x[:keep_images - sum(len(k) for k in kept)].cpu())
         bar.update(len(chunk))
+        if on_batch is not None:
+            on_batch(len(chunk))
     bar.close()
     stats = gather_stats(stats)
     logits = gather_list(logits)
-    batches = -(-len(seeds) // batch_size)
-    extra = {"nfe_used": counter.count / batches} if sampler is None and batches else {}
-    return SampleRun(stats, t_sample, t_feat, torch.cat(kept) if kept else None,
-                     np.concatenate(logits) if logits else None, extra)
+    return SampleRun(stats, t_sample, t_feat, -(-len(seeds) // batch_size),
+                     np.concatenate(logits) if logits else None)
 
 
 def compare(gen: FeatureStats, ref: FeatureStats, *, kid_subsets: int = 100, kid_subset_size: int = 1000,
@@ -148,3 +135,29 @@ def compare(gen: FeatureStats, ref: FeatureStats, *, kid_subsets: int = 100, kid
     if logits is not None:
         out["is"], out["is_std"] = inception_score(logits)
     return out
+
+
+def evaluate(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, ref: FeatureStats, *, seed: int = 0,
+             batch_size: int = 64, max_features: int = 10_000, inception_score: bool | None = None,
+             progress: bool = True, desc: str = "samples",
+             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Score ``n`` images of ``sample_fn`` (seeds ``seed ..``) against reference statistics ``ref``.
+
+    Returns ``fid``, ``kid``/``kid_std``, ``precision``/``recall`` (and ``is``/``is_std`` with
+    ``inception_score``; None: when the extractor is Inception), ``n``, ``seed``, ``nfe_used``
+    when ``sample_fn`` counts it (see :func:`~fewstep.metrics.sampling.solver_sample_fn`), and the
+    timings ``sample_s``, ``feature_s`` and ``ms_per_image``.  Raises :class:`DivergedError`
+    when the samples are not finite.
+    """
+    if n < 2:
+        raise ValueError(f"n must be at least 2 to estimate a covariance, got {n}")
+    with_logits = extractor.name.startswith("inception") if inception_score is None else inception_score
+    run = sample_stats(sample_fn, n, extractor, seed=seed, batch_size=batch_size, max_features=max_features,
+                       with_logits=with_logits, progress=progress, desc=desc, on_batch=on_batch)
+    result: dict[str, Any] = {**compare(run.stats, ref, logits=run.logits, seed=seed), "n": n, "seed": seed}
+    nfe_used = getattr(sample_fn, "nfe_used", None)
+    if nfe_used is not None:
+        result["nfe_used"] = nfe_used
+    result.update(sample_s=run.sample_seconds, feature_s=run.feature_seconds,
+                  ms_per_image=1000 * run.sample_seconds / n)
+    return result

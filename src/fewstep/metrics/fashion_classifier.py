@@ -64,6 +64,8 @@ class FashionNet(nn.Module):
 class FashionExtractor(FeatureExtractor):
     """:class:`FashionNet` as a feature extractor with the shipped weights' name and hash."""
 
+    channels = (1,)
+
     def __init__(self, net: FashionNet, fingerprint: str, name: str = NAME):
         super().__init__()
         self.net = net

@@ -1,9 +1,9 @@
-"""Feature extractors: any torch module mapping images in ``[-1, 1]`` to ``(batch, D)`` features.
+"""The feature-extractor base: any torch module mapping images in ``[-1, 1]`` to ``(batch, D)`` features.
 
 An extractor carries a ``name`` and a ``fingerprint`` (a hash of its weights) that are saved
 with reference statistics, so that statistics from different extractors are never compared.
-Built-in extractors: ``inception`` (FID's Inception-v3 pool3, :mod:`.inception`) and
-``fashion`` (a small Fashion-MNIST classifier shipped with fewstep, :mod:`.fashion_classifier`).
+This module holds only the base class and the hashing; the built-in extractors
+(:mod:`.inception`, :mod:`.fashion_classifier`) import it, and :mod:`.extractors` picks one by name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FeatureExtractor", "ModuleExtractor", "sha256_file", "state_dict_hash", "get_extractor", "EXTRACTORS"]
+__all__ = ["FeatureExtractor", "ModuleExtractor", "sha256_file", "state_dict_hash"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -48,6 +48,7 @@ class FeatureExtractor(nn.Module):
 
     name: str = "custom"
     num_features: int
+    channels: tuple[int, ...] | None = None  # image channels it takes (None: any)
 
     def fingerprint(self) -> str:
         return state_dict_hash(self)
@@ -86,29 +87,3 @@ class ModuleExtractor(FeatureExtractor):
         raise ValueError(f"cannot fingerprint {self.name!r}: wrap an nn.Module, or subclass FeatureExtractor "
                          f"and override fingerprint()")
 
-
-EXTRACTORS = ("auto", "fashion", "inception")
-
-
-def get_extractor(name: "str | FeatureExtractor" = "auto", inception: str | Path | None = None,
-                  device: str | torch.device = "cpu") -> FeatureExtractor:
-    """A built-in extractor by name (a :class:`FeatureExtractor` instance is passed through).
-
-    ``auto`` uses Inception when its weights are found (``inception`` argument, ``$FEWSTEP_INCEPTION``
-    or the torch hub cache) and the shipped Fashion-MNIST classifier otherwise.
-    """
-    from .fashion_classifier import load_fashion_extractor
-    from .inception import InceptionExtractor, find_inception_weights
-
-    if isinstance(name, FeatureExtractor):
-        return name.to(device).eval()
-    if name not in EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
-    if name == "auto":
-        name = "inception" if find_inception_weights(inception, required=False) else "fashion"
-    ext: FeatureExtractor
-    if name == "inception":
-        ext = InceptionExtractor(find_inception_weights(inception, required=True))
-    else:
-        ext = load_fashion_extractor()
-    return ext.to(device).eval()

@@ -194,6 +194,7 @@ class InceptionExtractor(FeatureExtractor):
 
     name = NAME
     num_features = 2048
+    channels = (1, 3)
 
     def __init__(self, weights: str | Path | None = None, net: FIDInceptionV3 | None = None):
         super().__init__()

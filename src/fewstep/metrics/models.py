@@ -1,57 +1,54 @@
-"""Resolving what to evaluate: the model, its sample shape, the extractor and the reference statistics."""
+"""Resolving what to evaluate: the model, its sample shape and the reference statistics."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .fashion_classifier import asset_dir
 from .features import FeatureExtractor
 from .stats import FeatureStats
 
-__all__ = ["load_denoiser", "sample_shape", "reference_stats", "SHIPPED_STATS"]
+__all__ = ["load_denoiser", "networks", "sample_shape", "reference_stats", "reference_id", "SHIPPED_STATS"]
 
 SHIPPED_STATS = {"fashion-classifier-v1": "fashion_test_stats.npz"}
-KNOWN_SHAPES = {"bundled:fashion": (1, 28, 28)}
 
 
-def load_denoiser(model: Any, device: Any = None):
-    """A denoiser object as is, or a model name/path through ``fewstep.load_model``; its network
-    (found through wrappers' ``inner``) is moved to ``device`` and put in eval mode."""
-    if isinstance(model, str):
-        import fewstep
-
-        load_model = getattr(fewstep, "load_model", None)
-        if load_model is None:
-            try:
-                from ..loading import load_model  # type: ignore[import-not-found,no-redef]
-            except ImportError as err:  # pragma: no cover - until the loading module is merged
-                raise RuntimeError(f"cannot load {model!r}: this fewstep has no fewstep.load_model") from err
-        model = load_model(model)
-    inner = model
-    while inner is not None:
-        net = getattr(inner, "net", None)
+def networks(denoiser: Any) -> Iterator[torch.nn.Module]:
+    """The ``net`` modules of a denoiser and of the denoisers it wraps (through ``inner``)."""
+    while denoiser is not None:
+        net = getattr(denoiser, "net", None)
         if isinstance(net, torch.nn.Module):
-            if device is not None:
-                net.to(device)
-            net.eval()
-        inner = getattr(inner, "inner", None)
+            yield net
+        denoiser = getattr(denoiser, "inner", None)
+
+
+def load_denoiser(model: Any, device: Any = None) -> Any:
+    """A denoiser object as is, or a model name/path through ``fewstep.loading.load_model``; its
+    networks are moved to ``device`` and put in eval mode."""
+    if isinstance(model, str):
+        from ..loading import load_model
+
+        model = load_model(model)
+    for net in networks(model):
+        if device is not None:
+            net.to(device)
+        net.eval()
     return model
 
 
-def sample_shape(denoiser: Any, model: Any = None, override: Sequence[int] | None = None) -> tuple[int, ...]:
-    """``(C, H, W)``: ``override``, else the denoiser's ``sample_shape``, else a known model's."""
+def sample_shape(denoiser: Any, override: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``(C, H, W)``: ``override`` (``--shape``), else the shape the denoiser declares (``sample_shape``)."""
     if override:
         return tuple(int(v) for v in override)
-    for attr in ("sample_shape", "shape"):
-        shape = getattr(denoiser, attr, None)
-        if shape:
-            return tuple(int(v) for v in shape)
-    if isinstance(model, str) and model in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model]
-    raise ValueError("cannot tell the model's sample shape; pass --shape C,H,W (e.g. --shape 1,28,28)")
+    shape = getattr(denoiser, "sample_shape", None)
+    if shape:
+        return tuple(int(v) for v in shape)
+    raise ValueError("the model does not declare its sample shape; pass --shape C,H,W (e.g. --shape 1,28,28)")
 
 
 def reference_stats(ref: str | Path | None, extractor: FeatureExtractor) -> FeatureStats:
@@ -66,3 +63,11 @@ def reference_stats(ref: str | Path | None, extractor: FeatureExtractor) -> Feat
     probe = FeatureStats.like(extractor)
     probe.check_compatible(stats)
     return stats
+
+
+def reference_id(stats: FeatureStats) -> str:
+    """A short hash of reference statistics' contents (n, mean, covariance, kept features), whatever the file's name."""
+    h = hashlib.sha256(f"{stats.extractor}:{stats.fingerprint}:{stats.n}".encode())
+    for a in (stats.mu, stats.sigma, stats.features):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]

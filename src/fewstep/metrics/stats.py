@@ -11,6 +11,8 @@ name and fingerprint, which :meth:`FeatureStats.check_compatible` compares befor
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,19 +134,36 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
+        """Read statistics saved by :meth:`save` (or pytorch-fid's ``mu``/``sigma`` ``.npz``).
+
+        A missing, truncated or foreign file raises one clear error naming it and how to remake it.
+        """
         path = Path(path)
+        remake = f"regenerate it with `fewstep stats --data ... --out {path}`"
         if not path.is_file():
             raise FileNotFoundError(f"statistics file {path} not found; make one with `fewstep stats --data ... --out {path}`")
-        with np.load(path, allow_pickle=False) as z:
-            if "mu" not in z or "sigma" not in z:
-                raise ValueError(f"{path} has no 'mu' and 'sigma' arrays; it is not a statistics file")
-            mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
-            n = int(z["n"]) if "n" in z else 0
-            feats = z["features"] if "features" in z else np.zeros((0, len(mu)), np.float32)
-            name = str(z["extractor"]) if "extractor" in z else "unknown"
-            fp = str(z["fingerprint"]) if "fingerprint" in z else ""
-        if sigma.shape != (len(mu), len(mu)):
-            raise ValueError(f"{path}: sigma has shape {sigma.shape}, expected {(len(mu), len(mu))}")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise KeyError("it holds a single array, not an .npz archive")
+            with loaded as z:
+                missing = [k for k in ("mu", "sigma") if k not in z.files]
+                if missing:
+                    raise KeyError(f"it has no {' or '.join(repr(k) for k in missing)} array (keys: "
+                                   f"{', '.join(z.files) or 'none'})")
+                mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+                n = int(z["n"]) if "n" in z.files else 0
+                feats = z["features"] if "features" in z.files else np.zeros((0, len(mu)), np.float32)
+                name = str(z["extractor"]) if "extractor" in z.files else "unknown"
+                fp = str(z["fingerprint"]) if "fingerprint" in z.files else ""
+        except KeyError as err:
+            raise ValueError(f"{path} is not a fewstep statistics file: {err.args[0]}; {remake}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+            raise ValueError(f"{path} is not a readable statistics file (truncated, corrupt or not an .npz "
+                             f"archive); {remake}") from None
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise ValueError(f"{path}: sigma has shape {sigma.shape} for mu of shape {mu.shape}, expected "
+                             f"{(len(mu), len(mu))}; {remake}")
         stats = cls(name, fp, len(mu), max(len(feats), 1), n, mu, sigma * max(n - 1, 1))
         stats.kept = [feats] if len(feats) else []
         if n == 0:  # pytorch-fid file: no count; keep sigma exact

@@ -1,0 +1,100 @@
+"""Sample functions: what the metrics evaluate.
+
+A sample function maps a list of per-sample seeds to images in ``[-1, 1]`` shaped
+``(len(seeds), C, H, W)``, and the same seed gives the same image whatever batch it is in.
+Solvers, one-step generators, diffusers scheduler loops and (later) cached or quantized samplers
+are all evaluated through this one interface; :func:`solver_sample_fn` builds one for a fewstep
+solver and counts the network evaluations it spends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["SampleFn", "SolverSampleFn", "solver_sample_fn", "KeepFirst", "DivergedError"]
+
+SampleFn = Callable[[list[int]], Tensor]
+"""``sample_fn(seeds) -> images`` in ``[-1, 1]``, shape ``(len(seeds), C, H, W)``."""
+
+
+class DivergedError(ValueError):
+    """A sampler produced NaN or infinite samples."""
+
+
+class SolverSampleFn:
+    """``fewstep.generate`` with a fixed solver, NFE and grid, as a sample function.
+
+    ``nfe_used`` is the mean number of network evaluations per call (per batch), counted by
+    :class:`fewstep.denoisers.NFECounter`; it differs from ``nfe`` only for adaptive solvers.
+    ``description`` is what identifies the sampler in saved results.
+    """
+
+    def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10,
+                 grid: Any = None, device: str | torch.device = "cpu", **options: Any):
+        from ..denoisers import NFECounter
+
+        self.counter = NFECounter(denoiser)
+        self.shape = tuple(int(v) for v in shape)
+        self.solver, self.nfe, self.device, self.options = solver, int(nfe), torch.device(device), options
+        self.grid = denoiser.process.default_grid if grid is None else grid
+        self.calls = 0
+
+    @property
+    def description(self) -> dict[str, Any]:
+        grid = self.grid if isinstance(self.grid, str) else [float(t) for t in self.grid]
+        return {"solver": self.solver, "nfe": self.nfe, "grid": grid,
+                **{k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+                   for k, v in sorted(self.options.items())}}
+
+    @property
+    def nfe_used(self) -> float | None:
+        """Network evaluations per batch, averaged over the calls so far (None before the first)."""
+        return self.counter.count / self.calls if self.calls else None
+
+    def __call__(self, seeds: list[int]) -> Tensor:
+        from ..api import generate
+        from ..solvers._common import NonFiniteError
+
+        self.calls += 1
+        try:
+            return generate(self.counter, self.shape, seeds, self.solver, self.nfe, self.grid, device=self.device,
+                            **self.options)
+        except NonFiniteError as err:
+            raise DivergedError(f"{self.solver} at nfe={self.nfe} diverged: {err}") from err
+
+
+def solver_sample_fn(denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10, grid: Any = None,
+                     device: str | torch.device = "cpu", **options: Any) -> SolverSampleFn:
+    """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid)."""
+    return SolverSampleFn(denoiser, shape, solver, nfe, grid, device, **options)
+
+
+class KeepFirst:
+    """Wrap a sample function and keep the first ``k`` images it returns (e.g. for a sample grid).
+
+    Other attributes (``nfe_used``, ``description``) are the wrapped function's.
+    """
+
+    def __init__(self, sample_fn: SampleFn, k: int):
+        self.sample_fn, self.k = sample_fn, int(k)
+        self.kept: list[Tensor] = []
+
+    @property
+    def images(self) -> Tensor | None:
+        """The kept images on the CPU, or None when there are none."""
+        return torch.cat(self.kept) if self.kept else None
+
+    def __call__(self, seeds: list[int]) -> Tensor:
+        x = self.sample_fn(seeds)
+        room = self.k - sum(len(t) for t in self.kept)
+        if room > 0:
+            self.kept.append(x[:room].detach().float().cpu())
+        return x
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("sample_fn", "k", "kept"):
+            raise AttributeError(name)
+        return getattr(self.sample_fn, name)
