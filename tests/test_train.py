@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_images
-from fewstep.training import checkpoint as ckpt_mod
+from fewstep import checkpoint as ckpt_mod
 from fewstep.training import trainer as trainer_mod
-from fewstep.training.checkpoint import latest_checkpoint, list_checkpoints, read_config
-from fewstep.training.data import ImageData
+from fewstep.checkpoint import latest_checkpoint, list_checkpoints, read_config
+from fewstep.data import ImageData
 from fewstep.training.trainer import Trainer, TrainingDiverged
 
 

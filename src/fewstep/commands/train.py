@@ -49,8 +49,8 @@ def _load_config(spec: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..training.checkpoint import latest_checkpoint, read_config
-    from ..training.data import load_data
+    from ..checkpoint import latest_checkpoint, read_config
+    from ..data import load_data
     from ..training.trainer import Trainer, init_distributed_from_env
 
     if args.threads:

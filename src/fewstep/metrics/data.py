@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..training.data import FASHION_MNIST_DIR, load_data, load_fashion_mnist, read_idx, to_model_range
+from ..data import FASHION_MNIST_DIR, load_data, load_fashion_mnist, read_idx, to_model_range
 
 __all__ = ["read_idx", "fashion_mnist", "load_images"]
 

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from ..processes import process_from_config
 from ..nets import build_net
-from .checkpoint import (latest_checkpoint, load_optimizer_state, load_tensors, read_config, save_checkpoint)
-from .data import ImageData, to_model_range
+from ..checkpoint import (latest_checkpoint, load_optimizer_state, load_tensors, read_config, save_checkpoint)
+from ..data import ImageData, to_model_range
 from .ema import ema_decay, make_ema, update_ema
 from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
 

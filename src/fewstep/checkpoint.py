@@ -1,4 +1,6 @@
-"""Checkpoint folders: ``config.json``, ``model.safetensors``, ``ema.safetensors``, optimizer and RNG state.
+"""Checkpoint folders, the on-disk format shared by training and loading.
+
+``config.json``, ``model.safetensors``, ``ema.safetensors``, optimizer and RNG state.
 
 Only JSON and safetensors are written and read, so loading never unpickles code.  Each
 checkpoint is written into a temporary folder and renamed into ``<run>/checkpoints/step-N``:
@@ -18,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._io import atomic_dir
+from ._io import atomic_dir
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "list_checkpoints",
            "read_config", "load_optimizer_state", "optimizer_tensors"]
