@@ -22,15 +22,21 @@ from torch import nn
 
 from ._io import atomic_dir
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_checkpoint", "latest_checkpoint", "list_checkpoints",
-           "read_config", "load_optimizer_state", "optimizer_tensors"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointDamaged", "write_checkpoint", "save_checkpoint",
+           "latest_checkpoint", "list_checkpoints", "newest_readable_config", "remove_stale_temporaries",
+           "read_config", "read_json", "load_tensors", "load_optimizer_state", "optimizer_tensors", "export_ema"]
 
 FORMAT = "fewstep-checkpoint"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+class CheckpointDamaged(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, garbage, not what it should be)."""
+
+
+def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as contiguous CPU tensors, ready for safetensors."""
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
@@ -52,23 +58,37 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, config: dict[str, Any], model: nn.Module,
-                    ema: nn.Module, optimizer: torch.optim.Optimizer | None = None, keep: int = 2) -> Path:
-    """Write ``<run_dir>/checkpoints/step-<step>`` atomically and prune all but the newest ``keep``."""
+def write_checkpoint(run_dir: str | os.PathLike, step: int, config: dict[str, Any],
+                     tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str, Any] | None = None,
+                     keep: int = 2) -> Path:
+    """Write ``<run_dir>/checkpoints/step-<step>`` atomically and prune all but the newest ``keep`` (0: keep all).
+
+    ``tensors`` maps file names to tensors (written with safetensors, in order), ``jsons`` file
+    names to JSON values; ``config.json`` (with format, version and step) and ``rng.safetensors``
+    are added.
+    """
     final = Path(run_dir) / "checkpoints" / f"step-{step:08d}"
     with atomic_dir(final) as tmp:
-        save_file(_state_tensors(model), str(tmp / "model.safetensors"))
-        save_file(_state_tensors(ema), str(tmp / "ema.safetensors"))
-        if optimizer is not None:
-            tensors, meta = optimizer_tensors(optimizer)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            (tmp / "optimizer.json").write_text(json.dumps(meta))
+        for name, values in tensors.items():
+            save_file(values, str(tmp / name))
+        for name, value in (jsons or {}).items():
+            (tmp / name).write_text(json.dumps(value))
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "step": step}
         (tmp / "config.json").write_text(json.dumps(full, indent=2))
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, config: dict[str, Any], model: nn.Module,
+                    ema: nn.Module, optimizer: torch.optim.Optimizer | None = None, keep: int = 2) -> Path:
+    """A denoiser's checkpoint: ``model``, ``ema`` and ``optimizer`` under their historical file names."""
+    tensors = {"model.safetensors": state_tensors(model), "ema.safetensors": state_tensors(ema)}
+    jsons = {}
+    if optimizer is not None:
+        tensors["optimizer.safetensors"], jsons["optimizer.json"] = optimizer_tensors(optimizer)
+    return write_checkpoint(run_dir, step, config, tensors, jsons, keep)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -85,15 +105,45 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary ``.step-N.*.tmp`` folders a kill during a checkpoint write left behind."""
+    root = Path(run_dir) / "checkpoints"
+    stale = [p for p in root.iterdir() if p.name.startswith(".step-") and p.name.endswith(".tmp")] \
+        if root.is_dir() else []
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
+def newest_readable_config(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """``(folder, config)`` of the newest checkpoint of a run whose ``config.json`` reads.
+
+    Raises FileNotFoundError when the run has no checkpoint, :class:`CheckpointDamaged` naming
+    every file when none reads.
+    """
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint found under {Path(run_dir) / 'checkpoints'}")
+    problems = []
+    for folder in reversed(found):
+        try:
+            return folder, read_config(folder)
+        except (CheckpointDamaged, FileNotFoundError) as err:
+            problems.append(str(err))
+    raise CheckpointDamaged(f"no intact checkpoint under {Path(run_dir) / 'checkpoints'}: {'; '.join(problems)}")
+
+
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     """Read and check a checkpoint's ``config.json`` (format and version)."""
     path = Path(folder) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {folder} is not a fewstep checkpoint folder")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from None
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise CheckpointDamaged(f"{path} is not a JSON object; the checkpoint is damaged")
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fewstep checkpoint config (format={cfg.get('format')!r})")
     version = cfg.get("format_version")
@@ -103,10 +153,24 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_json(path: Path) -> Any:
+    """Parse a checkpoint's JSON file; :class:`CheckpointDamaged` names the file if it does not parse."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; the checkpoint folder {path.parent} is incomplete")
-    return load_file(str(path))
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointDamaged(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; :class:`CheckpointDamaged` names the file if it is truncated or garbage."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; the checkpoint folder {path.parent} is incomplete")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise CheckpointDamaged(f"cannot read {path} ({err}); the file is damaged") from None
 
 
 def export_ema(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
