@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from ..checkpoint import (CheckpointDamaged, latest_checkpoint, list_checkpoints
                           write_checkpoint)
 from ..data import ImageData
 from . import runlog
-from .config import CHECKPOINT_KEYS, check_data, check_keys, check_non_negative, check_positive, settings_from_dict
+from .config import (CHECKPOINT_KEYS, check_data, check_keys, check_non_negative, check_positive, check_type,
+                     settings_from_dict)
 from .denoising import DenoisingObjective
 from .ema import ema_decay, make_ema, update_ema
 from .objective import OBJECTIVES, Objective, Phase
@@ -108,8 +110,10 @@ def resolve_config(config: Mapping[str, Any], objective: type[Objective] | None 
     check_keys(training, {f.name for f in dataclasses.fields(TrainSettings)}
                | {f.name for f in dataclasses.fields(objective.settings_class)}, "training")
     section = {k: v for k, v in section.items() if k != "kind"}
+    hints = typing.get_type_hints(objective.settings_class)
     for key in [f.name for f in dataclasses.fields(objective.settings_class)]:
         if key in training and key not in {f.name for f in dataclasses.fields(TrainSettings)}:
+            check_type(training[key], hints[key], f"training.{key}")
             if key in section and section[key] != training[key]:
                 raise ValueError(f"config sets {key} both in training and in objective; keep objective.{key} only")
             section[key] = training.pop(key)
