@@ -229,17 +229,31 @@ class Trainer:
         found = list_checkpoints(self.out_dir)
         if not found:
             raise FileNotFoundError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
-        problems = []
+        problems, damaged = [], []
         for folder in reversed(found):
             try:
                 self._load(folder)
-                return self.step
             except (CheckpointDamaged, FileNotFoundError) as err:
                 problems.append(str(err))
-                warnings.warn(f"--resume: skipping the damaged checkpoint {folder}: {err}", RuntimeWarning,
-                              stacklevel=2)
+                damaged.append(folder)
+                continue
+            for bad, why in zip(damaged, problems):
+                aside = self._set_aside(bad)
+                warnings.warn(f"--resume: skipped the damaged checkpoint {bad} ({why}); resuming from {folder}"
+                              + (f"; the damaged folder is now {aside}" if aside else ""), RuntimeWarning, stacklevel=2)
+            return self.step
         raise CheckpointDamaged(f"--resume: no intact checkpoint under {self.out_dir / 'checkpoints'}: "
                                 f"{'; '.join(problems)}. Start a new run, or repair one of these files")
+
+    def _set_aside(self, folder: Path) -> Path | None:
+        """Rename a damaged checkpoint to ``<name>.damaged[-k]`` (rank 0) so the resumed run can rewrite its step."""
+        if self.rank != 0 or not folder.is_dir():
+            return None
+        aside, k = folder.with_name(folder.name + ".damaged"), 1
+        while aside.exists():
+            aside, k = folder.with_name(f"{folder.name}.damaged-{k}"), k + 1
+        os.rename(folder, aside)
+        return aside
 
     def _load(self, folder: Path) -> None:
         cfg = read_config(folder)
