@@ -7,7 +7,8 @@ import pytest
 from conftest import tiny_config, tiny_images
 from fewstep.cli import main
 from fewstep.data import ImageData
-from fewstep.training.trainer import Trainer, resolve_config
+from fewstep.training.settings import resolve_config
+from fewstep.training.trainer import Trainer
 
 
 def _with(path: str, value):

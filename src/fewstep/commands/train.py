@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import latest_checkpoint, newest_readable_config
     from ..data import load_data
-    from ..training.trainer import Trainer, init_distributed_from_env, resolve_config
+    from ..training.settings import resolve_config
+    from ..training.trainer import Trainer, init_distributed_from_env
 
     if args.threads:
         torch.set_num_threads(args.threads)

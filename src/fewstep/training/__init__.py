@@ -6,7 +6,8 @@ Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.da
 from .denoising import DenoisingObjective, DenoisingSettings
 from .losses import diffusion_loss
 from .objective import OBJECTIVES, CheckpointFiles, Objective, Phase, register_objective
-from .trainer import Trainer, TrainingDiverged, TrainSettings
+from .settings import TrainSettings, resolve_config
+from .trainer import Trainer, TrainingDiverged
 
 __all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
-           "register_objective", "DenoisingObjective", "DenoisingSettings", "diffusion_loss"]
+           "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss"]
