@@ -16,7 +16,7 @@ import torch
 
 
 def fewstep_step_fn(batch: int):
-    from fewstep.training.data import ImageData
+    from fewstep.data import ImageData
     from fewstep.training.presets import get_preset
     from fewstep.training.trainer import Trainer
 

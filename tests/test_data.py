@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import write_idx
-from fewstep.training.data import load_array, load_data, load_fashion_mnist, load_image_folder, read_idx
+from fewstep.data import load_array, load_data, load_fashion_mnist, load_image_folder, read_idx
 
 
 def test_fashion_mnist_from_idx_gz(tmp_path):

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import tiny_config, tiny_images
-from fewstep.training.data import ImageData
+from fewstep.data import ImageData
 from fewstep.training.trainer import Trainer
 
 

@@ -5,8 +5,8 @@ import torch
 
 from conftest import tiny_config, tiny_images
 from fewstep import load_model
-from fewstep.training.checkpoint import FORMAT_VERSION
-from fewstep.training.data import ImageData
+from fewstep.checkpoint import FORMAT_VERSION
+from fewstep.data import ImageData
 from fewstep.training.trainer import Trainer
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import tiny_config, tiny_images
-from fewstep.training import checkpoint as ckpt_mod
-from fewstep.training import trainer as trainer_mod
-from fewstep.training.checkpoint import latest_checkpoint, list_checkpoints, read_config
-from fewstep.training.data import ImageData
+from fewstep import checkpoint as ckpt_mod
+from fewstep.training import denoising as denoising_mod
+from fewstep.checkpoint import latest_checkpoint, list_checkpoints, read_config
+from fewstep.data import ImageData
 from fewstep.training.trainer import Trainer, TrainingDiverged
 
 
@@ -24,7 +24,7 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     def eval_loss():
         from fewstep.training.losses import diffusion_loss
         with torch.no_grad():
-            return sum(float(diffusion_loss(tr.model, "eps", tr.process, b["x0"], b["t"], b["eps"]).mean())
+            return sum(float(diffusion_loss(tr.model, "eps", tr.objective.process, b["x0"], b["t"], b["eps"]).mean())
                        for b in batches)
 
     before = eval_loss()
@@ -93,15 +93,15 @@ def test_old_checkpoints_are_pruned(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     tr = _trainer(tmp_path, checkpoint_every_steps=1)
     tr.fit(steps=2)
-    real = trainer_mod.diffusion_loss
-    monkeypatch.setattr(trainer_mod, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = denoising_mod.diffusion_loss
+    monkeypatch.setattr(denoising_mod, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2.*step-00000002 is kept"):
         tr.fit(steps=4)
     assert latest_checkpoint(tmp_path / "run").name == "step-00000002"
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown training setting.*stepz"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) training\.stepz; valid keys in training: .*batch_size"):
         _trainer(tmp_path, stepz=3)
     with pytest.raises(ValueError, match="multiple of grad_accum"):
         _trainer(tmp_path, batch_size=6, grad_accum=4)

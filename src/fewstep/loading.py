@@ -50,7 +50,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     if not folder.is_dir():
         raise ValueError(f"model {spec} is a file; pass the folder that holds config.json and the .safetensors weights")
     if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
-        from .training.checkpoint import latest_checkpoint
+        from .checkpoint import latest_checkpoint
 
         latest = latest_checkpoint(folder)
         if latest is None:
@@ -67,7 +67,7 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
 
     from .nets import build_net
     from .processes import process_from_config
-    from .training.checkpoint import read_config
+    from .checkpoint import read_config
 
     cfg = read_config(folder)
     for key in ("network", "process", "prediction"):

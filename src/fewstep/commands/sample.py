@@ -43,7 +43,7 @@ def _model_source(spec: str) -> tuple[str, str]:
         return spec, spec
     path = Path(spec)
     if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
-        from ..training.checkpoint import latest_checkpoint
+        from ..checkpoint import latest_checkpoint
 
         path = latest_checkpoint(path) or path  # none yet: load_model says so
     return str(path.resolve()), str(path)

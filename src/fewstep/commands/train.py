@@ -49,28 +49,30 @@ def _load_config(spec: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..checkpoint import latest_checkpoint, newest_readable_config
+    from ..data import load_data
     from ..devices import resolve_device
-    from ..training.checkpoint import latest_checkpoint, read_config
-    from ..training.data import load_data
+    from ..training.settings import resolve_config
     from ..training.trainer import Trainer, init_distributed_from_env
 
     device = resolve_device(args.device)  # a bad --device fails here, not after the data is loaded
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
-        ckpt = latest_checkpoint(args.out)
-        if ckpt is None:
+        if latest_checkpoint(args.out) is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {Path(args.out) / 'checkpoints'}")
-        config = read_config(ckpt)
-        for key in ("format", "format_version", "step", "images_seen"):
-            config.pop(key, None)
+        _, config = newest_readable_config(args.out)  # the trainer warns about damaged ones it skips
     else:
         if not args.config:
             raise ValueError("--config is required for a new run (a .json file or a preset name such as fashion-unet)")
         if (Path(args.out) / "checkpoints").is_dir() and latest_checkpoint(args.out):
             raise ValueError(f"{args.out} already holds checkpoints; pass --resume to continue, or choose another --out")
         config = _load_config(args.config)
+    if not isinstance(config, dict):
+        raise ValueError(f"config {args.config} must be a JSON object {{network, process, prediction, data, training}}")
     training = config.setdefault("training", {})
+    if not isinstance(training, dict):
+        raise ValueError(f"config training must be a JSON object, got {training!r}")
     for name, key in [("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
                       ("precision", "precision"), ("grad_accum", "grad_accum"),
                       ("checkpoint_every", "checkpoint_every_seconds"), ("sample_every", "sample_every_steps")]:
@@ -79,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
             training[key] = value
     data_cfg = config.setdefault("data", {})
     net = config.get("network", {})
+    if not isinstance(data_cfg, dict) or not isinstance(net, dict):
+        raise ValueError("config data and network must be JSON objects")
     data_cfg["spec"] = args.data or data_cfg.get("spec")
     if not data_cfg["spec"]:
         raise ValueError("no data given: pass --data (fashion-mnist[:DIR], a .npz/.npy file or an image folder)")
     data_cfg.setdefault("resolution", net.get("resolution", 28))
     data_cfg.setdefault("channels", net.get("in_channels", 1))
+    resolve_config(config)  # refuse typos and wrong types before loading any data
     init_distributed_from_env()
     data = load_data(data_cfg["spec"], data_cfg["resolution"], data_cfg["channels"])
     trainer = Trainer(config, data, args.out, device=device, progress=not args.no_progress)

@@ -1,6 +1,6 @@
 """Image data for reference statistics: the training loaders, in fewstep's float ``[-1, 1]`` convention.
 
-A spec is what ``fewstep train --data`` takes (see ``fewstep.training.data.DATA_FORMS``), e.g.
+A spec is what ``fewstep train --data`` takes (see ``fewstep.data.DATA_FORMS``), e.g.
 ``fashion-mnist:test``; images come back float32 ``(n, C, H, W)`` in ``[-1, 1]``.  Folders are
 checked first (:func:`folder_summary`): mixed image sizes need an explicit ``resolution`` and
 mixed grayscale/RGB files are refused, rather than taking the first file's as everyone's.
@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..training.data import (FASHION_MNIST_DIR, IMAGE_SUFFIXES, load_data, load_fashion_mnist, read_idx,
-                             to_model_range)
+from ..data import FASHION_MNIST_DIR, IMAGE_SUFFIXES, load_data, load_fashion_mnist, read_idx, to_model_range
 
 __all__ = ["read_idx", "fashion_mnist", "load_images", "folder_summary", "FolderSummary", "check_channels"]
 

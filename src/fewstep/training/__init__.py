@@ -1,9 +1,13 @@
-"""Training: losses, data, the trainer and checkpoint folders."""
+"""Training: the trainer, objectives (what is trained) and losses.
 
-from .checkpoint import latest_checkpoint, save_checkpoint
-from .data import ImageData, load_data
+Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.data`.
+"""
+
+from .denoising import DenoisingObjective, DenoisingSettings
 from .losses import diffusion_loss
-from .trainer import Trainer, TrainingDiverged, TrainSettings
+from .objective import OBJECTIVES, CheckpointFiles, Objective, Phase, register_objective
+from .settings import TrainSettings, resolve_config
+from .trainer import Trainer, TrainingDiverged
 
-__all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "ImageData", "load_data", "diffusion_loss",
-           "save_checkpoint", "latest_checkpoint"]
+__all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
+           "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss"]

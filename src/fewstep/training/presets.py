@@ -15,10 +15,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "beta_start": 0.0001, "beta_end": 0.02},
         "prediction": "v",
         "data": {"spec": "fashion-mnist", "resolution": 28, "channels": 1},
+        "objective": {"kind": "denoising", "weighting": "min_snr", "min_snr_gamma": 5.0, "time_sampling": "uniform"},
         "training": {"steps": 20000, "batch_size": 64, "lr": 5e-4, "warmup_steps": 200, "grad_clip": 1.0,
-                     "ema_half_life_images": 50000, "ema_rampup": 0.05, "seed": 0, "weighting": "min_snr",
-                     "min_snr_gamma": 5.0, "time_sampling": "uniform", "checkpoint_every_seconds": 300, "sample_every_steps": 1000,
-                     "log_every": 20},
+                     "ema_half_life_images": 50000, "ema_rampup": 0.05, "seed": 0, "checkpoint_every_seconds": 300,
+                     "sample_every_steps": 1000, "log_every": 20},
     },
 }
 

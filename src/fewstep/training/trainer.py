@@ -1,4 +1,9 @@
-"""The training loop: AdamW with warm-up, EMA, clipping, accumulation, bf16 autocast, DDP, checkpoints.
+"""The training loop shared by every objective: AdamW with warm-up, EMA, clipping, accumulation,
+bf16 autocast, DDP, atomic checkpoints, logging.
+
+What is trained (modules, losses, per-step randomness, preview) is an
+:class:`~fewstep.training.objective.Objective`; the default is
+:class:`~fewstep.training.denoising.DenoisingObjective`.
 
 Every step's randomness (which images, which times, which noise, flips, dropout) is derived
 from ``(seed, step)``, so a run resumed from a checkpoint reproduces the losses of an
@@ -7,82 +12,32 @@ uninterrupted run, and ``N`` DDP processes reproduce one process with the summed
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..processes import process_from_config
-from ..nets import build_net
-from .checkpoint import (latest_checkpoint, load_optimizer_state, load_tensors, read_config, save_checkpoint)
-from .data import ImageData, to_model_range
+from ..checkpoint import (CheckpointDamaged, latest_checkpoint, list_checkpoints, load_optimizer_state, load_tensors,
+                          optimizer_tensors, read_config, read_json, remove_stale_temporaries, state_tensors,
+                          write_checkpoint)
+from ..data import ImageData
+from . import runlog
+from .denoising import DenoisingObjective
 from .ema import ema_decay, make_ema, update_ema
-from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
+from .objective import Objective, Phase
+from .settings import TrainSettings, resolve_config
 
-__all__ = ["TrainSettings", "Trainer", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainingDiverged", "init_distributed_from_env"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings, saved in every checkpoint's ``config.json`` under ``training``."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 100
-    grad_clip: float | None = 1.0
-    ema_half_life_images: float = 50_000.0
-    ema_rampup: float | None = 0.05
-    seed: int = 0
-    precision: str = "auto"
-    time_sampling: str = "uniform"
-    weighting: str = "uniform"
-    min_snr_gamma: float = 5.0
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    hflip: bool = False
-    use_labels: bool = False
-    checkpoint_every_steps: int = 0
-    checkpoint_every_seconds: float = 300.0
-    keep_checkpoints: int = 2
-    sample_every_steps: int = 0
-    sample_nfe: int = 20
-    log_every: int = 10
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "TrainSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**cfg)
-
-    def check(self) -> None:
-        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.time_sampling not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; valid: {', '.join(TIME_SAMPLERS)}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 def _dist() -> tuple[int, int]:
@@ -101,91 +56,173 @@ def init_distributed_from_env() -> None:
 
 
 class Trainer:
-    """Train ``config["network"]`` as a ``config["prediction"]`` denoiser of ``config["process"]`` on ``data``.
+    """Train ``objective`` (default: the config's ``objective.kind``, ``denoising``) on ``data``.
 
-    ``config`` holds ``network``, ``process``, ``prediction``, ``sigma_data`` and ``training``
-    (a :class:`TrainSettings` dict); it is saved in every checkpoint.
+    ``config`` holds ``training`` (a :class:`TrainSettings` dict), ``objective`` (its kind and
+    settings), ``data`` and the sections the objective reads (``network``, ``process``,
+    ``prediction``, ``sigma_data`` for denoising); it is checked strictly and saved in every
+    checkpoint.
     """
 
-    def __init__(self, config: dict[str, Any], data: ImageData, out_dir: str | os.PathLike,
-                 device: str | torch.device | None = None, progress: bool = True):
-        for key in ("network", "process", "prediction"):
-            if key not in config:
-                raise ValueError(f"training config is missing {key!r} (needs network, process, prediction, training)")
-        self.config = json.loads(json.dumps(config))
-        self.settings = TrainSettings.from_dict(self.config.get("training", {}))
-        self.settings.check()
-        self.config["training"] = dataclasses.asdict(self.settings)
-        self.config.setdefault("sigma_data", 0.5)
-        self.process = process_from_config(self.config["process"])
-        self.prediction = self.config["prediction"]
+    def __init__(self, config: Mapping[str, Any], data: ImageData, out_dir: str | os.PathLike,
+                 device: str | torch.device | None = None, progress: bool = True,
+                 objective: type[Objective] | None = None):
+        self.config, cls, settings, obj_settings = resolve_config(config, objective)
+        self.settings: TrainSettings = settings
+        s = settings
         self.data = data
         self.out_dir = Path(out_dir)
         self.rank, self.world = _dist()
-        if self.settings.batch_size % (self.world * self.settings.grad_accum):
-            raise ValueError(f"batch_size {self.settings.batch_size} must be divisible by processes x grad_accum "
-                             f"({self.world} x {self.settings.grad_accum})")
+        if s.batch_size % (self.world * s.grad_accum):
+            raise ValueError(f"batch_size {s.batch_size} must be divisible by processes x grad_accum "
+                             f"({self.world} x {s.grad_accum})")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK under torchrun
         self.progress = progress and self.rank == 0
-        torch.manual_seed(self.settings.seed)
-        self.model = build_net(self.config["network"]).to(self.device)
-        ncfg = self.config["network"]
-        if data.images.shape[1] != ncfg.get("in_channels", 1):
-            raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
-                             f"{ncfg.get('in_channels', 1)}; set network.in_channels to {data.images.shape[1]}")
-        self.ema = make_ema(self.model)
-        s = self.settings
-        self.optimizer = _adamw(self.model.parameters(), lr=s.lr, betas=tuple(s.adam_betas),
-                                weight_decay=s.weight_decay)
-        self.ddp = None
+        torch.manual_seed(s.seed)
+        self.objective: Objective = cls(self.config, obj_settings, data)
+        self.modules: dict[str, nn.Module] = {k: m.to(self.device) for k, m in self.objective.modules().items()}
+        for m in self.objective.frozen().values():
+            m.to(self.device).eval().requires_grad_(False)
+        self.phases: list[Phase] = self.objective.phases()
+        unknown = sorted({p.module for p in self.phases} - set(self.modules))
+        if unknown:
+            raise ValueError(f"{cls.__name__}.phases() names module(s) {', '.join(unknown)} that modules() lacks")
+        self.emas: dict[str, nn.Module] = {k: make_ema(self.modules[k]) for k in self.objective.ema_modules()}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._opt_options: dict[str, dict[str, Any]] = {}
+        for name in dict.fromkeys(p.module for p in self.phases):
+            opts = {"lr": s.lr, "betas": tuple(s.adam_betas), "weight_decay": s.weight_decay,
+                    **self.objective.optimizer_options(name)}
+            self._opt_options[name] = opts
+            self.optimizers[name] = _adamw(self.modules[name].parameters(), **opts)
+        self.ddp: dict[str, nn.Module] = {}
         if self.world > 1:
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = {k: nn.parallel.DistributedDataParallel(self.modules[k], device_ids=ids) for k in self.optimizers}
         self.step = 0
         self._perm_cache: tuple[int, Tensor] | None = None
         self.losses: list[float] = []
+        self.loss_history: list[dict[str, float]] = []
+        if self.rank == 0:
+            for stale in remove_stale_temporaries(self.out_dir):
+                warnings.warn(f"removed {stale}, left by a checkpoint write that was cut short", RuntimeWarning,
+                              stacklevel=2)
+
+    # ----------------------------------------------------------------- convenience
+    @property
+    def model(self) -> nn.Module:
+        """The module the first phase trains (the denoiser for ``denoising``)."""
+        return self.modules[self.phases[0].module]
+
+    @property
+    def ema(self) -> nn.Module:
+        return self.emas[self.phases[0].module]
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers[self.phases[0].module]
 
     # ----------------------------------------------------------------- state
     def resume(self, checkpoint: str | os.PathLike | None = None) -> int:
-        """Load model, EMA, optimizer and step from ``checkpoint`` (default: the newest in ``out_dir``)."""
-        folder = Path(checkpoint) if checkpoint else latest_checkpoint(self.out_dir)
-        if folder is None:
+        """Load every module, EMA, optimizer and the step from ``checkpoint``.
+
+        Without ``checkpoint``, the newest intact checkpoint in ``out_dir``: damaged ones (a file
+        truncated or garbage) are skipped with a warning naming them.
+        """
+        if checkpoint is not None:
+            self._load(Path(checkpoint))
+            return self.step
+        found = list_checkpoints(self.out_dir)
+        if not found:
             raise FileNotFoundError(f"--resume: no checkpoint found under {self.out_dir / 'checkpoints'}")
+        problems, damaged = [], []
+        for folder in reversed(found):
+            try:
+                self._load(folder)
+            except (CheckpointDamaged, FileNotFoundError) as err:
+                problems.append(str(err))
+                damaged.append(folder)
+                continue
+            for bad, why in zip(damaged, problems):
+                aside = self._set_aside(bad)
+                warnings.warn(f"--resume: skipped the damaged checkpoint {bad} ({why}); resuming from {folder}"
+                              + (f"; the damaged folder is now {aside}" if aside else ""), RuntimeWarning, stacklevel=2)
+            return self.step
+        raise CheckpointDamaged(f"--resume: no intact checkpoint under {self.out_dir / 'checkpoints'}: "
+                                f"{'; '.join(problems)}. Start a new run, or repair one of these files")
+
+    def _set_aside(self, folder: Path) -> Path | None:
+        """Rename a damaged checkpoint to ``<name>.damaged[-k]`` (rank 0) so the resumed run can rewrite its step."""
+        if self.rank != 0 or not folder.is_dir():
+            return None
+        aside, k = folder.with_name(folder.name + ".damaged"), 1
+        while aside.exists():
+            aside, k = folder.with_name(f"{folder.name}.damaged-{k}"), k + 1
+        os.rename(folder, aside)
+        return aside
+
+    def _load(self, folder: Path) -> None:
         cfg = read_config(folder)
-        for key in ("network", "process", "prediction"):
-            if cfg[key] != self.config[key]:
+        kind = cfg.get("objective", {}).get("kind", DenoisingObjective.kind) if isinstance(cfg.get("objective"), dict) \
+            else DenoisingObjective.kind
+        if kind != self.objective.kind:
+            raise ValueError(f"--resume: {folder} was trained with objective {kind!r}, this run is "
+                             f"{self.objective.kind!r}")
+        for key in self.objective.identity:
+            if cfg.get(key) != self.config.get(key):
                 raise ValueError(f"--resume: the checkpoint's {key} differs from this run's config; "
                                  f"resume with the config stored in {folder / 'config.json'}")
-        self.model.load_state_dict(load_tensors(folder / "model.safetensors"))
-        self.ema.load_state_dict(load_tensors(folder / "ema.safetensors"))
-        load_optimizer_state(self.optimizer, load_tensors(folder / "optimizer.safetensors"),
-                             json.loads((folder / "optimizer.json").read_text()))
-        for group in self.optimizer.param_groups:  # settings may have changed (e.g. more steps)
-            group["weight_decay"] = self.settings.weight_decay
-        torch.set_rng_state(load_tensors(folder / "rng.safetensors")["torch"])
-        self.step = int(cfg["step"])
-        self._trim_log()
-        return self.step
-
-    def _trim_log(self) -> None:
-        """Drop log records written after the checkpoint we resume from (they will be redone)."""
-        log = self.out_dir / "log.jsonl"
-        if self.rank != 0 or not log.exists():
-            return
-        lines = log.read_text().splitlines()
-        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        if len(keep) != len(lines):
-            from .._io import atomic_write_text
-            atomic_write_text(log, "".join(line + "\n" for line in keep))
+        step = cfg.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise CheckpointDamaged(f"{folder / 'config.json'} has no valid step ({step!r}); the checkpoint is damaged")
+        # Read everything before changing anything, so a damaged file leaves the trainer as it was.
+        weights, emas, opts = {}, {}, {}
+        for name in self.modules:
+            files = self.objective.checkpoint_files(name)
+            weights[name] = (folder / files.weights, load_tensors(folder / files.weights))
+            if name in self.emas:
+                emas[name] = (folder / files.ema, load_tensors(folder / files.ema))
+            if name in self.optimizers:
+                stem = folder / files.optimizer
+                opts[name] = (stem.with_name(stem.name + ".safetensors"),
+                              load_tensors(stem.with_name(stem.name + ".safetensors")),
+                              read_json(stem.with_name(stem.name + ".json")))
+        rng = load_tensors(folder / "rng.safetensors").get("torch")
+        if rng is None:
+            raise CheckpointDamaged(f"{folder / 'rng.safetensors'} lacks the torch RNG state; the checkpoint is damaged")
+        try:
+            for name, (path, state) in weights.items():
+                _load_module(self.modules[name], state, path)
+            for name, (path, state) in emas.items():
+                _load_module(self.emas[name], state, path)
+            for name, (path, tensors, meta) in opts.items():
+                load_optimizer_state(self.optimizers[name], tensors, meta)
+                for group in self.optimizers[name].param_groups:  # settings may have changed (e.g. more steps)
+                    group["weight_decay"] = self._opt_options[name]["weight_decay"]
+            torch.set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointDamaged(f"cannot restore {folder}: {err}") from None
+        self.step = step
 
     def save(self) -> Path:
         """Write the checkpoint of the current step (a no-op if it already exists)."""
         existing = self.out_dir / "checkpoints" / f"step-{self.step:08d}"
         if existing.is_dir():
             return existing
-        return save_checkpoint(self.out_dir, self.step, self._checkpoint_config(), self.model, self.ema,
-                               self.optimizer, keep=self.settings.keep_checkpoints)
+        tensors: dict[str, dict[str, Tensor]] = {}
+        jsons: dict[str, Any] = {}
+        for name, module in self.modules.items():
+            files = self.objective.checkpoint_files(name)
+            tensors[files.weights] = state_tensors(module)
+            if name in self.emas:
+                tensors[files.ema] = state_tensors(self.emas[name])
+            if name in self.optimizers:
+                tensors[files.optimizer + ".safetensors"], jsons[files.optimizer + ".json"] = \
+                    optimizer_tensors(self.optimizers[name])
+        return write_checkpoint(self.out_dir, self.step, self._checkpoint_config(), tensors, jsons,
+                                keep=self.settings.keep_checkpoints)
 
     def _checkpoint_config(self) -> dict[str, Any]:
         cfg = dict(self.config)
@@ -210,19 +247,14 @@ class Trainer:
         return out
 
     def batch(self, step: int) -> dict[str, Tensor]:
-        """The global batch of ``step`` (images in [-1, 1], times, noise, labels), identical on every rank."""
-        s = self.settings
-        g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
-        idx = self._indices(step)
-        x0 = to_model_range(self.data.images[idx])
-        if s.hflip:
-            flip = torch.rand(len(idx), generator=g) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = TIME_SAMPLERS[s.time_sampling](self.process, len(idx), g, p_mean=s.p_mean, p_std=s.p_std)
-        eps = torch.randn(x0.shape, generator=g)
-        out = {"x0": x0, "t": t, "eps": eps}
-        if s.use_labels and self.data.labels is not None:
-            out["labels"] = self.data.labels[idx]
+        """The global batch of ``step`` as the objective draws it, identical on every rank."""
+        g = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + step)
+        out = self.objective.draw(step, self.data, self._indices(step), g)
+        b = self.settings.batch_size
+        bad = [k for k, v in out.items() if not isinstance(v, Tensor) or v.ndim == 0 or v.shape[0] != b]
+        if bad:
+            raise ValueError(f"{type(self.objective).__name__}.draw() returned {', '.join(bad)} without the batch "
+                             f"({b}) as first dimension")
         return out
 
     # ----------------------------------------------------------------- step
@@ -231,66 +263,94 @@ class Trainer:
         use = p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, module: str | None = None) -> float:
+        """The learning rate at ``step`` after linear warm-up (of ``module``'s optimizer if named)."""
         s = self.settings
-        return s.lr * min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else s.lr
+        base = self._opt_options[module]["lr"] if module else s.lr
+        return base * min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else base
 
-    def accumulate_gradients(self) -> float:
-        """Forward and backward on this rank's share of the current step's batch (micro-batched for
-        ``grad_accum``; DDP averages the gradients across ranks); returns the global mean loss."""
+    def accumulate_gradients(self, phase: int = 0, batch: dict[str, Tensor] | None = None) -> float:
+        """Forward and backward of phase ``phase`` on this rank's share of the current step's batch
+        (micro-batched for ``grad_accum``; DDP averages the gradients across ranks); returns the
+        global mean loss.  Only the phase's module collects gradients."""
         s = self.settings
-        batch = self.batch(self.step)
+        ph = self.phases[phase]
+        batch = self.batch(self.step) if batch is None else batch
         per_rank = s.batch_size // self.world
         lo = self.rank * per_rank
-        torch.manual_seed(s.seed * 1_000_003 + self.step * 101 + self.rank)  # dropout
-        net = self.ddp or self.model
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        torch.manual_seed(s.seed * 1_000_003 + self.step * 101 + self.rank + 104_729 * phase)  # dropout
+        nets = {**self.objective.frozen(), **self.modules, ph.module: self.ddp.get(ph.module, self.modules[ph.module])}
+        others = [m for k, m in self.modules.items() if k != ph.module]
+        saved = [[p.requires_grad for p in m.parameters()] for m in others]
+        for m in others:
+            m.requires_grad_(False)
+        for m in self.modules.values():
+            m.train()
+        self.optimizers[ph.module].zero_grad(set_to_none=True)
         micro = per_rank // s.grad_accum
         total = torch.zeros((), dtype=torch.float64)
-        for k in range(s.grad_accum):
-            sl = slice(lo + k * micro, lo + (k + 1) * micro)
-            x0, t, eps = (batch[key][sl].to(self.device) for key in ("x0", "t", "eps"))
-            cond = {"class_labels": batch["labels"][sl].to(self.device)} if "labels" in batch else None
-            sync = self.ddp is None or k == s.grad_accum - 1
-            ctx = net.no_sync() if not sync else _null()
-            with ctx, self._autocast():
-                loss = diffusion_loss(net, self.prediction, self.process, x0, t.to(self.device), eps,
-                                      weighting=s.weighting, cond=cond, sigma_data=self.config["sigma_data"],
-                                      gamma=s.min_snr_gamma).mean()
-            (loss / s.grad_accum).backward()
-            total += loss.detach().double().cpu() / s.grad_accum
+        try:
+            for k in range(s.grad_accum):
+                sl = slice(lo + k * micro, lo + (k + 1) * micro)
+                mb = {key: v[sl].to(self.device) for key, v in batch.items()}
+                ddp = self.ddp.get(ph.module)
+                ctx = ddp.no_sync() if ddp is not None and k < s.grad_accum - 1 else _null()
+                with ctx, self._autocast():
+                    loss = ph.loss(mb, nets).mean()
+                (loss / s.grad_accum).backward()
+                total += loss.detach().double().cpu() / s.grad_accum
+        finally:
+            for m, flags in zip(others, saved):
+                for p, flag in zip(m.parameters(), flags):
+                    p.requires_grad_(flag)
         if self.world > 1:
             dist.all_reduce(total)
             total /= self.world
         return float(total)
 
     def train_step(self) -> float:
-        """One optimiser step on the global batch; returns the global mean loss."""
+        """One training step (every phase of the objective, in order); returns the first phase's global mean loss.
+
+        All phases' losses are appended to ``loss_history``.
+        """
         s = self.settings
-        value = self.accumulate_gradients()
-        if not math.isfinite(value):
-            self.optimizer.zero_grad(set_to_none=True)
-            last = latest_checkpoint(self.out_dir)
-            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"the loss became {value} at step {self.step}; training stopped and {kept}. "
-                                   f"Lower training.lr, set training.grad_clip, or use precision fp32, then --resume.")
-        if s.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        batch = self.batch(self.step)
+        values: dict[str, float] = {}
+        for i, ph in enumerate(self.phases):
+            value = self.accumulate_gradients(i, batch)
+            opt = self.optimizers[ph.module]
+            if not math.isfinite(value):
+                opt.zero_grad(set_to_none=True)
+                last = latest_checkpoint(self.out_dir)
+                kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+                what = "the loss" if len(self.phases) == 1 else f"the {ph.label} loss"
+                raise TrainingDiverged(f"{what} became {value} at step {self.step}; training stopped and {kept}. "
+                                       f"Lower training.lr, set training.grad_clip, or use precision fp32, then --resume.")
+            if s.grad_clip:
+                nn.utils.clip_grad_norm_(self.modules[ph.module].parameters(), s.grad_clip)
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(self.step, ph.module)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            values[ph.label] = value
         self.step += 1
-        update_ema(self.ema, self.model, ema_decay(s.batch_size, self.step * s.batch_size,
-                                                   s.ema_half_life_images, s.ema_rampup))
-        return value
+        decay = ema_decay(s.batch_size, self.step * s.batch_size, s.ema_half_life_images, s.ema_rampup)
+        for name, ema in self.emas.items():
+            update_ema(ema, self.modules[name], decay)
+        self.loss_history.append(values)
+        return values[self.phases[0].label]
 
     # ----------------------------------------------------------------- loop
     def fit(self, steps: int | None = None) -> list[float]:
-        """Train until ``steps`` (default ``settings.steps``) total steps; returns this call's losses."""
+        """Train until ``steps`` (default ``settings.steps``) total steps; returns this call's losses.
+
+        The log keeps only the records of steps already done: a fresh run starts it afresh, a
+        resumed one drops what the checkpoint does not cover and any line torn by a kill.
+        """
         s = self.settings
         end = s.steps if steps is None else steps
+        if self.rank == 0:
+            runlog.trim(self.out_dir / "log.jsonl", self.step)
         losses: list[float] = []
         bar = None
         if self.progress:
@@ -301,19 +361,23 @@ class Trainer:
             loss = self.train_step()
             losses.append(loss)
             self.losses.append(loss)
-            window.append(loss)
+            window.append(self.loss_history[-1])
             n_log += s.batch_size
             if bar is not None:
                 bar.update(1)
             if self.step % s.log_every == 0 or self.step == end:
                 now = time.monotonic()
                 ips = n_log / max(now - t_log, 1e-9)
-                mean = sum(window) / len(window)
+                means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                mean = means[self.phases[0].label]
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
                 if self.rank == 0:
-                    self._log({"step": self.step, "loss": mean, "images_per_s": ips, "lr": self.lr_at(self.step - 1),
-                               "time": time.time()})
+                    record = {"step": self.step, "loss": mean, "images_per_s": ips,
+                              "lr": self.lr_at(self.step - 1), "time": time.time()}
+                    if len(means) > 1:
+                        record["losses"] = means
+                    self._log(record)
                 t_log, n_log, window = now, 0, []
             due = (s.checkpoint_every_steps and self.step % s.checkpoint_every_steps == 0) or \
                   (s.checkpoint_every_seconds and time.monotonic() - last_ckpt >= s.checkpoint_every_seconds)
@@ -326,27 +390,25 @@ class Trainer:
                     self.save()
                 last_ckpt = time.monotonic()
             if s.sample_every_steps and self.step % s.sample_every_steps == 0 and self.rank == 0:
-                self.sample_grid()
+                self.preview()
         if bar is not None:
             bar.close()
         return losses
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        runlog.append(self.out_dir / "log.jsonl", record)
 
-    @torch.no_grad()
-    def sample_grid(self, n: int = 64) -> Path:
-        """Sample ``n`` images from the EMA model (DPM-Solver++(2M), ``sample_nfe`` steps) into ``samples/``."""
-        from ..api import generate
-        from ..denoisers import Denoiser
-        from ..imagegrid import save_image_grid
+    def preview(self) -> Path | None:
+        """The objective's preview of the current state (the denoiser's EMA sample grid)."""
+        return self.objective.preview(self)
 
-        c, r = int(self.data.images.shape[1]), int(self.data.images.shape[-1])
-        den = Denoiser(self.ema, self.process, self.prediction, self.config["sigma_data"])
-        x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=self.device)
-        return save_image_grid(x, self.out_dir / "samples" / f"step-{self.step:08d}.png")
+
+def _load_module(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointDamaged(f"{path} does not fit the module ({str(err).splitlines()[0]}); the file is damaged "
+                                f"or from another run") from None
 
 
 def _adamw(params, **kw) -> torch.optim.AdamW:

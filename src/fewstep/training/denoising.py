@@ -1,0 +1,128 @@
+"""The denoising objective: train ``network`` as a ``prediction``-type denoiser of ``process``.
+
+The loss is :func:`fewstep.training.losses.diffusion_loss`; its checkpoints keep the historical
+file names (``model``, ``ema``, ``optimizer``) that :func:`fewstep.load_model` and
+``bundled:fashion`` use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..data import ImageData, to_model_range
+from ..denoisers import PREDICTION_TYPES
+from ..nets import build_net
+from ..processes import process_from_config
+from .config import check_network, check_positive, check_process, check_type
+from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
+from .objective import CheckpointFiles, Objective, Phase, register_objective
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = ["DenoisingObjective", "DenoisingSettings"]
+
+
+@dataclass
+class DenoisingSettings:
+    """The ``objective`` section of a denoising config (older configs keep these under ``training``)."""
+
+    time_sampling: str = "uniform"
+    weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    hflip: bool = False
+    use_labels: bool = False
+    sample_nfe: int = 20
+
+    def check(self) -> None:
+        if self.time_sampling not in TIME_SAMPLERS:
+            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; valid: {', '.join(TIME_SAMPLERS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        check_positive("objective.min_snr_gamma", self.min_snr_gamma)
+        check_positive("objective.p_std", self.p_std)
+        check_positive("objective.sample_nfe", self.sample_nfe)
+
+
+@register_objective
+class DenoisingObjective(Objective):
+    """One module ``model`` (built from ``network``), one phase: the weighted denoising loss."""
+
+    kind = "denoising"
+    settings_class = DenoisingSettings
+    sections = ("network", "process", "prediction", "sigma_data")
+    identity = ("network", "process", "prediction")
+
+    def __init__(self, config: Mapping[str, Any], settings: DenoisingSettings, data: ImageData):
+        super().__init__(config, settings, data)
+        self.process = process_from_config(config["process"])
+        self.prediction: str = config["prediction"]
+        self.sigma_data = float(config.get("sigma_data", 0.5))
+        self.model = build_net(config["network"])
+        want = config["network"].get("in_channels", 1)
+        if data.images.shape[1] != want:
+            raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
+                             f"{want}; set network.in_channels to {data.images.shape[1]}")
+
+    @classmethod
+    def check_sections(cls, config: Mapping[str, Any]) -> None:
+        for key in ("network", "process", "prediction"):
+            if key not in config:
+                raise ValueError(f"training config is missing {key!r} (needs network, process, prediction, training)")
+        check_network(config["network"])
+        check_process(config["process"])
+        if config["prediction"] not in PREDICTION_TYPES:
+            raise ValueError(f"config prediction must be one of {', '.join(PREDICTION_TYPES)}, "
+                             f"got {config['prediction']!r}")
+        if "sigma_data" in config:
+            check_type(config["sigma_data"], float, "sigma_data")
+            check_positive("sigma_data", config["sigma_data"])
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("model", self.loss, "loss")]
+
+    def checkpoint_files(self, name: str) -> CheckpointFiles:
+        return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
+
+    def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Images in [-1, 1] (flipped at random with ``hflip``), times, noise, and labels with ``use_labels``."""
+        s = self.settings
+        x0 = to_model_range(data.images[indices])
+        if s.hflip:
+            flip = torch.rand(len(indices), generator=generator) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = TIME_SAMPLERS[s.time_sampling](self.process, len(indices), generator, p_mean=s.p_mean, p_std=s.p_std)
+        eps = torch.randn(x0.shape, generator=generator)
+        out = {"x0": x0, "t": t, "eps": eps}
+        if s.use_labels and data.labels is not None:
+            out["labels"] = data.labels[indices]
+        return out
+
+    def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        """Per-sample :func:`~fewstep.training.losses.diffusion_loss` of ``nets["model"]``."""
+        s = self.settings
+        cond = {"class_labels": batch["labels"]} if "labels" in batch else None
+        return diffusion_loss(nets["model"], self.prediction, self.process, batch["x0"], batch["t"], batch["eps"],
+                              weighting=s.weighting, cond=cond, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
+
+    @torch.no_grad()
+    def preview(self, trainer: "Trainer", n: int = 64) -> Path:
+        """Sample ``n`` images from the EMA model (DPM-Solver++(2M), ``sample_nfe`` steps) into ``samples/``."""
+        from ..api import generate
+        from ..denoisers import Denoiser
+        from ..imagegrid import save_image_grid
+
+        c, r = int(self.data.images.shape[1]), int(self.data.images.shape[-1])
+        den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
+        x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=trainer.device)
+        return save_image_grid(x, trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")
