@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import fewstep
 from fewstep.denoisers import ClassifierFreeGuidance, Denoiser, DynamicThresholding, NFECounter
 from fewstep.processes import EDM, RectifiedFlow, VPDiscrete, VPLinear
 

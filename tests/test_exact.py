@@ -1,6 +1,4 @@
-import math
 
-import pytest
 import torch
 
 from fewstep.exact import EmpiricalData, GaussianMixture, reference_solution

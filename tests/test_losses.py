@@ -5,7 +5,6 @@ means E[x0|x], E[eps|x]; its expected loss is ``w(t) * Var[x0|x] / k(t)^2`` with
 ``Var[x0|x] = c^2 s_hat^2 / (c^2 + s_hat^2)`` and ``s_hat = sigma/alpha``.
 """
 
-import math
 
 import pytest
 import torch
@@ -56,7 +55,7 @@ PROCESSES = {"vp": VPDiscrete.linear(1000), "edm": EDM(), "flow": RectifiedFlow(
 def test_loss_minimum_on_exact_model(proc, prediction, weighting):
     process = PROCESSES[proc]
     g = torch.Generator().manual_seed(0)
-    n, d = 6, 4096
+    n = 6
     lo, hi = process.t_of_sigma_hat(5.0), process.t_of_sigma_hat(0.05)  # moderate noise levels
     t = torch.linspace(float(min(lo, hi)), float(max(lo, hi)), n, dtype=torch.float64)
     x0 = C * torch.randn(n, 1, 64, 64, generator=g, dtype=torch.float64)

@@ -4,37 +4,31 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from .fashion_classifier import asset_dir
 from .features import FeatureExtractor
 from .stats import FeatureStats
 
-__all__ = ["load_denoiser", "networks", "sample_shape", "reference_stats", "reference_id", "SHIPPED_STATS"]
+__all__ = ["load_denoiser", "sample_shape", "reference_stats", "reference_id", "SHIPPED_STATS"]
 
 SHIPPED_STATS = {"fashion-classifier-v1": "fashion_test_stats.npz"}
 
 
-def networks(denoiser: Any) -> Iterator[torch.nn.Module]:
-    """The ``net`` modules of a denoiser and of the denoisers it wraps (through ``inner``)."""
-    while denoiser is not None:
-        net = getattr(denoiser, "net", None)
-        if isinstance(net, torch.nn.Module):
-            yield net
-        denoiser = getattr(denoiser, "inner", None)
-
-
 def load_denoiser(model: Any, device: Any = None) -> Any:
     """A denoiser object as is, or a model name/path through ``fewstep.loading.load_model``; its
-    networks are moved to ``device`` and put in eval mode."""
+    networks (``denoiser.networks()``, through any wrappers) are moved to ``device`` and put in eval mode."""
     if isinstance(model, str):
         from ..loading import load_model
 
         model = load_model(model)
-    for net in networks(model):
+    from ..denoisers import DenoiserBase
+
+    if not isinstance(model, DenoiserBase):
+        raise TypeError(f"expected a model path or a fewstep denoiser, got {type(model).__name__}")
+    for net in model.networks():
         if device is not None:
             net.to(device)
         net.eval()
