@@ -34,6 +34,23 @@ def setup(gmm8, ddpm_linear):
     return den, noise, lambda x, t: den.eps(x, t)
 
 
+class TinyConvNet(torch.nn.Module):
+    """A random 3x3 convolution as an eps-prediction network: cheap, image-shaped output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.5 * self.conv(x) + 0.5 * x
+
+
+def fashion_standin() -> fewstep.Denoiser:
+    """A stand-in for a 28x28 Fashion-MNIST model (declares its sample shape like a loaded checkpoint)."""
+    return fewstep.Denoiser(TinyConvNet(), VPDiscrete.linear(), "eps", sample_shape=(1, 28, 28))
+
+
 def seeded_noise(process, n: int, dim: int, seed: int = 0, dtype=torch.float64):
     return fewstep.prior_noise(process, (dim,), fewstep.generators(range(seed, seed + n)), dtype=dtype)
 

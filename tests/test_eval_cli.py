@@ -17,24 +17,12 @@ from fewstep.metrics.evaluate import sample_stats
 from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.processes import VPDiscrete
 
-
-class TinyNet(torch.nn.Module):
-    """A random 3x3 convolution as an eps-prediction network: cheap, image-shaped output."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x, t):
-        return 0.5 * self.conv(x) + 0.5 * x
+from conftest import fashion_standin
 
 
 @pytest.fixture(scope="module")
 def standin():
-    den = fewstep.Denoiser(TinyNet(), VPDiscrete.linear(), "eps")
-    den.sample_shape = (1, 28, 28)
-    return den
+    return fashion_standin()
 
 
 def test_results_do_not_depend_on_batch_size(standin):

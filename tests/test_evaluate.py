@@ -12,22 +12,13 @@ from fewstep.metrics.evaluate import DivergedError, evaluate, quantize
 from fewstep.metrics.models import reference_id, reference_stats, sample_shape
 from fewstep.metrics.resume import FORMAT, EvalStore, evaluation_key, finished
 from fewstep.metrics.sampling import KeepFirst, solver_sample_fn
-from fewstep.processes import VPDiscrete
 
-
-class TinyNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x, t):
-        return 0.5 * self.conv(x) + 0.5 * x
+from conftest import fashion_standin
 
 
 @pytest.fixture(scope="module")
 def setup():
-    den = fewstep.Denoiser(TinyNet(), VPDiscrete.linear(), "eps")
+    den = fashion_standin()
     ext = get_extractor("fashion")
     return den, ext, reference_stats(None, ext)
 
