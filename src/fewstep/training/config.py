@@ -7,6 +7,7 @@ naming the key path and what is valid, never a silent fall-back to the defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import types
 import typing
@@ -31,7 +32,10 @@ def check_keys(section: Any, valid: Iterable[str], path: str) -> None:
     unknown = sorted(str(k) for k in section if k not in valid)
     if unknown:
         names = ", ".join(f"{path}.{k}" if path else k for k in unknown)
-        raise ValueError(f"unknown config key(s) {names}; valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+        close = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        hint = "; ".join(f"did you mean {m[0]!r} for {k!r}?" for k, m in close.items() if m)
+        raise ValueError(f"unknown config key(s) {names}{' (' + hint + ')' if hint else ''}; "
+                         f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
 
 
 def _show(value: Any) -> str:
