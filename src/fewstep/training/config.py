@@ -33,9 +33,9 @@ def check_keys(section: Any, valid: Iterable[str], path: str) -> None:
     if unknown:
         names = ", ".join(f"{path}.{k}" if path else k for k in unknown)
         close = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
-        hint = "; ".join(f"did you mean {m[0]!r} for {k!r}?" for k, m in close.items() if m)
-        raise ValueError(f"unknown config key(s) {names}{' (' + hint + ')' if hint else ''}; "
-                         f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+        hint = "".join(f"; did you mean {m[0]!r} for {k!r}?" for k, m in close.items() if m)
+        raise ValueError(f"unknown config key(s) {names}; valid keys{' in ' + path if path else ''}: "
+                         f"{', '.join(valid)}{hint}")
 
 
 def _show(value: Any) -> str:
