@@ -105,6 +105,7 @@ def test_cli_prints_the_config_error_before_loading_data(tmp_path, capsys):
                "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "unknown config key(s) traning" in err and "Traceback" not in err
+    assert "did you mean 'training' for 'traning'?" in err
     assert main(["train", "--data", str(tmp_path / "missing.npz"), "--config", "fashion-unet", "--steps", "0",
                  "--out", str(tmp_path / "run"), "--no-progress"]) == 1
     assert "training.steps must be positive, got 0" in capsys.readouterr().err
