@@ -1,0 +1,200 @@
+"""Any fewstep solver as a diffusers scheduler, so a diffusers pipeline runs it unchanged.
+
+A diffusers pipeline owns the loop: it asks the scheduler for ``timesteps``, calls the network at
+each and hands the output to ``scheduler.step``.  A fewstep solver is the opposite, one stateless
+function that owns its loop and calls the denoiser when it needs it.  :class:`FewstepScheduler`
+joins the two without rewriting any solver:
+
+* ``set_timesteps(nfe)`` plans the solve (the same NFE plan as ``fewstep.sample``) and finds the
+  times of *every* network evaluation, intermediate stages included, by a dry run of the solver
+  with a free denoiser; those are the pipeline's ``timesteps`` (one per evaluation, so a pipeline
+  with ``num_inference_steps = N`` spends exactly N evaluations whatever the solver's order).
+* the first ``step`` starts the solver in a worker thread on the pipeline's sample; whenever the
+  solver evaluates the denoiser, the worker hands the point ``x`` back as ``prev_sample`` (the
+  pipeline's next network input) and waits for the pipeline's next ``model_output``, which the
+  prediction type's :class:`~fewstep.parametrization.Parametrization` turns into ``x0`` and ``eps``.
+  The last ``step`` returns the solver's result.
+
+Supported: DDPM-family processes (``beta_schedule`` linear, scaled_linear, squaredcos_cap_v2 or
+trained betas) with ``prediction_type`` epsilon, v_prediction or sample, and every fixed-NFE
+solver (``dpm_adaptive`` chooses its times from the data and cannot be planned).  Needs the
+optional extra: ``pip install 'fewstep[diffusers]'``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+except ImportError as err:  # pragma: no cover - the optional extra is missing
+    raise ImportError("fewstep.diffusers_scheduler needs diffusers: pip install 'fewstep[diffusers]'") from err
+
+from . import solvers
+from .denoisers import DenoiserBase
+from .grids import make_schedule
+from .loading import process_from_diffusers
+from .parametrization import Prediction, parametrization
+
+__all__ = ["FewstepScheduler"]
+
+
+class _Cancelled(Exception):
+    """The pipeline abandoned the solve (a new ``set_timesteps``); the worker stops."""
+
+
+class _TimeRecorder(DenoiserBase):
+    """A free denoiser that records the time of each evaluation (the dry run that plans ``timesteps``)."""
+
+    def __init__(self, process):
+        self.process = process
+        self.times: list[float] = []
+
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx=None, **cond: Any) -> Prediction:
+        self.times.append(float(t))
+        return Prediction(torch.zeros_like(x), torch.zeros_like(x))
+
+
+class _PipelineDenoiser(DenoiserBase):
+    """The denoiser the solver sees in the worker: each evaluation is answered by the pipeline."""
+
+    def __init__(self, process, prediction: str, requests: queue.Queue, answers: queue.Queue):
+        self.process = process
+        self.param = parametrization(prediction, process)
+        self.requests, self.answers = requests, answers
+
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx=None, **cond: Any) -> Prediction:
+        self.requests.put(("evaluate", x))
+        out = self.answers.get()
+        if out is None:
+            raise _Cancelled
+        return self.param.prediction(x, t, out.to(x.dtype))
+
+
+class FewstepScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler running ``solver`` (any fixed-NFE fewstep solver) on ``grid``.
+
+    ``num_inference_steps`` is the number of network evaluations (NFE).  ``solver_options`` are
+    the solver's options, checked like ``fewstep.sample``'s.  Build it from a pipeline's scheduler
+    with ``FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc")``.
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas: list[float] | None = None,
+                 prediction_type: str = "epsilon", solver: str = "dpm++2m", grid: str | list[float] | None = None,
+                 solver_options: dict[str, Any] | None = None):
+        self.process, self.prediction = process_from_diffusers(dict(self.config))
+        self.spec = solvers.get(solver)
+        if not self.spec.fixed_nfe:
+            raise ValueError(f"solver {solver!r} chooses its steps from the data; a diffusers pipeline needs them "
+                             f"planned in advance: use a fixed-NFE solver")
+        self.spec.check_options(dict(solver_options or {}))
+        self.init_noise_sigma = self.process.prior_std
+        self.timesteps = torch.empty(0)
+        self.num_inference_steps: int | None = None
+        self._schedule = None
+        self._worker: threading.Thread | None = None
+        self._requests: queue.Queue = queue.Queue()
+        self._answers: queue.Queue = queue.Queue()
+
+    # -- what a pipeline calls ---------------------------------------------------------------------------------
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Plan a solve of ``num_inference_steps`` network evaluations; ``timesteps`` are their model times."""
+        self._stop_worker()
+        steps, planned = self.spec.steps_for(int(num_inference_steps), True)
+        self._planned = {**planned, **(self.config.solver_options or {})}
+        self._schedule = make_schedule(self.process, steps, self.config.grid, clean_end=True)
+        recorder = _TimeRecorder(self.process)
+        with torch.no_grad():
+            self.spec.fn(recorder, torch.zeros(1, 1, dtype=torch.float64), self._schedule,
+                         generator=torch.Generator().manual_seed(0), **self._planned)
+        times = torch.tensor(recorder.times, dtype=torch.float64)
+        self.timesteps = self.process.model_time(times).to(device=device or "cpu", dtype=torch.float32)
+        self.num_inference_steps = len(recorder.times)
+        self._step_index = 0
+
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        """The network sees ``x_t`` itself (DDPM-family processes)."""
+        return sample
+
+    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, generator: torch.Generator | None = None,
+             return_dict: bool = True, **_: Any) -> SchedulerOutput | tuple[Tensor]:
+        """Feed the network's output at the current evaluation; ``prev_sample`` is the next point to evaluate
+        (or, after the last evaluation, the solver's result)."""
+        if self._schedule is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index >= self.num_inference_steps:
+            raise ValueError(f"step() called {self._step_index + 1} times for {self.num_inference_steps} planned "
+                             "evaluations; call set_timesteps again to start a new solve")
+        if self._worker is None:
+            self._start_worker(sample, generator)
+            self._expect_request()
+        self._answers.put(model_output)
+        self._step_index += 1
+        kind, value = self._requests.get()
+        if kind == "error":
+            self._worker = None
+            raise value
+        if kind == "done" and self._step_index != self.num_inference_steps:
+            raise RuntimeError(f"the solver finished after {self._step_index} of {self.num_inference_steps} "
+                               "planned evaluations")
+        if kind == "done":
+            self._worker = None
+        prev = value.to(sample.dtype)
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = alpha(t) x0 + sigma(t) eps`` at the diffusers timesteps (for img2img-style pipelines)."""
+        t = timesteps.to(torch.float64).reshape(-1).expand(original_samples.shape[0])
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        a = self.process.alpha(t).reshape(shape).to(original_samples)
+        s = self.process.sigma(t).reshape(shape).to(original_samples)
+        return a * original_samples + s * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # -- the worker ----------------------------------------------------------------------------------------------
+    def _start_worker(self, x_T: Tensor, generator: torch.Generator | None) -> None:
+        requests, answers = queue.Queue(), queue.Queue()
+        self._requests, self._answers = requests, answers
+        den = _PipelineDenoiser(self.process, self.prediction, requests, answers)
+        spec, schedule, planned = self.spec, self._schedule, self._planned
+
+        def run() -> None:
+            try:
+                with torch.no_grad():
+                    x = spec.fn(den, x_T, schedule, generator=generator, **planned)
+                requests.put(("done", x))
+            except _Cancelled:
+                pass
+            except Exception as err:  # handed to the pipeline's thread, raised from step()
+                requests.put(("error", err))
+
+        self._worker = threading.Thread(target=run, name="fewstep-solver", daemon=True)
+        self._worker.start()
+
+    def _expect_request(self) -> None:
+        """The solver's first evaluation is at the pipeline's starting sample."""
+        kind, value = self._requests.get()
+        if kind == "error":
+            self._worker = None
+            raise value
+        if kind != "evaluate":
+            raise RuntimeError("the solver finished without evaluating the network")
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            self._answers.put(None)
+            self._worker.join(timeout=5)
+        self._worker = None
