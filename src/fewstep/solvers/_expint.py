@@ -14,7 +14,8 @@ import math
 from torch import Tensor
 
 __all__ = ["phi", "data_step", "ddim_noise_split", "taylor_matrix", "taylor_factors", "expint_weights", "exp_combine",
-           "lagrange_integral", "unipc_b", "unipc_rhs", "solve_vandermonde"]
+           "lagrange_integral", "unipc_b", "unipc_rhs", "solve_vandermonde",
+           "lagrange_weights"]
 
 
 def phi(k: int, h: float) -> float:
@@ -160,3 +161,19 @@ def solve_vandermonde(rks: list[float], rhs: list[float]) -> list[float]:
     r = np.asarray(rks, dtype=np.float64)
     mat = np.stack([r**i for i in range(len(rks))])
     return np.linalg.solve(mat, np.asarray(rhs, dtype=np.float64)).tolist()
+
+
+def lagrange_weights(nodes: list[float], at: float) -> list[float]:
+    """Weights ``w_j = prod_{k != j} (at - v_k) / (v_j - v_k)``: the Lagrange interpolant through ``nodes`` at ``at``.
+
+    ``sum_j w_j value_j`` is the polynomial through ``(nodes_j, value_j)`` evaluated at ``at`` (the compensated
+    model output of DC-Solver, Zhao et al. 2024, sec. 3).  At a node the weights are exactly one-hot.
+    """
+    out = []
+    for j, vj in enumerate(nodes):
+        w = 1.0
+        for k, vk in enumerate(nodes):
+            if k != j:
+                w *= (at - vk) / (vj - vk)
+        out.append(w)
+    return out
