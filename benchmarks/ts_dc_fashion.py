@@ -36,7 +36,7 @@ def ratio_table(den, shape, nfes: list[int]) -> RatioTable:
         if all(n in table.ratios for n in nfes):
             return table
     start = time.perf_counter()
-    table = search_table(den, shape, nfes, range(100_000, 100_032), reference_nfe=200, progress=True)
+    table = search_table(den, shape, nfes, range(100_000, 100_016), reference_nfe=100, progress=True)
     print(f"ratio search: {time.perf_counter() - start:.0f} s")
     RATIOS.parent.mkdir(parents=True, exist_ok=True)
     table.save(RATIOS)
@@ -95,8 +95,8 @@ def main() -> None:
             for w in (0.02, 0.05, 0.1) for c in (0.3, 0.6) for dv in ("ignore", "predicted")]
     else:
         table = ratio_table(den, shape, args.nfes)
-        configs = [("ddim", "ddim", {}), ("ts-ddim", "ts-ddim", {}), ("dpm++2m", "dpm++2m", {}),
-                   ("ts-dpm++2m", "ts-dpm++2m", {}), ("unipc", "unipc", {}), ("ts-unipc", "ts-unipc", {}),
+        configs = [("ddim", "ddim", {}), ("ts-ddim", "ts-ddim", {}), ("ts-ddim w=0.1 c=0.3", "ts-ddim",
+                   {"window": 0.1, "cutoff": 0.3}), ("unipc", "unipc", {}), ("ts-unipc", "ts-unipc", {}),
                    ("dc_solver", "dc_solver", {"ratios": table})]
     fid(args, den, shape, configs)
 

@@ -79,3 +79,15 @@ def test_ratio_table_round_trip_and_cpr(tmp_path, gmm8, ddpm_linear):
     (tmp_path / "bad.json").write_text(json.dumps({"ratios": {}}))
     with pytest.raises(ValueError, match="not a DC-Solver ratio file"):
         fewstep.sample(den, x_T, "dc_solver", 7, ratios=str(tmp_path / "bad.json"))
+
+
+def test_cli_dc_search_writes_a_reusable_table(tmp_path):
+    from fewstep.cli import main
+
+    out = tmp_path / "ratios.json"
+    assert main(["dc-search", "--model", "bundled:fashion", "--nfe", "4,5", "--seeds", "2", "--reference-nfe", "8",
+                 "--out", str(out)]) == 0
+    table = RatioTable.load(out)
+    assert sorted(table.ratios) == [4, 5] and table.cpr is not None and table.meta["model"] == "bundled:fashion"
+    assert len(table.for_steps(6)) == 6
+    assert main(["dc-search", "--model", "bundled:fashion", "--nfe", "x", "--out", str(out)]) == 1

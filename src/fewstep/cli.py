@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"fewstep.commands.{name}").add_parser(sub)
+        importlib.import_module(f"fewstep.commands.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

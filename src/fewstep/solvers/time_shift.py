@@ -30,8 +30,8 @@ from .registry import SolverSpec, register, specs
 __all__ = ["TimeShift", "shifted_times", "TS_BASES", "DEFAULT_WINDOW", "DEFAULT_CUTOFF", "DEFAULT_DATA_VAR"]
 
 #: Defaults chosen by measurement (docs/solvers.md, "Time-Shift sampler").
-DEFAULT_WINDOW = 0.1
-DEFAULT_CUTOFF = 0.3
+DEFAULT_WINDOW = 0.05
+DEFAULT_CUTOFF = 0.6
 DEFAULT_DATA_VAR: str | float = "ignore"
 _CANDIDATES = 257  # times tried per window: the argmin's resolution is window / 256
 
