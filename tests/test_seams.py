@@ -140,7 +140,7 @@ def test_unet_taps_name_its_blocks_and_can_replace_them():
     ctx = StepContext(schedule=None, step=0, tap=record)
     assert torch.equal(net(x, t, ctx=ctx), plain)
     groups = len(net.down)
-    assert names[:2] == ["down.0", "deep"] and names[-1] == f"up.{len(net.up) - 1}"
+    assert names[:3] == ["in", "down.0", "deep"] and names[-1] == f"up.{len(net.up) - 1}"
     assert {f"down.{k}" for k in range(groups)} | {"mid"} <= set(names)
 
     cached = {}
