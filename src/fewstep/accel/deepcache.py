@@ -29,6 +29,10 @@ class DeepCache(FeatureCache):
 
     method = "deepcache"
 
+    def __init__(self, inner: DenoiserBase, interval: int = 3, *, nonuniform: bool = False, center: float = 0.45,
+                 power: float = 1.4):
+        super().__init__(inner, interval, nonuniform=nonuniform, center=center, power=power)
+
     def handle(self, ev: Evaluation, ctx: StepContext, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         if name not in ("deep", "down.0"):
             return ev.compute(ctx, name, fn, *args)

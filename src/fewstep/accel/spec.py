@@ -7,6 +7,7 @@ A spec is parsed once, checked against the method's options, and applied with :f
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,17 @@ def cache_options(method: str) -> dict[str, Any]:
     return {name: p.default for name, p in sig.parameters.items() if name not in ("self", "inner")}
 
 
+def _listing(method: str) -> str:
+    return ", ".join(f"{k}={_show(v)}" for k, v in cache_options(method).items())
+
+
 def _valid() -> str:
-    return "; ".join(f"{m}:{','.join(f'{k}={_show(v)}' for k, v in cache_options(m).items())}" for m in CACHE_METHODS)
+    return "; ".join(f"{m} ({_listing(m)})" for m in CACHE_METHODS)
+
+
+def _hint(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _show(v: Any) -> str:
@@ -53,7 +63,8 @@ def _convert(method: str, name: str, text: str, default: Any) -> Any:
         pass
     else:
         return text
-    raise ValueError(f"cache spec: {method} option {name}={text!r} is not a valid {type(default).__name__}")
+    raise ValueError(f"cache spec: {method} option {name}={text!r} is not a valid {type(default).__name__} "
+                     f"(default {_show(default)})")
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,8 @@ def parse_cache(spec: str | CacheSpec | None) -> CacheSpec | None:
     method, _, rest = text.partition(":")
     method = method.strip().lower()
     if method not in CACHE_METHODS:
-        raise ValueError(f"cache spec {spec!r}: unknown method {method!r}; valid: {_valid()}")
+        raise ValueError(f"cache spec {spec!r}: unknown method {method!r}{_hint(method, CACHE_METHODS)}; "
+                         f"valid methods and options: {_valid()}")
     defaults = cache_options(method)
     options: dict[str, Any] = {}
     for i, part in enumerate(p.strip() for p in rest.split(",") if p.strip()):
@@ -89,15 +101,18 @@ def parse_cache(spec: str | CacheSpec | None) -> CacheSpec | None:
         if not eq:
             if i > 0:
                 raise ValueError(f"cache spec {spec!r}: {part!r} needs a name (name=value); "
-                                 f"options of {method}: {', '.join(defaults)}")
+                                 f"valid options: {_listing(method)}")
             name, value = "interval", part
         name = name.strip()
         if name not in defaults:
-            raise ValueError(f"cache spec {spec!r}: {method} has no option {name!r}; valid: "
-                             f"{', '.join(f'{k}={_show(v)}' for k, v in defaults.items())}")
+            raise ValueError(f"cache spec {spec!r}: {method} has no option {name!r}{_hint(name, defaults)}; "
+                             f"valid options: {_listing(method)}")
         options[name] = _convert(method, name, value.strip(), defaults[name])
     parsed = CacheSpec(method, options)
-    parsed.apply(_Probe())  # option values are checked now, not at the first sample
+    try:
+        parsed.apply(_Probe())  # option values are checked now, not at the first sample
+    except ValueError as err:
+        raise ValueError(f"cache spec {spec!r}: {err}") from None
     return parsed
 
 
