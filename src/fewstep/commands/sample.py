@@ -58,8 +58,7 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
     settings: dict[str, Any] = {"model": model_id, "ema": not args.raw, "solver": solver, "nfe": args.nfe}
     if args.grid is not None:
         settings["grid"] = args.grid
-    if args.cache is not None:
-        settings["cache"] = args.cache
+    settings["cache"] = args.cache
     settings.update(class_label=args.class_label, fewstep_version=__version__)
     return settings
 
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
         settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "cache", "class_label",
-                                                   "sample_shape", "fewstep_version") if key in settings}
+                                                   "sample_shape", "fewstep_version")}
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
