@@ -160,7 +160,7 @@ def main() -> None:
     report.update(n=n, rows=rows)
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["| solver | NFE | cache | full / cached evals | ms per image | ratio to plain | ratio to dpm++2m@10 "
-             "| FID | RMSE to 100-NFE |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| FID | RMSE to {args.ref_nfe}-NFE |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['solver']} | {r['nfe']} | {r['cache']} | {r['full_evals']:.0f} / {r['cached_evals']:.0f} "
                      f"| {1000 * r['s_per_image']:.2f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_dpm++2m_10']:.2f} "
