@@ -140,7 +140,7 @@ def test_unet_taps_name_its_blocks_and_can_replace_them():
     ctx = StepContext(schedule=None, step=0, tap=record)
     assert torch.equal(net(x, t, ctx=ctx), plain)
     groups = len(net.down)
-    assert names[:2] == ["down.0", "deep"] and names[-1] == f"up.{len(net.up) - 1}"
+    assert names[:3] == ["in", "down.0", "deep"] and names[-1] == f"up.{len(net.up) - 1}"
     assert {f"down.{k}" for k in range(groups)} | {"mid"} <= set(names)
 
     cached = {}
@@ -253,3 +253,17 @@ def test_custom_wrappers_forward_the_context():
     net = ContextRecorder()
     fewstep.sample(Doubling(Denoiser(net, VPLinear())), torch.randn(1, 1, 2, 2), "ddim", 3)
     assert [c[:2] for c in net.calls] == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_the_bundled_unet_taps_its_input_convolution_without_changing_its_output():
+    """The ``in`` tap (encoder propagation caches the input convolution): a pass-through handler and no
+    context give bit-identical outputs of the bundled model."""
+    from fewstep.loading import load_model
+
+    net = next(load_model("bundled:fashion").networks()).eval()
+    x, t = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([10.0, 700.0])
+    names = []
+    ctx = StepContext(schedule=None, step=0, tap=lambda c, n, f, *a: (names.append(n), f(*a))[1])
+    with torch.inference_mode():
+        assert torch.equal(net(x, t, ctx=ctx), net(x, t))
+    assert names[0] == "in" and names.count("in") == 1

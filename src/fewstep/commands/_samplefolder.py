@@ -39,6 +39,10 @@ def _read(folder: Path) -> dict[str, Any] | None:
     return data
 
 
+_ADDED_LATER = {"cache": None}
+"""Settings added after manifests were first written, with the value an older manifest implies."""
+
+
 def check_manifest(folder: Path, expected: dict[str, Any]) -> bool:
     """Check that ``folder`` may receive images made with the ``expected`` settings.
 
@@ -56,6 +60,7 @@ def check_manifest(folder: Path, expected: dict[str, Any]) -> bool:
             raise ValueError(f"--out {folder}: holds {pngs} PNG file{'s' if pngs != 1 else ''} but no {MANIFEST}, "
                              f"so what made them is unknown; choose another --out, or delete the folder")
         return False
+    recorded = {**_ADDED_LATER, **recorded}
     diffs = [f"{key} {_show(recorded.get(key, '(missing)'))} there, {_show(value)} now"
              for key, value in expected.items() if _norm(recorded.get(key, "(missing)")) != _norm(value)]
     if diffs and pngs:

@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
+                   "taylorseer:interval=3,order=2 (docs/accel.md)")
     add_extractor_args(p)
     p.set_defaults(func=run)
 
@@ -39,10 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.evaluate import evaluate
     from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
+    from ..accel import parse_cache
     from ..metrics.sampling import solver_sample_fn
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
+    cache = parse_cache(args.cache)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device(args.device)
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         from ..compiling import compile_denoiser
 
         compile_denoiser(denoiser)
-    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device)
+    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device, cache=cache)
     batch_size = args.batch_size or default_batch_size(device)
     if world()[0] == 0:
         print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                       desc=f"{args.solver} nfe={args.nfe}")
     if world()[0] != 0:
         return 0
-    result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result}
+    result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result,
+              **(sample_fn.evals_used or {})}
     print(json.dumps(result, indent=2))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
+    p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
+                   "taylorseer:interval=3,order=2 (docs/accel.md)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -56,6 +58,7 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
     settings: dict[str, Any] = {"model": model_id, "ema": not args.raw, "solver": solver, "nfe": args.nfe}
     if args.grid is not None:
         settings["grid"] = args.grid
+    settings["cache"] = args.cache
     settings.update(class_label=args.class_label, fewstep_version=__version__)
     return settings
 
@@ -84,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked first: a mistake costs a second.
     solver = get_solver(args.solver)
     solver.steps_for(args.nfe)
+    from ..accel import parse_cache
+
+    cache = parse_cache(args.cache)
+    args.cache = None if cache is None else str(cache)
     if args.grid is not None and args.grid not in GRIDS:
         raise ValueError(f"--grid {args.grid}: unknown grid; valid grids: {', '.join(GRIDS)}")
     dest = parse_destination(args.out)
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     todo = seeds
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
-        settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "class_label",
+        settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "cache", "class_label",
                                                    "sample_shape", "fewstep_version")}
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
@@ -113,9 +120,14 @@ def run(args: argparse.Namespace) -> int:
         from ..compiling import compile_denoiser
 
         compile_denoiser(den)
+    if cache is not None:
+        den = cache.apply(den)
     images = _draw(den, shape, todo, args, device, dest)
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
+    if cache is not None and todo:
+        print(f"{cache}: {den.full_evals} full and {den.cached_evals} cached network evaluations "
+              f"in {-(-len(todo) // args.batch_size)} batches")
     print(f"wrote {dest.path}")
     return 0
 

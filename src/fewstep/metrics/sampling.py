@@ -29,14 +29,19 @@ class SolverSampleFn:
 
     ``nfe_used`` is the mean number of network evaluations per call (per batch), counted by
     :class:`fewstep.denoisers.NFECounter`; it differs from ``nfe`` only for adaptive solvers.
-    ``description`` is what identifies the sampler in saved results.
+    ``description`` is what identifies the sampler in saved results.  ``cache`` (a spec string such
+    as ``"deepcache:3"``, see :mod:`fewstep.accel`) wraps the denoiser in a feature cache; the
+    description then records it and :attr:`evals_used` what the evaluations really cost.
     """
 
     def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10,
-                 grid: Any = None, device: str | torch.device = "cpu", **options: Any):
+                 grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, **options: Any):
+        from ..accel import apply_cache, parse_cache
         from ..denoisers import NFECounter
 
-        self.counter = NFECounter(denoiser)
+        self.cache = parse_cache(cache)
+        self.cached = apply_cache(denoiser, self.cache) if self.cache is not None else None
+        self.counter = NFECounter(self.cached if self.cached is not None else denoiser)
         self.shape = tuple(int(v) for v in shape)
         self.solver, self.nfe, self.device, self.options = solver, int(nfe), torch.device(device), options
         self.grid = denoiser.process.default_grid if grid is None else grid
@@ -45,7 +50,8 @@ class SolverSampleFn:
     @property
     def description(self) -> dict[str, Any]:
         grid = self.grid if isinstance(self.grid, str) else [float(t) for t in self.grid]
-        return {"solver": self.solver, "nfe": self.nfe, "grid": grid,
+        cache = {"cache": str(self.cache)} if self.cache is not None else {}
+        return {"solver": self.solver, "nfe": self.nfe, "grid": grid, **cache,
                 **{k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
                    for k, v in sorted(self.options.items())}}
 
@@ -53,6 +59,14 @@ class SolverSampleFn:
     def nfe_used(self) -> float | None:
         """Network evaluations per batch, averaged over the calls so far (None before the first)."""
         return self.counter.count / self.calls if self.calls else None
+
+    @property
+    def evals_used(self) -> dict[str, float] | None:
+        """Full and cached (partial) network evaluations per batch with a cache (None without one or
+        before the first call)."""
+        if self.cached is None or not self.calls:
+            return None
+        return {"full_evals": self.cached.full_evals / self.calls, "cached_evals": self.cached.cached_evals / self.calls}
 
     def __call__(self, seeds: list[int]) -> Tensor:
         from ..api import generate
@@ -67,9 +81,10 @@ class SolverSampleFn:
 
 
 def solver_sample_fn(denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10, grid: Any = None,
-                     device: str | torch.device = "cpu", **options: Any) -> SolverSampleFn:
-    """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid)."""
-    return SolverSampleFn(denoiser, shape, solver, nfe, grid, device, **options)
+                     device: str | torch.device = "cpu", *, cache: Any = None, **options: Any) -> SolverSampleFn:
+    """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid),
+    through the feature cache ``cache`` names (e.g. ``"deepcache:3"``; None: none)."""
+    return SolverSampleFn(denoiser, shape, solver, nfe, grid, device, cache=cache, **options)
 
 
 class KeepFirst:

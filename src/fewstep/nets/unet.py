@@ -88,8 +88,8 @@ class UNet(nn.Module):
     """``net(x, noise_level, class_labels=None, ctx=None)`` -> tensor shaped like ``x`` (before ``out_channels``).
 
     Block taps (:func:`fewstep.context.tap`), for caches and forecasters that a sampling context
-    carries: ``down.k`` and ``up.k`` (the k-th block group of the encoder and decoder), ``mid``, and
-    ``deep``, everything between the first encoder group and the last decoder group (the branch
+    carries: ``in`` (the input convolution), ``down.k`` and ``up.k`` (the k-th block group of the encoder
+    and decoder), ``mid``, and ``deep``, everything between the first encoder group and the last decoder group (the branch
     DeepCache reuses, Ma et al. 2024, sec. 3.2): ``deep(h_after_down0) -> h_before_last_up``.
     """
 
@@ -161,7 +161,7 @@ class UNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet expects input shaped (batch, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
         emb = self.embed(broadcast_time(noise_level, x.shape[0], x.device), class_labels)
-        h0 = self.conv_in(x)
+        h0 = tap(ctx, "in", self.conv_in, x)
         h = tap(ctx, "down.0", self._run, self.down[0], h0, emb)
         h = tap(ctx, "deep", self._deep, h, emb, ctx)
         last = len(self.up) - 1
