@@ -35,7 +35,6 @@ from fewstep.loading import load_model
 from fewstep.metrics.evaluate import evaluate
 from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import reference_stats
-from fewstep.metrics.sampling import solver_sample_fn
 
 CONFIGS = [("dpm++2m", 10, None), ("dpm++2m", 10, "deepcache:2"), ("dpm++2m", 10, "deepcache:3"),
            ("dpm++2m", 10, "deepcache:5"), ("dpm++2m", 10, "encoder:2"), ("dpm++2m", 10, "taylorseer:interval=2,order=1"),
