@@ -132,12 +132,20 @@ def near_exact_batch(denoiser: Any, shape: Sequence[int], seeds: Sequence[int], 
     """``x0_hat(x(t_min), t_min)`` for ``seeds``: ``settings.nfe - 1`` solver evaluations from the
     ``x_T`` of :func:`fewstep.generate` to ``t_min``, plus one data prediction there (float32, CPU)."""
     from ..api import generate
+    from ..solvers._common import NonFiniteError
+    from .sampling import DivergedError
 
     dtype = getattr(torch, settings.dtype)
-    x = generate(denoiser, shape, seeds, settings.solver, settings.nfe - 1, settings.grid, device=device,
-                 dtype=dtype, clean_end=False)
+    what = f"the near-exact reference ({settings.solver}, {settings.nfe} NFE)"
+    try:
+        x = generate(denoiser, shape, seeds, settings.solver, settings.nfe - 1, settings.grid, device=device,
+                     dtype=dtype, clean_end=False)
+    except NonFiniteError as err:
+        raise DivergedError(f"{what} diverged: {err}") from err
     with torch.inference_mode():
         x0 = denoiser.predict(x, float(denoiser.process.t_min)).x0
+    if not bool(torch.isfinite(x0).all()):
+        raise DivergedError(f"{what} is not finite (seeds {seeds[0]}..{seeds[-1]})")
     return x0.detach().to("cpu", torch.float32).clone()
 
 
