@@ -184,3 +184,17 @@ def test_seeds_outside_the_range_are_refused(standin):
         near([5])
     with pytest.raises(ValueError, match="contiguous"):
         NearExact(standin, (1, 28, 28), [0, 2], QUICK)
+
+
+def test_cli_reference_options():
+    from fewstep.cli import build_parser
+    from fewstep.commands._reference import reference_settings
+
+    parser = build_parser()
+    bench = parser.parse_args(["bench", "model"])
+    assert bench.reference and reference_settings(bench) == ReferenceSettings()  # on by default
+    assert not parser.parse_args(["bench", "model", "--no-reference"]).reference
+    args = parser.parse_args(["bench", "model", "--reference-solver", "dpm++2m", "--reference-nfe", "50",
+                              "--reference-grid", "default"])
+    assert reference_settings(args) == ReferenceSettings("dpm++2m", 50, None)
+    assert not parser.parse_args(["eval"]).reference and parser.parse_args(["eval", "--reference"]).reference

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import solvers
 from .._io import atomic_write_text
+from ..metrics.near_exact import ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
@@ -53,9 +54,9 @@ class ModelBenchConfig:
     grid_images: int = 64
     out: str | None = "bench-model"
     reference: bool = True  # the error (RMSE, PSNR) to the near-exact ODE solution from the same seeds
-    reference_solver: str = "dpm++3m"
-    reference_nfe: int = 200
-    reference_grid: str | None = "logsnr"  # None: the process's default grid
+    reference_solver: str = ReferenceSettings.solver
+    reference_nfe: int = ReferenceSettings.nfe
+    reference_grid: str | None = ReferenceSettings.grid  # None: the process's default grid
     reference_cache: str | None = None  # None: <out>/reference-cache (in memory only without out)
 
 
@@ -93,7 +94,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     from ..metrics.evaluate import DivergedError, evaluate
     from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
-    from ..metrics.near_exact import NearExact, ReferenceSettings
+    from ..metrics.near_exact import NearExact
     from ..metrics.resume import EvalStore, evaluation_key, finished
     from ..metrics.sampling import KeepFirst, solver_sample_fn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DEFAULTS = {"solver": "dpm++3m", "nfe": 200, "grid": "logsnr"}
+_DEFAULT = "default: dpm++3m, 200 NFE, logsnr grid (fewstep.metrics.ReferenceSettings)"
 
 
 def add_reference_args(p: argparse.ArgumentParser, *, on_by_default: bool) -> None:
@@ -16,21 +16,23 @@ def add_reference_args(p: argparse.ArgumentParser, *, on_by_default: bool) -> No
     else:
         p.add_argument("--reference", action="store_true",
                        help="also measure the error (RMSE, PSNR) to the near-exact ODE solution from the same seeds")
-    p.add_argument("--reference-solver", default=DEFAULTS["solver"], metavar="SOLVER",
-                   help=f"solver of the near-exact solution (default {DEFAULTS['solver']})")
-    p.add_argument("--reference-nfe", type=int, default=DEFAULTS["nfe"], metavar="N",
-                   help=f"its network evaluations (default {DEFAULTS['nfe']})")
-    p.add_argument("--reference-grid", default=DEFAULTS["grid"], metavar="GRID",
-                   help=f"its time grid (default {DEFAULTS['grid']}; 'default': the process's)")
+    p.add_argument("--reference-solver", default=None, metavar="SOLVER",
+                   help=f"solver of the near-exact solution ({_DEFAULT})")
+    p.add_argument("--reference-nfe", type=int, default=None, metavar="N", help="its network evaluations")
+    p.add_argument("--reference-grid", default=None, metavar="GRID", help="its time grid ('default': the process's)")
     p.add_argument("--reference-cache", default=None, metavar="DIR",
                    help="folder caching the near-exact solutions (default: reference-cache/ inside --out "
                         "for bench, beside --out for eval)")
 
 
-def reference_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``solver``, ``nfe``, ``grid`` (None for the process's) and ``cache`` from the parsed options."""
-    grid = None if args.reference_grid in (None, "", "default") else args.reference_grid
-    return {"solver": args.reference_solver, "nfe": args.reference_nfe, "grid": grid, "cache": args.reference_cache}
+def reference_settings(args: argparse.Namespace) -> Any:
+    """The :class:`~fewstep.metrics.near_exact.ReferenceSettings` the options ask for (unset ones: its defaults)."""
+    from ..metrics.near_exact import ReferenceSettings
+
+    grid = ReferenceSettings.grid if args.reference_grid is None else args.reference_grid
+    return ReferenceSettings(args.reference_solver or ReferenceSettings.solver,
+                             ReferenceSettings.nfe if args.reference_nfe is None else args.reference_nfe,
+                             None if grid == "default" else grid)
 
 
 def near_exact_from_args(args: argparse.Namespace, denoiser: Any, shape: Any, device: Any) -> Any:
@@ -40,13 +42,12 @@ def near_exact_from_args(args: argparse.Namespace, denoiser: Any, shape: Any, de
     from pathlib import Path
 
     from ..metrics.distributed import default_batch_size, shard, world
-    from ..metrics.near_exact import NearExact, ReferenceSettings
+    from ..metrics.near_exact import NearExact
 
-    opt = reference_options(args)
-    cache = opt["cache"] or str((Path(args.out).parent if args.out else Path(".")) / "reference-cache")
+    cache = args.reference_cache or str((Path(args.out).parent if args.out else Path(".")) / "reference-cache")
     seeds = range(args.seed, args.seed + args.n)
-    near = NearExact(denoiser, shape, seeds, ReferenceSettings(opt["solver"], opt["nfe"], opt["grid"]),
-                     cache_dir=cache, batch_size=args.batch_size or default_batch_size(device), device=device,
+    near = NearExact(denoiser, shape, seeds, reference_settings(args), cache_dir=cache,
+                     batch_size=args.batch_size or default_batch_size(device), device=device,
                      progress=world()[0] == 0)
     near.prepare(shard(seeds, *world()))
     return near

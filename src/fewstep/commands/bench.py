@@ -65,20 +65,20 @@ def _run_gmm(args: argparse.Namespace) -> int:
 def _run_model(args: argparse.Namespace) -> int:
     from ..bench.model import ModelBenchConfig, run_model_bench
     from ..devices import resolve_device
-    from ._reference import reference_options
+    from ._reference import reference_settings
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    refopt = reference_options(args)
+    refopt = reference_settings(args)
     cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
                            ref=args.ref, extractor=args.extractor, inception=args.inception,
                            batch_size=args.batch_size, seed=args.seed,
                            device=args.device and str(resolve_device(args.device)), shape=args.shape,
                            out=args.out, compile=args.compile,
-                           limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt["solver"],
-                           reference_nfe=refopt["nfe"], reference_grid=refopt["grid"],
-                           reference_cache=refopt["cache"])
+                           limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt.solver,
+                           reference_nfe=refopt.nfe, reference_grid=refopt.grid,
+                           reference_cache=args.reference_cache)
     run_model_bench(cfg)
     return 0

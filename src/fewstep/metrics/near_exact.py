@@ -47,11 +47,15 @@ FORMAT = "fewstep-near-exact-1"
 @dataclass(frozen=True)
 class ReferenceSettings:
     """How the near-exact solution is computed: ``solver`` at ``nfe`` evaluations on ``grid``
-    (``None``: the process's default grid), in ``dtype`` (the dtype of ``x_T``)."""
+    (``None``: the process's default grid), in ``dtype`` (the dtype of ``x_T``).
+
+    The defaults (DPM-Solver++(3M), 200 NFE, logSNR grid) change by about 4e-4 RMSE from 200 to
+    400 NFE on ``bundled:fashion``, where 5-10 NFE solvers are 0.05-0.15 away
+    (``benchmarks/reference_accuracy.py``; docs/evaluation.md, "Error to the near-exact solution")."""
 
     solver: str = "dpm++3m"
-    nfe: int = 100
-    grid: str | None = None
+    nfe: int = 200
+    grid: str | None = "logsnr"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
