@@ -255,6 +255,8 @@ def test_bench_model_announces_plan_and_estimate(tmp_path, standin, capsys):
     out = capsys.readouterr().out
     assert "2 configurations x 4 samples" in out and "8 samples, 20 image-evaluations" in out and "estimated" in out
     assert "plus the near-exact reference: 4 samples x 200 NFE to compute" in out
+    with_ref = plan_summary(1, 0, [10], 1000, 1e-3, "cpu", reference=(400, 1000, 200))
+    assert "400 samples x 200 NFE to compute (600 cached)" in with_ref and "estimated 2 min" in with_ref  # 90k evals
     long = plan_summary(192, 0, [10] * 192, 10_000, 2.5e-3, "cpu")
     assert "13.3 h on cpu" in long and "That is long" in long and "resumes" in long
     assert "min on cpu" in plan_summary(1, 0, [10], 10_000, 2.5e-3, "cpu") and "That is long" not in plan_summary(

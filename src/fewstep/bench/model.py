@@ -132,7 +132,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     missing = sum(b - a for a, b in near.missing(my_seeds)) if near is not None and todo else 0
     if progress and rank0:
         print(plan_summary(len(runs), len(done), [nfe for _, _, nfe in todo], cfg.n, per_eval, str(device),
-                           reference=(missing, cfg.reference_nfe) if near is not None and todo else None),
+                           reference=(missing, len(my_seeds), cfg.reference_nfe) if near is not None and todo
+                           else None),
               flush=True)
     if missing:  # the near-exact solutions first, so that no configuration's timing includes them
         try:
@@ -225,19 +226,19 @@ def _warm_up(denoiser: Any, shape: tuple[int, ...], todo: list[tuple[str, str, i
 
 
 def plan_summary(configs: int, resumed: int, nfes: list[int], n: int, per_eval: float | None, device: str,
-                 reference: tuple[int, int] | None = None) -> str:
+                 reference: tuple[int, int, int] | None = None) -> str:
     """What the sweep will run and about how long it will take (from the warm-up batch).
 
-    ``reference``: ``(samples still to compute, NFE)`` of the near-exact solution, if it is measured.
+    ``reference``: ``(samples still to compute, samples in all, NFE)`` of the near-exact solution, if measured.
     """
     samples = len(nfes) * n
     evals = n * sum(nfes)
     text = (f"bench model: {configs} configurations x {n} samples; {resumed} already done, {len(nfes)} to run: "
             f"{samples:,} samples, {evals:,} image-evaluations")
     if reference is not None:
-        todo, ref_nfe = reference
+        todo, total, ref_nfe = reference
         text += (f", plus the near-exact reference: {todo:,} samples x {ref_nfe} NFE to compute "
-                 f"({n - todo:,} cached)" if todo else ", plus the near-exact reference (all cached)")
+                 f"({total - todo:,} cached)" if todo else ", plus the near-exact reference (all cached)")
         evals += todo * ref_nfe
     if per_eval is None:
         return text + "; no time estimate (the warm-up batch failed)"
