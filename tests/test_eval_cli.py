@@ -51,6 +51,13 @@ def test_stats_and_eval_commands(tmp_path, standin, monkeypatch, capsys):
     # default reference: the shipped Fashion-MNIST test-set statistics
     assert main(["eval", "--model", "standin", "--solver", "ddim", "--nfe", "2", "--n", "8", "--extractor",
                  "fashion", "--device", "cpu"]) == 0
+    # --reference: the error to the near-exact ODE solution, cached beside --out
+    args = ["eval", "--model", "standin", "--solver", "dpm++2m", "--nfe", "3", "--n", "6", "--extractor", "fashion",
+            "--device", "cpu", "--reference", "--reference-nfe", "12", "--out", str(tmp_path / "e.json")]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert 0 < result["rmse"] < 2 and result["psnr"] > 0 and result["error_reference"]["nfe"] == 12
+    assert len(list((tmp_path / "reference-cache").glob("*/0-6.safetensors"))) == 1
 
 
 def test_eval_errors_are_clear(tmp_path, capsys):
@@ -69,7 +76,7 @@ def _chromium():
 def bench_out(tmp_path_factory, standin):
     out = tmp_path_factory.mktemp("bench")
     cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3], n=12, batch_size=6,
-                           extractor="fashion", device="cpu", grid_images=8, out=str(out))
+                           extractor="fashion", device="cpu", grid_images=8, out=str(out), reference_nfe=20)
     rows = run_model_bench(cfg, denoiser=standin, progress=False)
     return out, rows
 
@@ -78,12 +85,24 @@ def test_bench_model_outputs(bench_out):
     out, rows = bench_out
     assert [(r["solver"], r["nfe"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
     assert all(r["fid"] > 0 and r["sample_s"] > 0 and r["nfe_used"] == r["nfe"] for r in rows)
-    for name in ("results.csv", "results.json", "results.md", "fid_vs_nfe.png", "fid_vs_time.png", "report.html"):
+    for name in ("results.csv", "results.json", "results.md", "fid_vs_nfe.png", "fid_vs_time.png", "rmse_vs_nfe.png",
+                 "rmse_vs_time.png", "report.html"):
         assert (out / name).stat().st_size > 0, name
+    # the error to the near-exact solution, beside FID in every table
+    assert all(0 < r["rmse"] < 2 and r["psnr"] == pytest.approx(r["psnr"]) and "rmse_median" in r and "rmse_se" in r
+               for r in rows)
+    ddim = {r["nfe"]: r["rmse"] for r in rows if r["solver"] == "ddim"}
+    assert ddim[3] < ddim[2]
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "| fid | rmse | rmse_median | rmse_se | psnr |" in header
+    assert {"rmse", "rmse_median", "rmse_se", "psnr", "psnr_se"} <= set((out / "results.csv").read_text().split("\n")[0].split(","))
+    assert len(list((out / "reference-cache").glob("*/0-12.safetensors"))) == 1
     assert len(list((out / "samples").glob("*.png"))) == 4
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["rows"]) == 4 and saved["meta"]["extractor"].startswith("fashion-classifier-v1")
+    assert saved["meta"]["error reference"].startswith("near-exact ODE solution") and saved["rows"][0]["rmse"] > 0
     page = (out / "report.html").read_text()
+    assert "<th>rmse</th>" in page and "<th>psnr</th>" in page and "rmse_vs_nfe" in page
     assert page.count("class='sample-grid'") == 4 and "src='http" not in page and "<script" not in page
 
 
@@ -101,7 +120,7 @@ def test_html_report_opens_in_headless_chromium(bench_out, tmp_path):
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=60).stdout
     loaded = re.search(r'data-loaded="(\d+)/(\d+)"', dom)
     assert loaded, dom[:500]
-    assert loaded.group(1) == loaded.group(2) == "6"  # 2 plots + 4 sample grids
+    assert loaded.group(1) == loaded.group(2) == "8"  # 4 plots + 4 sample grids
 
 
 def test_benchmark_drives_diffusers_from_the_same_noise(standin):
@@ -131,22 +150,34 @@ def test_bench_model_resumes_finished_configurations(bench_out, standin):
     out, rows = bench_out
     counter = fewstep.NFECounter(standin)
     cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 3, 4], n=12, batch_size=6,
-                           extractor="fashion", device="cpu", grid_images=8, out=str(out))
+                           extractor="fashion", device="cpu", grid_images=8, out=str(out), reference_nfe=20)
     again = run_model_bench(cfg, denoiser=counter, progress=False)
     # only the new configurations were sampled: ddim and dpm++2m at 4 NFE, 12 samples each (2 batches of 6),
-    # plus two warm-up batches (one untimed, one timed for the estimate)
+    # plus two warm-up batches (one untimed, one timed for the estimate); the near-exact solutions are cached
     assert counter.count == 2 * 2 * 4 + 2 * 4
     saved = json.loads((out / "evaluations.json").read_text())
     assert saved["format"] == "fewstep-evaluations-1" and len(saved["entries"]) == 6
+    assert all(e["key"]["solution"]["nfe"] == 20 and e["key"]["solution"]["solver"] == "dpm++3m"
+               for e in saved["entries"])
     assert {e["key"]["sampler"]["solver"] for e in saved["entries"]} == {"ddim", "dpm++2m"}
     old = {(r["solver"], r["nfe"]): r["fid"] for r in rows}
     assert {(r["solver"], r["nfe"]): r["fid"] for r in again if r["nfe"] < 4} == old
     assert len(list((out / "samples").glob("*.png"))) == 6
-    # a different sweep (other n) is not mixed with the saved one
+    # a different sweep (other n) is not mixed with the saved one; its near-exact solutions come from the cache
     counter.count = 0
     cfg.n, cfg.nfes, cfg.solvers = 6, [2], ["ddim"]
     run_model_bench(cfg, denoiser=counter, progress=False)
     assert counter.count == 2 + 2 * 2
+    # other reference settings are another key: sampled again, with a new reference (one batch of 6, 10 NFE)
+    counter.count = 0
+    cfg.reference_nfe = 10
+    run_model_bench(cfg, denoiser=counter, progress=False)
+    assert counter.count == 2 + 2 * 2 + 10
+    # without the reference: no error columns, and keys without a solution entry
+    counter.count = 0
+    cfg.reference = False
+    rows = run_model_bench(cfg, denoiser=counter, progress=False)
+    assert counter.count == 2 + 2 * 2 and "rmse" not in rows[0] and "rmse" not in (out / "results.md").read_text()
 
 
 def test_bench_model_ode_limit_row(tmp_path, standin):
@@ -223,6 +254,9 @@ def test_bench_model_announces_plan_and_estimate(tmp_path, standin, capsys):
     run_model_bench(cfg, denoiser=standin, progress=True)
     out = capsys.readouterr().out
     assert "2 configurations x 4 samples" in out and "8 samples, 20 image-evaluations" in out and "estimated" in out
+    assert "plus the near-exact reference: 4 samples x 200 NFE to compute" in out
+    with_ref = plan_summary(1, 0, [10], 1000, 1e-3, "cpu", reference=(400, 1000, 200))
+    assert "400 samples x 200 NFE to compute (600 cached)" in with_ref and "estimated 2 min" in with_ref  # 90k evals
     long = plan_summary(192, 0, [10] * 192, 10_000, 2.5e-3, "cpu")
     assert "13.3 h on cpu" in long and "That is long" in long and "resumes" in long
     assert "min on cpu" in plan_summary(1, 0, [10], 10_000, 2.5e-3, "cpu") and "That is long" not in plan_summary(

@@ -1,9 +1,11 @@
 """``fewstep bench model``: sample quality against NFE and wall time for a trained model.
 
 For every grid x solver x NFE: ``n`` samples from the same seeds, their FID (plus KID and
-precision/recall) against reference statistics, and the sampling wall time.  Writes a text/
-markdown table, CSV, JSON, PNG plots of quality against NFE and against wall time, and a
-self-contained HTML report with a sample grid for each configuration.
+precision/recall) against reference statistics, their error (RMSE, PSNR) to the near-exact ODE
+solution from the same seeds (:mod:`fewstep.metrics.near_exact`, cached on disk; on by default),
+and the sampling wall time.  Writes a text/markdown table, CSV, JSON, PNG plots of FID and of the
+error against NFE and against wall time, and a self-contained HTML report with a sample grid for
+each configuration.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from tqdm.auto import tqdm
 
 from .. import solvers
 from .._io import atomic_write_text
+from ..metrics.near_exact import ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
 
-COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "kid", "precision", "recall", "sample_s", "ms_per_image",
-           "role"]
+COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "rmse", "rmse_median", "rmse_se", "psnr", "kid", "precision",
+           "recall", "sample_s", "ms_per_image", "role"]
+REFERENCE_CACHE = "reference-cache"  # the near-exact solutions' default cache folder, inside --out
 LIMIT_SOLVER = "dpm++2m"
 
 
@@ -49,6 +53,11 @@ class ModelBenchConfig:
     shape: list[int] | None = None
     grid_images: int = 64
     out: str | None = "bench-model"
+    reference: bool = True  # the error (RMSE, PSNR) to the near-exact ODE solution from the same seeds
+    reference_solver: str = ReferenceSettings.solver
+    reference_nfe: int = ReferenceSettings.nfe
+    reference_grid: str | None = ReferenceSettings.grid  # None: the process's default grid
+    reference_cache: str | None = None  # None: <out>/reference-cache (in memory only without out)
 
 
 def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]:
@@ -85,6 +94,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     from ..metrics.evaluate import DivergedError, evaluate
     from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
+    from ..metrics.near_exact import NearExact
     from ..metrics.resume import EvalStore, evaluation_key, finished
     from ..metrics.sampling import KeepFirst, solver_sample_fn
 
@@ -95,27 +105,43 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.shape)
     runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe) for name, grid, nfe in runs]
+    batch_size = cfg.batch_size or default_batch_size(device)
+    rank0 = world()[0] == 0
+    near = None
+    if cfg.reference:  # fingerprinted before compiling
+        cache = cfg.reference_cache or (str(Path(cfg.out) / REFERENCE_CACHE) if cfg.out else None)
+        near = NearExact(denoiser, shape, range(cfg.seed, cfg.seed + cfg.n),
+                         ReferenceSettings(cfg.reference_solver, cfg.reference_nfe, cfg.reference_grid),
+                         cache_dir=cache, batch_size=batch_size, device=device, progress=progress and rank0)
     if cfg.compile:
         from ..compiling import compile_denoiser
 
         compile_denoiser(denoiser)
     t0 = time.perf_counter()
-    batch_size = cfg.batch_size or default_batch_size(device)
-    rank0 = world()[0] == 0
     store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
 
     def key(name: str, grid: str, nfe: int) -> dict[str, Any]:
         return evaluation_key(cfg.model, solver_sample_fn(denoiser, shape, name, nfe, grid).description, cfg.n,
-                              cfg.seed, extractor, ref)
+                              cfg.seed, extractor, ref, near.description if near is not None else None)
 
     done = {r: store.get(key(*r)) for r in runs} if store is not None else {}
     done = {r: row for r, row in done.items() if row is not None and finished(row)}
     todo = [r for r in runs if r not in done]
     per_eval = _warm_up(denoiser, shape, todo, batch_size, cfg.n, device) if todo else None
+    my_seeds = shard(range(cfg.seed, cfg.seed + cfg.n), *world())  # the seeds this process samples
+    missing = sum(b - a for a, b in near.missing(my_seeds)) if near is not None and todo else 0
     if progress and rank0:
-        print(plan_summary(len(runs), len(done), [nfe for _, _, nfe in todo], cfg.n, per_eval, str(device)),
+        print(plan_summary(len(runs), len(done), [nfe for _, _, nfe in todo], cfg.n, per_eval, str(device),
+                           reference=(missing, len(my_seeds), cfg.reference_nfe) if near is not None and todo
+                           else None),
               flush=True)
-    per_rank = len(shard(range(cfg.n), *world()))  # the samples this process makes per configuration
+    if missing:  # the near-exact solutions first, so that no configuration's timing includes them
+        try:
+            near.prepare(my_seeds)
+        except DivergedError as err:
+            print(f"warning: no error to the near-exact solution: {err}")
+            near = None
+    per_rank = len(my_seeds)  # the samples this process makes per configuration
     overall = tqdm(total=len(todo) * per_rank, desc="all configurations", unit="img",
                    disable=not progress or not rank0 or not todo, position=0)
     rows, grids = [], {}
@@ -133,7 +159,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         sample_fn = KeepFirst(solver_sample_fn(denoiser, shape, name, nfe, grid, device), cfg.grid_images)
         try:
             result = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size,
-                              progress=progress, desc=f"{name} nfe={nfe}", on_batch=overall.update)
+                              progress=progress, desc=f"{name} nfe={nfe}", on_batch=overall.update, reference=near)
         except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
             print(f"warning: {name} nfe={nfe}: {err}")
             result = {"n": cfg.n, "note": str(err), "fid": float("inf") if isinstance(err, DivergedError) else float("nan")}
@@ -154,12 +180,23 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
                 "wall time of this run (s)": round(wall, 1),
                 "sampling + feature time, all configurations (s)": round(
                     sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in rows), 1),
-                "batch size": batch_size, "torch.compile": cfg.compile, "skipped": ", ".join(skipped) or "none"}
+                "batch size": batch_size, "torch.compile": cfg.compile, "skipped": ", ".join(skipped) or "none",
+                "error reference": _reference_meta(near)}
         write_outputs(Path(cfg.out), cfg, rows, grids, meta)
     return rows
 
 
 STORE_FILE = "evaluations.json"
+
+
+def _reference_meta(near: Any) -> str:
+    """One line describing the near-exact solution the errors are measured against."""
+    if near is None:
+        return "none (--no-reference)"
+    d = near.description
+    where = f"cache {near.folder}" if near.folder is not None else "not cached"
+    return (f"near-exact ODE solution x0_hat(x(t_min), t_min): {d['solver']}, {d['nfe']} NFE, {d['grid']} grid, "
+            f"{d['dtype']}; RMSE/PSNR of samples clamped to [-1, 1], PSNR with data range 2; {where}")
 
 
 def _row(label: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -188,12 +225,21 @@ def _warm_up(denoiser: Any, shape: tuple[int, ...], todo: list[tuple[str, str, i
     return (time.perf_counter() - start) / (len(seeds) * max(1.0, fn.nfe_used or nfe))
 
 
-def plan_summary(configs: int, resumed: int, nfes: list[int], n: int, per_eval: float | None, device: str) -> str:
-    """What the sweep will run and about how long it will take (from the warm-up batch)."""
+def plan_summary(configs: int, resumed: int, nfes: list[int], n: int, per_eval: float | None, device: str,
+                 reference: tuple[int, int, int] | None = None) -> str:
+    """What the sweep will run and about how long it will take (from the warm-up batch).
+
+    ``reference``: ``(samples still to compute, samples in all, NFE)`` of the near-exact solution, if measured.
+    """
     samples = len(nfes) * n
     evals = n * sum(nfes)
     text = (f"bench model: {configs} configurations x {n} samples; {resumed} already done, {len(nfes)} to run: "
             f"{samples:,} samples, {evals:,} image-evaluations")
+    if reference is not None:
+        todo, total, ref_nfe = reference
+        text += (f", plus the near-exact reference: {todo:,} samples x {ref_nfe} NFE to compute "
+                 f"({total - todo:,} cached)" if todo else ", plus the near-exact reference (all cached)")
+        evals += todo * ref_nfe
     if per_eval is None:
         return text + "; no time estimate (the warm-up batch failed)"
     hours = evals * per_eval / 3600
@@ -232,7 +278,8 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*cols)] + [fmt.format(*b) for b in body]) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: str) -> None:
+def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: str, metric: str = "fid",
+          ylabel: str = "FID (lower is better)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,18 +290,18 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     grids = list(dict.fromkeys(r["grid"] for r in rows))
     for gi, grid in enumerate(grids):
         for name in dict.fromkeys(r["solver"] for r in rows):
-            pts = sorted((r[x], r["fid"]) for r in rows if r["solver"] == name and r["grid"] == grid
-                         and x in r and math.isfinite(r["fid"]) and "role" not in r)
+            pts = sorted((r[x], r[metric]) for r in rows if r["solver"] == name and r["grid"] == grid
+                         and x in r and _finite(r.get(metric)) and "role" not in r)
             if pts:
                 label = name if len(grids) == 1 else f"{name} ({grid})"
                 ax.plot(*zip(*pts), styles[gi % 4], marker="o", ms=3, label=label)
-    for r in rows:  # the near-exact solve: the FID every solver tends to as NFE grows
-        if r.get("role") == "ODE limit" and math.isfinite(r["fid"]):
-            ax.axhline(r["fid"], color="k", ls=":", lw=1,
+    for r in rows:  # the near-exact solve: the value every solver tends to as NFE grows
+        if r.get("role") == "ODE limit" and _finite(r.get(metric)) and r[metric] > 0:
+            ax.axhline(r[metric], color="k", ls=":", lw=1,
                        label=f"ODE limit ({r['solver']}, {r['nfe']} NFE{'' if len(grids) == 1 else ', ' + r['grid']})")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     if ax.lines:
@@ -264,6 +311,10 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     write_png(path, buf.getvalue())
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], grids: dict, meta: dict) -> None:
@@ -282,7 +333,13 @@ def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], 
     plots = [out / "fid_vs_nfe.png", out / "fid_vs_time.png"]
     _plot(rows, "nfe", "network evaluations (NFE)", plots[0], f"{cfg.model}: FID vs NFE")
     _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[1], f"{cfg.model}: FID vs wall time")
+    if any(_finite(r.get("rmse")) for r in rows):
+        plots += [out / "rmse_vs_nfe.png", out / "rmse_vs_time.png"]
+        ylabel = "RMSE to the near-exact solution"
+        _plot(rows, "nfe", "network evaluations (NFE)", plots[2], f"{cfg.model}: error vs NFE", "rmse", ylabel)
+        _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[3],
+              f"{cfg.model}: error vs wall time", "rmse", ylabel)
     write_html_report(out / "report.html", f"fewstep bench model: {cfg.model}", meta, rows,
                       [c for c in COLUMNS if any(c in r for r in rows)], plots, grids)
     print(format_table(rows))
-    print(f"wrote {out}/results.csv, results.json, results.md, fid_vs_nfe.png, fid_vs_time.png, report.html")
+    print(f"wrote {out}/results.csv, results.json, results.md, {', '.join(p.name for p in plots)}, report.html")

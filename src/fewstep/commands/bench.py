@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gmm.add_argument("--out", default="bench-gmm", help="output folder for CSV, JSON and PNG")
     gmm.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     gmm.set_defaults(func=_run_gmm)
-    model = targets.add_parser("model", help="FID/KID/precision/recall against NFE and wall time on a trained model")
+    model = targets.add_parser("model", help="FID/KID/precision/recall and the error to the near-exact ODE "
+                                             "solution against NFE and wall time on a trained model")
     model.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
     model.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names, or all (default)")
     model.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
@@ -42,8 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--limit-nfe", type=int, default=0, metavar="N",
                        help="also score a near-exact ODE solve (dpm++2m, N NFE, e.g. 100): the FID the solvers "
                             "converge to, drawn as a line on the plots")
+    model.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    from ._reference import add_reference_args
     from .stats import add_extractor_args
 
+    add_reference_args(model, on_by_default=True)
     add_extractor_args(model)
     model.set_defaults(func=_run_model)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
@@ -61,12 +65,20 @@ def _run_gmm(args: argparse.Namespace) -> int:
 def _run_model(args: argparse.Namespace) -> int:
     from ..bench.model import ModelBenchConfig, run_model_bench
     from ..devices import resolve_device
+    from ._reference import reference_settings
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    refopt = reference_settings(args)
     cfg = ModelBenchConfig(model=args.model, solvers=args.solvers, nfes=args.nfe, grids=args.grids, n=args.n,
                            ref=args.ref, extractor=args.extractor, inception=args.inception,
                            batch_size=args.batch_size, seed=args.seed,
                            device=args.device and str(resolve_device(args.device)), shape=args.shape,
                            out=args.out, compile=args.compile,
-                           limit_nfe=args.limit_nfe)
+                           limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt.solver,
+                           reference_nfe=refopt.nfe, reference_grid=refopt.grid,
+                           reference_cache=args.reference_cache)
     run_model_bench(cfg)
     return 0

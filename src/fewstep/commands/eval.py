@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
                    "taylorseer:interval=3,order=2 (docs/accel.md)")
     add_extractor_args(p)
+    from ._reference import add_reference_args
+
+    add_reference_args(p, on_by_default=False)
     p.set_defaults(func=run)
 
 
@@ -54,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     ref = reference_stats(args.ref, extractor)
     denoiser = load_denoiser(args.model, device)
     shape = sample_shape(denoiser, args.shape)
+    from ._reference import near_exact_from_args
+
+    near = near_exact_from_args(args, denoiser, shape, device) if args.reference else None  # before compiling
     if args.compile:
         from ..compiling import compile_denoiser
 
@@ -65,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
               f"({args.n * args.nfe:,} image-evaluations, batches of {batch_size}); the bar shows the ETA",
               flush=True)
     result = evaluate(sample_fn, args.n, extractor, ref, seed=args.seed, batch_size=batch_size,
-                      desc=f"{args.solver} nfe={args.nfe}")
+                      desc=f"{args.solver} nfe={args.nfe}", reference=near)
     if world()[0] != 0:
         return 0
     result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result,
               **(sample_fn.evals_used or {})}
+    if near is not None:
+        result["error_reference"] = near.description
     print(json.dumps(result, indent=2))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -4,14 +4,17 @@
 ``benchmarks/fashion_fid.py`` call.  It takes a sample function (:mod:`.sampling`): images are
 made batch by batch from per-sample seeds ``seed .. seed + n - 1``, so the numbers do not depend
 on the batch size, and are quantised to 8 bits like stored images before feature extraction.
-Only the running statistics (and a capped feature sample) are kept.
+Only the running statistics (and a capped feature sample) are kept.  Given ``reference`` images
+for the same seeds (e.g. :class:`~fewstep.metrics.near_exact.NearExact`, the near-exact ODE
+solution), each sample's error to its reference (:mod:`.solution_error`, before quantisation)
+is accumulated alongside.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -25,9 +28,26 @@ from .inception_score import inception_score
 from .kid import kernel_inception_distance
 from .prdc import precision_recall
 from .sampling import DivergedError, SampleFn
+from .solution_error import per_sample_rmse, summarize_errors
 from .stats import FeatureStats
 
-__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "evaluate", "DivergedError"]
+__all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "evaluate", "DivergedError",
+           "Reference"]
+
+Reference = Union[Tensor, Callable[[list[int]], Tensor]]
+"""Reference images per seed: a tensor whose image ``i`` belongs to seed ``seed + i``, or a function
+``seeds -> images`` (e.g. :class:`~fewstep.metrics.near_exact.NearExact`)."""
+
+
+def _reference_images(reference: Reference, seeds: list[int], first_seed: int) -> Tensor:
+    """The reference images of ``seeds``."""
+    if isinstance(reference, Tensor):
+        idx = [s - first_seed for s in seeds]
+        if idx[0] < 0 or idx[-1] >= len(reference):
+            raise ValueError(f"the reference tensor holds {len(reference)} images (seeds {first_seed}.."
+                             f"{first_seed + len(reference) - 1}); seed {seeds[-1]} has none")
+        return reference[idx[0]:idx[-1] + 1]
+    return reference(seeds)
 
 
 def quantize(images: Tensor) -> Tensor:
@@ -63,6 +83,7 @@ class SampleRun:
     feature_seconds: float
     batches: int
     logits: np.ndarray | None = None
+    errors: np.ndarray | None = None  # per-sample RMSE to the reference images, when one was given
 
 
 def _sync() -> None:
@@ -73,12 +94,15 @@ def _sync() -> None:
 @torch.no_grad()
 def sample_stats(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, *, seed: int = 0, batch_size: int = 64,
                  max_features: int = 10_000, with_logits: bool = False, progress: bool = True,
-                 desc: str = "samples", on_batch: Callable[[int], None] | None = None) -> SampleRun:
+                 desc: str = "samples", on_batch: Callable[[int], None] | None = None,
+                 reference: Reference | None = None) -> SampleRun:
     """Images of ``sample_fn`` for seeds ``seed .. seed + n - 1`` and their feature statistics.
 
     Under ``torchrun`` each rank handles a disjoint slice of the seeds and the statistics are
     merged across ranks.  ``on_batch(k)`` is called after each batch of ``k`` images (e.g. to
-    advance an overall progress bar).  Non-finite samples raise :class:`DivergedError`.
+    advance an overall progress bar).  Non-finite samples raise :class:`DivergedError`.  With
+    ``reference`` (see :data:`Reference`), each sample's RMSE to its reference image is kept
+    (``errors``); fetching the reference is timed neither as sampling nor as features.
     """
     if n < 1:
         raise ValueError(f"the number of samples must be positive, got {n}")
@@ -87,6 +111,7 @@ def sample_stats(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, *, se
     seeds = shard(range(seed, seed + n), rank, size)
     stats = FeatureStats.like(extractor, max_features)
     logits: list[np.ndarray] = []
+    errors: list[np.ndarray] = []
     t_sample = t_feat = 0.0
     bar = tqdm(total=len(seeds), desc=desc, disable=not progress or rank != 0, unit="img", leave=False)
     for i in range(0, len(seeds), batch_size):
@@ -99,22 +124,26 @@ def sample_stats(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, *, se
                              f"it returned shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise DivergedError(f"{desc} produced NaN or infinite samples (seeds {chunk[0]}..{chunk[-1]})")
-        x = quantize(x.float())
         _sync()
         t1 = time.perf_counter()
+        if reference is not None:
+            errors.append(per_sample_rmse(x, _reference_images(reference, chunk, seed)).numpy())
+        t_ref = time.perf_counter()
+        x = quantize(x.float())
         stats.update(extractor(x.to(extractor.device)))
         if with_logits:
             logits.append(extractor.logits(x.to(extractor.device)).double().cpu().numpy())
         _sync()
-        t_sample, t_feat = t_sample + t1 - t0, t_feat + time.perf_counter() - t1
+        t_sample, t_feat = t_sample + t1 - t0, t_feat + time.perf_counter() - t_ref
         bar.update(len(chunk))
         if on_batch is not None:
             on_batch(len(chunk))
     bar.close()
     stats = gather_stats(stats)
     logits = gather_list(logits)
+    errors = gather_list(errors) if reference is not None else []
     return SampleRun(stats, t_sample, t_feat, -(-len(seeds) // batch_size),
-                     np.concatenate(logits) if logits else None)
+                     np.concatenate(logits) if logits else None, np.concatenate(errors) if errors else None)
 
 
 def compare(gen: FeatureStats, ref: FeatureStats, *, kid_subsets: int = 100, kid_subset_size: int = 1000,
@@ -140,21 +169,26 @@ def compare(gen: FeatureStats, ref: FeatureStats, *, kid_subsets: int = 100, kid
 def evaluate(sample_fn: SampleFn, n: int, extractor: FeatureExtractor, ref: FeatureStats, *, seed: int = 0,
              batch_size: int = 64, max_features: int = 10_000, inception_score: bool | None = None,
              progress: bool = True, desc: str = "samples",
-             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+             on_batch: Callable[[int], None] | None = None, reference: Reference | None = None) -> dict[str, Any]:
     """Score ``n`` images of ``sample_fn`` (seeds ``seed ..``) against reference statistics ``ref``.
 
     Returns ``fid``, ``kid``/``kid_std``, ``precision``/``recall`` (and ``is``/``is_std`` with
     ``inception_score``; None: when the extractor is Inception), ``n``, ``seed``, ``nfe_used``
     when ``sample_fn`` counts it (see :func:`~fewstep.metrics.sampling.solver_sample_fn`), and the
-    timings ``sample_s``, ``feature_s`` and ``ms_per_image``.  Raises :class:`DivergedError`
+    timings ``sample_s``, ``feature_s`` and ``ms_per_image``.  With ``reference`` images for the
+    same seeds (:data:`Reference`; e.g. the near-exact ODE solution), also their error to it:
+    ``rmse``, ``rmse_median``, ``rmse_se``, ``psnr``, ``psnr_se``
+    (:func:`~fewstep.metrics.solution_error.summarize_errors`).  Raises :class:`DivergedError`
     when the samples are not finite.
     """
     if n < 2:
         raise ValueError(f"n must be at least 2 to estimate a covariance, got {n}")
     with_logits = extractor.name.startswith("inception") if inception_score is None else inception_score
     run = sample_stats(sample_fn, n, extractor, seed=seed, batch_size=batch_size, max_features=max_features,
-                       with_logits=with_logits, progress=progress, desc=desc, on_batch=on_batch)
+                       with_logits=with_logits, progress=progress, desc=desc, on_batch=on_batch, reference=reference)
     result: dict[str, Any] = {**compare(run.stats, ref, logits=run.logits, seed=seed), "n": n, "seed": seed}
+    if run.errors is not None:
+        result.update(summarize_errors(run.errors))
     nfe_used = getattr(sample_fn, "nfe_used", None)
     if nfe_used is not None:
         result["nfe_used"] = nfe_used

@@ -2,7 +2,8 @@
 
 One JSON file holds every finished evaluation as ``{"key": ..., "result": ...}``; the key is what
 must match for a result to be reused (:func:`evaluation_key`: model, sampler description, n,
-first seed, extractor name and hash, reference statistics' hash).  The file is rewritten
+first seed, extractor name and hash, reference statistics' hash, and the near-exact solution's
+description when the error to it is measured).  The file is rewritten
 atomically after each finished configuration, so a crash loses at most the one in progress.
 
     {"format": "fewstep-evaluations-1", "meta": {...}, "entries": [{"key": {...}, "result": {...}}, ...]}
@@ -26,16 +27,22 @@ FORMAT = "fewstep-evaluations-1"
 
 
 def evaluation_key(model: str, sampler: dict[str, Any], n: int, seed: int, extractor: FeatureExtractor | str,
-                   reference: FeatureStats | str) -> dict[str, Any]:
+                   reference: FeatureStats | str, solution: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must match for a saved evaluation to stand for a new one.
 
     ``sampler`` describes the sample function (e.g. ``SolverSampleFn.description``: solver, NFE,
     grid, options); ``extractor`` and ``reference`` may be given as their identifiers.
+    ``solution`` describes the reference images the error was measured against (e.g.
+    ``NearExact.description``); without it the key has no such entry (and matches keys saved
+    before the error existed).
     """
     ext = extractor if isinstance(extractor, str) else f"{extractor.name}:{extractor.fingerprint()}"
     ref = reference if isinstance(reference, str) else reference_id(reference)
-    return {"model": str(model), "sampler": sampler, "n": int(n), "seed": int(seed), "extractor": ext,
-            "reference": ref}
+    key = {"model": str(model), "sampler": sampler, "n": int(n), "seed": int(seed), "extractor": ext,
+           "reference": ref}
+    if solution is not None:
+        key["solution"] = solution
+    return key
 
 
 def _canonical(key: dict[str, Any]) -> str:
