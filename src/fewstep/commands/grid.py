@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--iters", type=int, default=3, help="rounds of coordinate descent")
     opt.add_argument("--candidates", type=int, default=2, help="candidate moves per side and coordinate")
     opt.add_argument("--data-std", type=_data_std, default=None,
-                     help="data standard deviation(s) of the analytic model: C or C_MIN,C_MAX (default 0.02,1)")
+                     help="data standard deviation(s) of the analytic model: C or C_MIN,C_MAX (default 0.1,4)")
     opt.add_argument("--start", default=None, help="start grid of search/timetuner (a grid name or file; "
                                                    "default: the best of the default, logsnr and analytic grids)")
     opt.add_argument("--batch-size", type=int, default=64)

@@ -60,12 +60,12 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
     for nfe in nfes:
         t0 = time.perf_counter()
         steps, _ = spec.steps_for(nfe)
-        analytic, res = analytic_grid(process, spec.name, nfe, data_std=data_std)
+        analytic, bound = analytic_grid(process, spec.name, nfe, data_std=data_std)
         std = list(data_std) if isinstance(data_std, tuple) else data_std
         prov: dict[str, Any] = {"data_std": std}
         if method == "analytic":
-            times, score, net_times = analytic, res.score, None
-            prov.update(score_kind="gaussian_mse", start_score=res.start_score, evaluations=res.evaluations)
+            times, score, net_times = analytic, bound, None
+            prov.update(score_kind="gaussian_error_bound")
         else:
             starts = [start] if start is not None else [None, "logsnr", analytic]
             first, first_score = _best_start(reference, spec.name, nfe, starts)
