@@ -32,37 +32,41 @@ def gmm(args: argparse.Namespace) -> None:
     from fewstep.metrics import frechet_distance_to_moments
     from fewstep.processes import VPDiscrete
 
+    from fewstep.grids.timetuner import time_tuned
+
     gm = bench_mixture()
     den = gm.denoiser(VPDiscrete.linear())
     noise = torch.randn(args.n, 64, generator=torch.Generator().manual_seed(0))
-    floor = frechet_distance_to_moments(reference_solution(den, noise.double(), rtol=1e-9, atol=1e-9), gm.mean,
-                                        gm.covariance)
-    print(f"floor (n={args.n}): {floor:.5f}; FD - floor below", flush=True)
+    exact = reference_solution(den, noise.double(), rtol=1e-9, atol=1e-9)
+    floor = frechet_distance_to_moments(exact, gm.mean, gm.covariance)
+    print(f"floor (n={args.n}): {floor:.5f}; each cell: FD - floor / RMSE to the exact ODE solution", flush=True)
 
-    def fd(solver: str, nfe: int, grid, denoiser=den) -> float:
-        x = fewstep.sample(denoiser, noise, solver, nfe, grid)
-        return frechet_distance_to_moments(x, gm.mean, gm.covariance) - floor if torch.isfinite(x).all() else float("inf")
+    def cell(solver: str, nfe: int, grid, net_times=None) -> tuple[float, float]:
+        x = fewstep.sample(time_tuned(den, grid, net_times) if net_times else den, noise, solver, nfe, grid)
+        if not torch.isfinite(x).all():
+            return float("inf"), float("inf")
+        return (frechet_distance_to_moments(x, gm.mean, gm.covariance) - floor,
+                float((x.double() - exact).pow(2).mean().sqrt()))
 
-    ref = ReferenceSet(den, (64,), range(100_000, 100_000 + args.search_seeds), nfe=200) \
-        if args.search_seeds else None
+    ref = ReferenceSet(den, (64,), range(100_000, 100_000 + args.search_seeds), nfe=200)
     nfes = [int(v) for v in args.nfe.split(",")]
-    print(f"{'solver':>8} {'NFE':>4} {'best built-in':>22} {'analytic':>9} {'searched':>9} {'tuned':>9}", flush=True)
+    cols = ["best built-in", "analytic", "searched", "analytic+TT", "searched+TT"]
+    print(f"{'solver':>8} {'NFE':>4} " + " ".join(f"{c:>24}" for c in cols), flush=True)
     for solver in args.solvers.split(","):
         for nfe in nfes:
             t0 = time.perf_counter()
-            builtin = min((fd(solver, nfe, g), g) for g in BUILTIN)
+            scored = [(cell(solver, nfe, g), g) for g in BUILTIN]
+            (builtin, name) = min(scored, key=lambda r: r[0][0])
             ana = optimize_grids(den, solver, [nfe], "analytic")[0]
-            row = [f"{builtin[0]:.4f} {builtin[1]:>9}", f"{fd(solver, nfe, ana.times):.4f}"]
-            if ref is not None:
-                srch = optimize_grids(den, solver, [nfe], "search", reference=ref, rounds=args.rounds)[0]
-                row.append(f"{fd(solver, nfe, srch.times):.4f}")
-                if args.timetuner:
-                    tt = optimize_grids(den, solver, [nfe], "timetuner", reference=ref, rounds=args.rounds,
-                                        start=srch.times)[0]
-                    from fewstep.grids.timetuner import time_tuned
-
-                    row.append(f"{fd(solver, nfe, tt.times, time_tuned(den, tt.times, tt.net_times)):.4f}")
-            print(f"{solver:>8} {nfe:>4} " + " ".join(f"{c:>9}" for c in row)
+            srch = optimize_grids(den, solver, [nfe], "search", reference=ref, rounds=args.rounds)[0]
+            cells = [builtin, cell(solver, nfe, ana.times), cell(solver, nfe, srch.times)]
+            for start in (ana.times, srch.times):
+                tt = optimize_grids(den, solver, [nfe], "timetuner", reference=ref, rounds=args.rounds,
+                                    start=start)[0]
+                cells.append(cell(solver, nfe, tt.times, tt.net_times))
+            text = [f"{fd:.4f} / {rmse:.4f}" for fd, rmse in cells]
+            text[0] = f"{name[:5]} {text[0]}"
+            print(f"{solver:>8} {nfe:>4} " + " ".join(f"{c:>24}" for c in text)
                   + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
@@ -103,7 +107,6 @@ def main() -> None:
     ap.add_argument("--search-seeds", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data-std", type=float, nargs=2, default=(0.1, 4.0))
-    ap.add_argument("--timetuner", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
     args.data_std = tuple(args.data_std)
