@@ -8,7 +8,8 @@ Part ``fashion``: RMS distance to a near-exact solve (dpm++3m, 200 NFE) on ``bun
 the default, analytic and searched grids (search seeds disjoint from the evaluation seeds).
 
     PYTHONPATH=src python benchmarks/optimized_grids.py gmm --n 4000
-    PYTHONPATH=src python benchmarks/optimized_grids.py fashion --n 256 --search-seeds 32
+    PYTHONPATH=src python benchmarks/optimized_grids.py fashion --n 128 --search-seeds 32 --rounds 1 \
+        --reference-nfe 100 --search-solvers unipc --no-compile
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def fashion(args: argparse.Namespace) -> None:
     if not args.no_compile:
         fewstep.compile_denoiser(den)
     t0 = time.perf_counter()
-    evaluation = ReferenceSet(den, shape, range(args.n), nfe=200, grid=None)
-    search = ReferenceSet(den, shape, range(50_000, 50_000 + args.search_seeds), nfe=200, grid=None)
-    print(f"references: {time.perf_counter() - t0:.0f} s; RMSE to dpm++3m at 200 NFE, {args.n} seeds "
+    evaluation = ReferenceSet(den, shape, range(args.n), nfe=args.reference_nfe, grid=None)
+    search = ReferenceSet(den, shape, range(50_000, 50_000 + args.search_seeds), nfe=args.reference_nfe, grid=None)
+    print(f"references: {time.perf_counter() - t0:.0f} s; RMSE to dpm++3m at {args.reference_nfe} NFE, {args.n} seeds "
           f"(search on {args.search_seeds} other seeds)", flush=True)
     nfes = [int(v) for v in args.nfe.split(",")]
     print(f"{'solver':>8} {'NFE':>4} {'default':>9} {'analytic':>9} {'searched':>9}", flush=True)
@@ -91,7 +92,7 @@ def fashion(args: argparse.Namespace) -> None:
             cells = [evaluation.rmse(solver, nfe, None), evaluation.rmse(solver, nfe, ana.times)]
             if args.search_seeds and solver in args.search_solvers.split(","):
                 srch = optimize_grids(den, solver, [nfe], "search", reference=search, rounds=args.rounds,
-                                      data_std=args.data_std)[0]
+                                      candidates=args.candidates, data_std=args.data_std)[0]
                 cells.append(evaluation.rmse(solver, nfe, srch.times))
             print(f"{solver:>8} {nfe:>4} " + " ".join(f"{c:>9.4f}" for c in cells)
                   + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--search-solvers", default="ipndm,unipc,dpm++2m")
     ap.add_argument("--search-seeds", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--candidates", type=int, default=2)
+    ap.add_argument("--reference-nfe", type=int, default=200)
     ap.add_argument("--data-std", type=float, nargs=2, default=(0.1, 4.0))
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
