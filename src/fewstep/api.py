@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import GridSpec, make_schedule
+from .grids import GridSpec, make_schedule, tuned_for
 from .solvers._common import Callback, Cond, Generator
 
 __all__ = ["sample", "generators", "prior_noise", "generate"]
@@ -22,7 +22,8 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
     """Solve from ``x_T`` (at the process's ``t_max``) to data with exactly ``nfe`` evaluations.
 
     ``solver`` is a name from ``fewstep.solvers.available()``; ``grid`` a name from
-    ``fewstep.grids.GRIDS``, an explicit decreasing list of times, or ``None`` for the process's
+    ``fewstep.grids.GRIDS``, an explicit decreasing list of times, a grid file (its grid for this
+    solver and NFE, and its TimeTuner network times if tuned for this solver), or ``None`` for the process's
     ``default_grid`` (time-uniform for VP processes, Karras for EDM/VE); ``generator`` a
     ``torch.Generator`` or one per sample (results then do not depend on the batch size).
     ``clean_end`` makes the last step land on ``sigma = 0``; without it the solver stops at the
@@ -41,7 +42,9 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
                         f"got {type(cond).__name__}")
     spec.check_options(options)
     steps, planned = spec.steps_for(nfe, clean_end)
-    schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, **(grid_options or {}))
+    schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
+                             **(grid_options or {}))
+    denoiser = tuned_for(denoiser, grid, spec.name, nfe, steps)
     kwargs = {**planned, **options}  # only solvers without a fixed NFE (dpm_adaptive) may override their plan
     if grad:
         return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)

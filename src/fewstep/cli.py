@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from .. import solvers
 from ..api import generators, prior_noise, sample
 from ..exact import GaussianMixture, reference_solution
 from ..grids import GRIDS
+from ..grids.files import is_grid_file
 from ..processes import EDM, NoiseProcess, RectifiedFlow, VPDiscrete, VPLinear
 from ..metrics.frechet import frechet_distance_to_moments
 from .._io import atomic_write_text
@@ -66,8 +67,8 @@ def _validate(cfg: GMMBenchConfig) -> list[str]:
         if p not in BENCH_PROCESSES:
             raise ValueError(f"unknown bench process {p!r}; valid: {', '.join(BENCH_PROCESSES)}")
     for g in cfg.grids:
-        if g not in GRIDS:
-            raise ValueError(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)}")
+        if g not in GRIDS and not is_grid_file(g):
+            raise ValueError(f"unknown grid {g!r}; valid grids: {', '.join(GRIDS)} or a grid file (.json)")
     if not cfg.nfes or min(cfg.nfes) < 1:
         raise ValueError("--nfe needs positive evaluation counts, e.g. 5,10,20")
     if cfg.n < 2 * 64:

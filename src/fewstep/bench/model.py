@@ -68,7 +68,9 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
         raise ValueError(f"NFE values must be positive integers, got {cfg.nfes}")
     from ..grids import GRIDS
 
-    bad = [g for g in cfg.grids if g not in GRIDS and g != "default"]
+    from ..grids.files import is_grid_file
+
+    bad = [g for g in cfg.grids if g not in GRIDS and g != "default" and not is_grid_file(g)]
     if bad:
         raise ValueError(f"unknown grid(s) {', '.join(bad)}; valid: default, {', '.join(GRIDS)}")
     runs, skipped = [], []

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gmm = targets.add_parser("gmm", help="trajectory error and Frechet distance on an exact 64-d Gaussian mixture")
     gmm.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names (default: all deterministic and stochastic)")
     gmm.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
-    gmm.add_argument("--grids", type=_names, default=["logsnr", "uniform", "quadratic", "karras"])
+    gmm.add_argument("--grids", type=_names, default=["logsnr", "uniform", "quadratic", "karras"],
+                     help="comma-separated grids: names or grid files from `fewstep grid optimize`")
     gmm.add_argument("--processes", type=_names, default=["vp_linear_ddpm", "edm"])
     gmm.add_argument("--n", type=int, default=2000, help="samples per configuration")
     gmm.add_argument("--seed", type=int, default=0)
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names, or all (default)")
     model.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
     model.add_argument("--grids", type=_names, default=["default"],
-                       help="comma-separated grids; 'default' is the process's (time-uniform for VP models)")
+                       help="comma-separated grids (names or grid files); 'default' is the process's "
+                            "(time-uniform for VP models)")
     model.add_argument("--n", type=int, default=10_000, help="samples per configuration")
     model.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     model.add_argument("--seed", type=int, default=0)

@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "or bundled:fashion")
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=20)
-    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic or karras (default: the "
-                                                   "process's, time-uniform for VP models, karras for EDM)")
+    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic, karras or a grid file "
+                                                   "from `fewstep grid optimize` (default: the process's, "
+                                                   "time-uniform for VP models, karras for EDM)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -92,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     cache = parse_cache(args.cache)
     args.cache = None if cache is None else str(cache)
     if args.grid is not None and args.grid not in GRIDS:
-        raise ValueError(f"--grid {args.grid}: unknown grid; valid grids: {', '.join(GRIDS)}")
+        from ..grids.files import is_grid_file, read_grid_file
+
+        if not is_grid_file(args.grid):
+            raise ValueError(f"--grid {args.grid}: unknown grid; valid grids: {', '.join(GRIDS)} or a grid file (.json)")
+        read_grid_file(args.grid)  # a missing or broken file fails before the model loads
     dest = parse_destination(args.out)
     check_writable(dest)
     device = resolve_device(args.device)

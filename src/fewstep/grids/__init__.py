@@ -10,33 +10,39 @@ appended ``sigma = 0`` do, without an extra network evaluation.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from .processes import NoiseProcess
+from ..processes import NoiseProcess
+from .files import is_grid_file, select_entry
 
-__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule"]
+__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule", "tuned_for"]
 
 GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 
-GridSpec = str | Sequence[float] | Tensor
+GridSpec = str | os.PathLike | Sequence[float] | Tensor
 
 
 def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *, rho: float = 7.0,
-              t_max: float | None = None, t_min: float | None = None) -> Tensor:
+              t_max: float | None = None, t_min: float | None = None, solver: str | None = None,
+              nfe: int | None = None) -> Tensor:
     """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min``.
 
     ``kind``: ``"uniform"`` in t; ``"logsnr"`` uniform in lambda (DPM-Solver); ``"quadratic"``
     time-quadratic (DDIM, Song et al. 2021, sec. D.2); ``"karras"`` uniform in
-    ``(sigma/alpha)^(1/rho)`` (EDM eq. 5); or an explicit decreasing sequence of times.
-    ``None`` is the process's ``default_grid`` (time-uniform for VP processes and rectified
-    flow, Karras for EDM and VE).
+    ``(sigma/alpha)^(1/rho)`` (EDM eq. 5); an explicit decreasing sequence of times; or the path
+    of a grid file (``fewstep grid optimize``; its entry for ``solver`` at ``nfe`` with ``steps``
+    steps, see :mod:`fewstep.grids.files`).  ``None`` is the process's ``default_grid``
+    (time-uniform for VP processes and rectified flow, Karras for EDM and VE).
     """
     if kind is None:
         kind = process.default_grid
+    if isinstance(kind, (str, os.PathLike)) and str(kind) not in GRIDS and is_grid_file(kind):
+        kind = select_entry(kind, process, steps, solver, nfe).times
     hi = process.t_max if t_max is None else t_max
     lo = process.t_min if t_min is None else t_min
     if not isinstance(kind, str):
@@ -49,7 +55,8 @@ def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *
             process.check_time(t)
         return ts
     if kind not in GRIDS:
-        raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)} or an explicit list of times")
+        raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)}, an explicit list "
+                         f"of times, or a grid file (.json)")
     if steps < 1:
         raise ValueError(f"a grid needs at least 1 step, got {steps}")
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
@@ -99,9 +106,11 @@ class Schedule:
 
 
 def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = None, *,
-                  clean_end: bool = True, **grid_options: float) -> Schedule:
-    """Build the :class:`Schedule` for ``steps`` solver steps on ``grid``."""
-    ts = make_grid(process, steps, grid, **grid_options)
+                  clean_end: bool = True, solver: str | None = None, nfe: int | None = None,
+                  **grid_options: float) -> Schedule:
+    """Build the :class:`Schedule` for ``steps`` solver steps on ``grid`` (``solver`` and ``nfe`` choose
+    the entry of a grid file)."""
+    ts = make_grid(process, steps, grid, solver=solver, nfe=nfe, **grid_options)
     if not isinstance(grid, str) and steps != len(ts) - 1:
         raise ValueError(f"the explicit grid has {len(ts) - 1} steps but the solver needs {steps} for this NFE; "
                          f"pass {steps + 1} times")
@@ -110,3 +119,16 @@ def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = Non
         ts, alpha, sigma, lam = ts.clone(), alpha.clone(), sigma.clone(), lam.clone()
         ts[-1], alpha[-1], sigma[-1], lam[-1] = math.nan, 1.0, 0.0, math.inf
     return Schedule(process, ts, alpha, sigma, lam, clean_end)
+
+
+def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:
+    """``denoiser`` behind the TimeTuner network times of a grid file's entry for ``solver`` at ``nfe``
+    (:mod:`fewstep.grids.timetuner`); unchanged for any other grid."""
+    if not (isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)):
+        return denoiser
+    entry = select_entry(grid, denoiser.process, steps, solver, nfe)
+    if entry.net_times is None or entry.solver != solver:
+        return denoiser
+    from .timetuner import time_tuned
+
+    return time_tuned(denoiser, entry.times, entry.net_times)

@@ -1,0 +1,162 @@
+"""Grid files: optimized time grids (and TimeTuner network times) saved as JSON.
+
+One grid::
+
+    {"format": "fewstep-grid", "version": 1, "process": {...process config...},
+     "solver": "unipc", "nfe": 6, "steps": 6, "times": [t_max, ..., t_min],
+     "net_times": null | [one network time per step], "method": "search", "score": 0.031,
+     "provenance": {...}}
+
+Several grids (other NFEs or solvers) share the header and list the per-grid fields under
+``"grids"``.  ``times`` are the decreasing grid times from the process's ``t_max``;
+``net_times`` (TimeTuner) the time fed to the network at each step's main evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..processes import NoiseProcess
+
+__all__ = ["GridEntry", "GridFile", "FORMAT", "VERSION", "is_grid_file", "read_grid_file", "write_grid_file",
+           "select_entry"]
+
+FORMAT = "fewstep-grid"
+VERSION = 1
+_ENTRY_KEYS = ("solver", "nfe", "steps", "times", "net_times", "method", "score")
+
+
+@dataclass
+class GridEntry:
+    """One optimized grid: ``steps + 1`` decreasing ``times`` for ``solver`` at ``nfe`` evaluations."""
+
+    solver: str
+    nfe: int
+    steps: int
+    times: list[float]
+    method: str
+    score: float | None = None
+    net_times: list[float] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.times = [float(t) for t in self.times]
+        if len(self.times) != self.steps + 1:
+            raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: {len(self.times)} times for {self.steps} steps")
+        if any(b >= a for a, b in zip(self.times, self.times[1:])):
+            raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: times must be strictly decreasing")
+        if self.net_times is not None:
+            self.net_times = [float(t) for t in self.net_times]
+            if len(self.net_times) != self.steps:
+                raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: {len(self.net_times)} net_times for "
+                                 f"{self.steps} steps")
+
+
+@dataclass
+class GridFile:
+    """The grids of one noise process."""
+
+    process: dict[str, Any]
+    entries: list[GridEntry]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def is_grid_file(spec: Any) -> bool:
+    """Whether ``spec`` names a grid file (a path ending in ``.json``, or an existing file)."""
+    if isinstance(spec, os.PathLike):
+        return True
+    return isinstance(spec, str) and (spec.endswith(".json") or os.path.isfile(spec))
+
+
+def _entry_from(d: dict[str, Any], where: str) -> GridEntry:
+    missing = [k for k in ("solver", "nfe", "steps", "times", "method") if k not in d]
+    if missing:
+        raise ValueError(f"{where}: a grid entry lacks {', '.join(missing)}")
+    return GridEntry(str(d["solver"]), int(d["nfe"]), int(d["steps"]), d["times"], str(d["method"]),
+                     d.get("score"), d.get("net_times"), dict(d.get("provenance") or {}))
+
+
+_CACHE: dict[tuple[str, int, int], GridFile] = {}
+
+
+def read_grid_file(path: str | os.PathLike) -> GridFile:
+    """Read and check a grid file (cached while the file is unchanged)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"grid file {p} not found (write one with `fewstep grid optimize`)")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CACHE:
+        return _CACHE[key]
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"grid file {p} is not valid JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{p} is not a fewstep grid file (no \"format\": \"{FORMAT}\")")
+    if data.get("version") != VERSION:
+        raise ValueError(f"grid file {p} has version {data.get('version')}; this fewstep reads version {VERSION}")
+    if not isinstance(data.get("process"), dict):
+        raise ValueError(f"grid file {p} lacks its process config")
+    raw = data["grids"] if "grids" in data else [data]
+    entries = [_entry_from(d, str(p)) for d in raw]
+    out = GridFile(data["process"], entries, dict(data.get("provenance") or {}))
+    _CACHE[key] = out
+    return out
+
+
+def write_grid_file(path: str | os.PathLike, process: NoiseProcess | dict[str, Any], entries: Sequence[GridEntry],
+                    provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``entries`` atomically (one entry: flat; several: under ``"grids"``)."""
+    from .._io import atomic_write_text
+
+    if not entries:
+        raise ValueError("write_grid_file: no grids to write")
+    config = process if isinstance(process, dict) else process.config()
+    head: dict[str, Any] = {"format": FORMAT, "version": VERSION, "process": config}
+    rows = [{k: v for k, v in asdict(e).items() if k in _ENTRY_KEYS or (k == "provenance" and v)} for e in entries]
+    if len(rows) == 1:
+        body = {**head, **rows[0], "provenance": {**(provenance or {}), **rows[0].pop("provenance", {})}}
+    else:
+        body = {**head, "provenance": provenance or {}, "grids": rows}
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+    return Path(path)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def check_process(grids: GridFile, process: NoiseProcess, path: Any) -> None:
+    """Refuse a grid file written for another noise process."""
+    if not _same(grids.process, process.config()):
+        kind = grids.process.get("kind", "?")
+        raise ValueError(f"grid file {path} was optimized for another noise process ({kind} "
+                         f"{ {k: v for k, v in grids.process.items() if k not in ('kind', 'betas')} }) than the "
+                         f"model's ({process!r})")
+
+
+def select_entry(path: str | os.PathLike, process: NoiseProcess, steps: int, solver: str | None = None,
+                 nfe: int | None = None) -> GridEntry:
+    """The grid of ``path`` for ``steps`` steps: the entry for ``solver`` at ``nfe`` if there is one, else
+    another solver's grid with the same NFE and step count."""
+    grids = read_grid_file(path)
+    check_process(grids, process, path)
+    fits = [e for e in grids.entries if e.steps == steps and (nfe is None or e.nfe == nfe)]
+    if not fits:
+        have = ", ".join(sorted({f"{e.solver} nfe={e.nfe}" for e in grids.entries}))
+        want = f"nfe={nfe} ({steps} steps)" if nfe is not None else f"{steps} steps"
+        raise ValueError(f"grid file {path} has no grid for {want}; it holds: {have}")
+    exact = [e for e in fits if solver is not None and e.solver == solver]
+    return (exact or fits)[0]
