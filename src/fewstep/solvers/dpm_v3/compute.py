@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..._io import atomic_path, atomic_write_text
+from ..._io import atomic_write_bytes, atomic_write_text
 from .stats import EMS, model_fingerprint
 
 __all__ = ["compute_ems", "MOMENTS"]
@@ -134,7 +134,7 @@ def compute_ems(denoiser: Any, data: Tensor, *, n_lambda: int = 120, n_samples: 
                                  f"use the same ones or delete that folder")
         else:
             atomic_write_text(run_file, json.dumps(settings, indent=2, sort_keys=True))
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
     from tqdm.auto import tqdm
 
     device = next((q.device for net in denoiser.networks() for q in net.parameters()), data.device)
@@ -160,8 +160,7 @@ def compute_ems(denoiser: Any, data: Tensor, *, n_lambda: int = 120, n_samples: 
             acc = got if not acc else {n: acc[n] + got[n] for n in acc}
         acc["n"] = torch.tensor(float(n_samples), dtype=torch.float64)
         if part is not None:
-            with atomic_path(part) as tmp:
-                save_file({n: t.contiguous() for n, t in acc.items()}, str(tmp))
+            atomic_write_bytes(part, save({n: t.contiguous() for n, t in acc.items()}))
         sums.append(acc)
         bar.update(1)
     bar.close()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..._io import atomic_path, atomic_write_text
+from ..._io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["EMS", "EMSMismatch", "model_fingerprint", "find_ems", "FORMAT"]
 
@@ -126,14 +126,13 @@ class EMS:
 
     def save(self, folder: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Path:
         """Write ``ems.safetensors`` (``l, s, b`` in ``dtype``; the grid in float64) and ``ems.json`` atomically."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"lam": self.lam.contiguous()}
         tensors.update({n: getattr(self, n).to(dtype).contiguous() for n in ("l", "s", "b")})
-        with atomic_path(folder / "ems.safetensors") as tmp:
-            save_file(tensors, str(tmp))
+        atomic_write_bytes(folder / "ems.safetensors", save(tensors))
         atomic_write_text(folder / "ems.json", json.dumps({"format": FORMAT, "format_version": 1, **self.meta},
                                                           indent=2, sort_keys=True))
         return folder
