@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -24,19 +25,24 @@ _DEGENERATE_KNOTS = 64
 
 
 def resolve_ems(denoiser: DenoiserBase, ems: EMS | str | os.PathLike | None, sample_shape: tuple[int, ...]) -> EMS:
-    """The statistics to solve with: ``ems`` (an :class:`EMS`, a folder, or ``"degenerate"``) or the model's own."""
+    """The statistics to solve with: ``ems`` (an :class:`EMS`, a folder, or ``"degenerate"``) or the model's own.
+
+    A model without statistics falls back to ``l = 1, s = b = 0`` (multistep DPM-Solver++) with a warning, so
+    that sweeps over every solver run; results under the name ``dpm_v3`` are then DPM-Solver++'s.
+    """
+    if ems is None:
+        ems = find_ems(denoiser)
+        if ems is None:
+            warnings.warn("dpm_v3: the model has no empirical statistics, so it runs with l=1, s=b=0 (multistep "
+                          "DPM-Solver++); compute them with `fewstep ems --model M --data D` (load_model finds "
+                          "<checkpoint>/ems/) or pass ems=EMS", UserWarning, stacklevel=4)
+            ems = "degenerate"
     if isinstance(ems, str) and ems == "degenerate":
         p = denoiser.process
         lam = torch.linspace(float(p.lam(p.t_max)), float(p.lam(p.t_min)), _DEGENERATE_KNOTS + 1, dtype=torch.float64)
         return EMS.degenerate(lam, sample_shape)
     if isinstance(ems, (str, os.PathLike)):
         ems = EMS.load(ems)
-    if ems is None:
-        ems = find_ems(denoiser)
-    if ems is None:
-        raise ValueError("dpm_v3 needs the model's empirical statistics: compute them with `fewstep ems --model M "
-                         "--data D` (load_model then finds <checkpoint>/ems/), pass ems=EMS or a folder, or "
-                         "ems='degenerate' for l=1, s=b=0 (multistep DPM-Solver++)")
     ems.check(denoiser)
     if ems.sample_shape != tuple(sample_shape):
         raise ValueError(f"the statistics are for samples of shape {ems.sample_shape}, the solve is for {tuple(sample_shape)}")
@@ -100,7 +106,8 @@ def dpm_v3(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: 
            callback: Callback = None, cond: Cond = None, order: int = 3, corrector: bool = True,
            pseudo: bool | None = None, corrector_pseudo: bool = False, lower_order_final: bool = True,
            disable_corrector: Sequence[int] = (), ems: EMS | str | None = None) -> Tensor:
-    """DPM-Solver-v3 with the model's empirical statistics (``denoiser.ems`` unless ``ems`` is given).
+    """DPM-Solver-v3 with the model's empirical statistics (``denoiser.ems`` unless ``ems`` is given; without
+    any, ``l = 1, s = b = 0`` with a warning).
 
     Predictor of order ``order`` (1-3; warm-up 1, 2, ...; orders capped by the steps left with
     ``lower_order_final``); the corrector (sec. 3.5) re-solves the previous step with the new evaluation in
