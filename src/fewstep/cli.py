@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
-    ``ema=False`` loads the raw training weights of a checkpoint.
+    ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
+    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``.
     """
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
@@ -59,7 +60,19 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()
+    _attach_ems(den, folder)
     return den
+
+
+def _attach_ems(den: Denoiser, folder: Path) -> None:
+    """Attach DPM-Solver-v3's statistics saved in ``<folder>/ems/`` (``fewstep ems``) as ``den.ems``.
+
+    They are checked against the model (fingerprint and process) when the ``dpm_v3`` solver uses them.
+    """
+    if (folder / "ems" / "ems.json").exists():
+        from .solvers.dpm_v3.stats import EMS
+
+        den.ems = EMS.load(folder / "ems")  # type: ignore[attr-defined]
 
 
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:

@@ -4,7 +4,7 @@
 :mod:`fewstep.solvers.registry` for what is recorded about each.
 """
 
-from . import ddim, deis, dpm_solver, dpmpp, euler, lms, pndm, unipc  # noqa: F401  (registration)
+from . import ddim, deis, dpm_solver, dpm_v3, dpmpp, euler, lms, pndm, unipc  # noqa: F401  (registration)
 from . import dc  # noqa: F401  (registration; after unipc, whose loop it uses)
 from . import time_shift  # noqa: F401  (registration of ts-*: last, it wraps the solvers registered above)
 from ._common import NonFiniteError, randn_like
