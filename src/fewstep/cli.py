@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:
