@@ -12,7 +12,6 @@ from fewstep.nets import build_net
 from fewstep.quant import (CalibrationSettings, QuantizedNetwork, dequantize, fake_quantize, is_time_path,
                            quantizable_layers, quantize, quantize_denoiser, quantize_weight, save_quantized,
                            set_kernels, weight_scales)
-from fewstep.quant.layers import QuantLayer
 
 from conftest import TINY_UNET, fashion_standin, tiny_config
 
