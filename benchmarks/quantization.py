@@ -1,6 +1,6 @@
 """Float against int8 (fewstep.quant, TFMQ-style per-step calibration) on a model: FID, RMSE, wall time, size.
 
-    PYTHONPATH=src python benchmarks/quantization.py --n 1000 --threads 2 --reps 5
+    PYTHONPATH=src python benchmarks/quantization.py --n 1000 --threads 1 --reps 5 --ablation
 
 For each NFE (dpm++2m, the process's default grid) the float model and the int8 model calibrated at
 ``--calib-nfe`` are scored with the dataset-native Fashion-MNIST extractor through
@@ -69,8 +69,9 @@ def main() -> None:
     ap.add_argument("--calib-n", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-timing", action="store_true", help="skip the wall-time comparison")
     ap.add_argument("--rmse-n", type=int, default=250, help="images (seeds 0..) in the RMSE")
-    ap.add_argument("--ablation", action="store_true", help="also one static range for all steps (groups=1)")
+    ap.add_argument("--ablation", action="store_true", help="also one static range for all steps (groups=1), at the calibration NFE")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     extractor = get_extractor("fashion", device="cpu")
@@ -79,9 +80,10 @@ def main() -> None:
     float_den = fewstep.load_model(args.model)
     int8 = quantized(args.model, args.calib_nfe, args.calib_n, None, work / "int8")
     variants = {"float": float_den, f"int8 (calib NFE {args.calib_nfe}, per step)": int8}
+    ablation = None
     if args.ablation:
-        variants[f"int8 (calib NFE {args.calib_nfe}, one range)"] = quantized(args.model, args.calib_nfe, args.calib_n,
-                                                                              1, work / "int8-g1")
+        ablation = f"int8 (calib NFE {args.calib_nfe}, one range)"
+        variants[ablation] = quantized(args.model, args.calib_nfe, args.calib_n, 1, work / "int8-g1")
     src = fewstep.loading.resolve_bundled(args.model) if args.model.startswith("bundled:") else Path(args.model)
     sizes = {"float": sum(f.stat().st_size for f in src.glob("*.safetensors")),
              "int8": (work / "int8" / "int8.safetensors").stat().st_size}
@@ -93,11 +95,15 @@ def main() -> None:
     for nfe in (int(v) for v in args.nfes.split(",")):
         base = None
         for name, den in variants.items():
+            if name == ablation and nfe != args.calib_nfe:
+                continue
             fid = evaluate(solver_sample_fn(den, den.sample_shape, "dpm++2m", nfe), args.n, extractor, ref,
                            progress=False)["fid"]
             base = fid if base is None else base
             err = rmse(den, float_den, nfe, min(args.n, args.rmse_n)) if den is not float_den else 0.0
             print(f"{name:40s} {nfe:4d} {fid:8.3f} {100 * (fid / base - 1):+8.1f}% {err:8.4f}", flush=True)
+    if args.no_timing:
+        return
     sim = fewstep.load_model(work / "int8")
     kern = set_kernels(fewstep.load_model(work / "int8"), "int8")
     t = timings({"float": float_den, "int8 simulated": set_kernels(sim, "simulated"), "int8 kernels": kern}, args.reps)

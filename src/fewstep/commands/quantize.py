@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-seed", type=int, default=1_000_000, help="first calibration seed (default far from the "
                                                                       "evaluation seeds 0..)")
     p.add_argument("--groups", type=int, default=None, help="timestep groups (default: one per calibrated step)")
-    p.add_argument("--estimator", default="mse", choices=["mse", "max"], help="activation range estimator")
+    p.add_argument("--estimator", default="max", choices=["max", "mse"],
+                   help="activation range: the observed maximum (default) or an MSE-optimal clip")
     p.add_argument("--bits", type=int, default=8, help="bits of weights and activations (2..8, int8 storage)")
     p.add_argument("--kernels", default="simulated", choices=["simulated", "int8"],
                    help="default execution: float kernels on quantized values, or torch._int_mm int8 matmuls")

@@ -41,7 +41,7 @@ class CalibrationSettings:
     seed: int = 1_000_000
     batch_size: int = 64
     groups: int | None = None
-    estimator: str = "mse"
+    estimator: str = "max"
     samples_per_call: int = 4096
 
     def __post_init__(self) -> None:
