@@ -11,7 +11,8 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems"]
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems",
+            "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
     ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
-    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``.
+    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``.  A quantized folder (``fewstep
+    quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     """
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
@@ -86,16 +87,23 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
     for key in ("network", "process", "prediction"):
         if key not in cfg:
             raise ValueError(f"{folder / 'config.json'} lacks {key!r}; the checkpoint is damaged")
-    names = ["ema.safetensors", "model.safetensors"] if ema else ["model.safetensors"]
-    weights = next((folder / n for n in names if (folder / n).exists()), None)
-    if weights is None:
-        raise FileNotFoundError(f"{folder} has no {' or '.join(names)}; the checkpoint is incomplete")
-    net = build_net(cfg["network"])
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
-    _load_state(net, state, weights)
+    if "quantization" in cfg:  # an int8 model written by fewstep.quant (docs/quantization.md)
+        from .quant.io import load_quantized
+
+        if not ema:
+            raise ValueError(f"{folder} is a quantized model with one set of weights; it has no raw (non-EMA) weights")
+        net = load_quantized(folder, cfg, _load_state)
+    else:
+        names = ["ema.safetensors", "model.safetensors"] if ema else ["model.safetensors"]
+        weights = next((folder / n for n in names if (folder / n).exists()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder} has no {' or '.join(names)}; the checkpoint is incomplete")
+        net = build_net(cfg["network"])
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
+        _load_state(net, state, weights)
     n = cfg["network"]
     shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
     return Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5),
