@@ -15,30 +15,20 @@ import argparse
 import itertools
 import time
 
-import numpy as np
 import torch
 
 import fewstep
 from fewstep.bench.gmm import bench_mixture
 from fewstep.exact import reference_solution
-from fewstep.metrics import frechet_distance_to_moments
 from fewstep.processes import VPDiscrete
 from fewstep.solvers.dpm_v3 import EMS, compute_ems
+from solvers_vs_diffusers import frechet  # the shared FD-or-inf helper (benchmarks/ is on sys.path)
 
 NFES = (5, 6, 8, 10)
 BASELINES = [("dpm++2m", {}), ("dpm++3m", {}), ("unipc", {"order": 2}), ("unipc", {"order": 3}), ("deis", {}),
              ("ipndm", {})]
 V3 = [("dpm_v3", {}), ("dpm_v3", {"corrector": False}), ("dpm_v3", {"pseudo": True}),
       ("dpm_v3", {"pseudo": False})]
-
-
-def frechet(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
-    if not torch.isfinite(x).all():
-        return float("inf")
-    try:
-        return frechet_distance_to_moments(x, mean, cov)
-    except (np.linalg.LinAlgError, ValueError):
-        return float("inf")
 
 
 def label(solver: str, opts: dict) -> str:
