@@ -39,7 +39,9 @@ class DenoisingSettings:
     p_std: float = 1.2
     hflip: bool = False
     use_labels: bool = False
+    label_dropout: float = 0.0
     sample_nfe: int = 20
+    init_from: str = ""
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -49,6 +51,10 @@ class DenoisingSettings:
         check_positive("objective.min_snr_gamma", self.min_snr_gamma)
         check_positive("objective.p_std", self.p_std)
         check_positive("objective.sample_nfe", self.sample_nfe)
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"objective.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.label_dropout and not self.use_labels:
+            raise ValueError("objective.label_dropout needs objective.use_labels = true")
 
 
 @register_objective
@@ -70,6 +76,17 @@ class DenoisingObjective(Objective):
         if data.images.shape[1] != want:
             raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
                              f"{want}; set network.in_channels to {data.images.shape[1]}")
+        self.num_classes = int(config["network"].get("num_classes", 0))
+        if settings.init_from:
+            from .warmstart import warm_start
+            warm_start(self.model, settings.init_from, config)
+        if settings.use_labels:
+            if data.labels is None:
+                raise ValueError("objective.use_labels is set but the data has no labels (fashion-mnist and .npz "
+                                 "files with a 'labels' array have them)")
+            if self.num_classes < data.num_classes:
+                raise ValueError(f"the data has {data.num_classes} classes but network.num_classes is "
+                                 f"{self.num_classes}; set network.num_classes to {data.num_classes}")
 
     @classmethod
     def check_sections(cls, config: Mapping[str, Any]) -> None:
@@ -95,7 +112,12 @@ class DenoisingObjective(Objective):
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
 
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """Images in [-1, 1] (flipped at random with ``hflip``), times, noise, and labels with ``use_labels``."""
+        """Images in [-1, 1] (flipped at random with ``hflip``), times, noise, and labels with ``use_labels``.
+
+        With ``label_dropout`` p, each label is replaced by the null class ``num_classes`` with
+        probability p, so one network learns the conditional and the unconditional denoiser
+        (classifier-free guidance, Ho & Salimans 2022, section 3.2).
+        """
         s = self.settings
         x0 = to_model_range(data.images[indices])
         if s.hflip:
@@ -105,7 +127,11 @@ class DenoisingObjective(Objective):
         eps = torch.randn(x0.shape, generator=generator)
         out = {"x0": x0, "t": t, "eps": eps}
         if s.use_labels and data.labels is not None:
-            out["labels"] = data.labels[indices]
+            labels = data.labels[indices].clone()
+            if s.label_dropout:
+                drop = torch.rand(len(indices), generator=generator) < s.label_dropout
+                labels[drop] = self.num_classes
+            out["labels"] = labels
         return out
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
@@ -124,5 +150,8 @@ class DenoisingObjective(Objective):
 
         c, r = int(self.data.images.shape[1]), int(self.data.images.shape[-1])
         den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
-        x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=trainer.device)
+        cond = None
+        if self.settings.use_labels and self.num_classes:
+            cond = {"class_labels": torch.arange(n, device=trainer.device) % self.num_classes}
+        x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=trainer.device, cond=cond)
         return save_image_grid(x, trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")

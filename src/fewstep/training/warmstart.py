@@ -1,0 +1,57 @@
+"""Warm start: initialise a network being trained from a trained model's weights (fine-tuning).
+
+Parameters present in both with equal shapes are copied; a class table the source lacks
+(``embed.classes``: fine-tuning an unconditional model into a conditional one) starts at zero,
+so the new network first computes exactly the source's denoiser for every label and learns the
+class offsets from there. Anything else that does not match is refused, naming the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["warm_start"]
+
+_ZERO_INIT_SUFFIXES = ("embed.classes.weight",)
+
+
+def warm_start(net: nn.Module, source: str, config: Mapping[str, Any]) -> list[str]:
+    """Copy the weights of model ``source`` (anything :func:`fewstep.load_model` reads) into ``net``.
+
+    ``config`` is the run's config: its ``process`` and ``prediction`` must equal the source's
+    (a network trained for another process or parametrisation predicts something else).
+    Returns the names of the parameters that were zero-initialised instead of copied.
+    """
+    from ..loading import load_model
+
+    den = load_model(source)
+    src_cfg = den.config or {}
+    for key in ("process", "prediction"):
+        if key in src_cfg and key in config and src_cfg[key] != config[key]:
+            raise ValueError(f"init_from {source}: its {key} {src_cfg[key]!r} differs from this run's "
+                             f"{config[key]!r}; fine-tune with the source's {key}")
+    nets = list(den.networks())
+    if len(nets) != 1:
+        raise ValueError(f"init_from {source}: expected one network, found {len(nets)}")
+    src_state = nets[0].state_dict()
+    own = net.state_dict()
+    zeroed, bad = [], []
+    for name, value in own.items():
+        if name in src_state and src_state[name].shape == value.shape:
+            own[name] = src_state[name].to(value.dtype)
+        elif name.endswith(_ZERO_INIT_SUFFIXES) and name not in src_state:
+            own[name] = torch.zeros_like(value)
+            zeroed.append(name)
+        else:
+            got = tuple(src_state[name].shape) if name in src_state else "missing"
+            bad.append(f"{name} (here {tuple(value.shape)}, source {got})")
+    extra = sorted(set(src_state) - set(own))
+    if bad or extra:
+        detail = "; ".join(bad + [f"{n} (only in the source)" for n in extra][:8])
+        raise ValueError(f"init_from {source}: the network does not match the source's architecture: {detail}. "
+                         f"Use the source's network settings (only num_classes may be added)")
+    net.load_state_dict(own)
+    return zeroed

@@ -1,0 +1,70 @@
+"""Label dropout (classifier-free guidance training) and warm starts from a trained model."""
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_images
+from fewstep.checkpoint import latest_checkpoint
+from fewstep.data import ImageData
+from fewstep.loading import load_model
+from fewstep.training.trainer import Trainer
+
+
+def _labelled(n=64):
+    return ImageData(tiny_images(n), torch.arange(n) % 3, 3)
+
+
+def _cond_config(**objective):
+    cfg = tiny_config(steps=2)
+    cfg["network"]["num_classes"] = 3
+    cfg["objective"] = {"use_labels": True, **objective}
+    return cfg
+
+
+def test_label_dropout_replaces_that_fraction_of_labels_by_the_null_class(tmp_path):
+    tr = Trainer(_cond_config(label_dropout=0.25), _labelled(), tmp_path / "r", progress=False)
+    data = _labelled()
+    g = torch.Generator().manual_seed(0)
+    labels = torch.cat([tr.objective.draw(0, data, torch.arange(64), g)["labels"] for _ in range(40)])
+    null = (labels == 3).float().mean().item()
+    assert abs(null - 0.25) < 0.03
+    kept = labels[labels != 3]
+    assert kept.max() <= 2 and len(kept) > 0
+
+
+def test_label_dropout_needs_labels_and_a_valid_probability(tmp_path):
+    with pytest.raises(ValueError, match="label_dropout"):
+        Trainer(_cond_config(label_dropout=1.5), _labelled(), tmp_path / "a", progress=False)
+    cfg = _cond_config()
+    with pytest.raises(ValueError, match="no labels"):
+        Trainer(cfg, ImageData(tiny_images()), tmp_path / "b", progress=False)
+    cfg["network"]["num_classes"] = 2
+    with pytest.raises(ValueError, match="num_classes"):
+        Trainer(cfg, _labelled(), tmp_path / "c", progress=False)
+
+
+def test_warm_start_from_an_unconditional_model_starts_at_its_denoiser(tmp_path):
+    Trainer(tiny_config(steps=3), ImageData(tiny_images()), tmp_path / "uncond", progress=False).fit()
+    source = latest_checkpoint(tmp_path / "uncond")
+    tr = Trainer(_cond_config(init_from=str(source), label_dropout=0.1), _labelled(), tmp_path / "cond",
+                 progress=False)
+    uncond = next(load_model(source).networks())
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([10.0, 200.0, 500.0, 900.0])
+    with torch.no_grad():
+        want = uncond(x, t)
+        for label in (0, 2, 3):
+            got = tr.model(x, t, class_labels=torch.full((4,), label))
+            torch.testing.assert_close(got, want)
+
+
+def test_warm_start_refuses_another_architecture_or_process(tmp_path):
+    Trainer(tiny_config(steps=1), ImageData(tiny_images()), tmp_path / "uncond", progress=False).fit()
+    source = str(latest_checkpoint(tmp_path / "uncond"))
+    cfg = _cond_config(init_from=source)
+    cfg["network"]["channels"] = 16
+    with pytest.raises(ValueError, match="architecture"):
+        Trainer(cfg, _labelled(), tmp_path / "a", progress=False)
+    cfg = _cond_config(init_from=source)
+    cfg["prediction"] = "v"
+    with pytest.raises(ValueError, match="prediction"):
+        Trainer(cfg, _labelled(), tmp_path / "b", progress=False)
