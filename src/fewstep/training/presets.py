@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["fashion-unet-cond"] = copy.deepcopy(PRESETS["fashion-unet"])
 PRESETS["fashion-unet-cond"]["network"]["num_classes"] = 10
 PRESETS["fashion-unet-cond"]["objective"].update({"use_labels": True, "label_dropout": 0.1,
-                                                  "init_from": "bundled:fashion"})
+                                                  "init_from": "bundled:fashion", "class_lr_scale": 20.0})
 PRESETS["fashion-unet-cond"]["training"].update({"steps": 3000, "warmup_steps": 100})
 
 
