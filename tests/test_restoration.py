@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from conftest import tiny_config, tiny_images
 from fewstep.api import generate, generators
-from fewstep.data import ImageData
 from fewstep.exact import GaussianMixture
 from fewstep.grids import Schedule, make_schedule
 from fewstep.metrics.ssim import ssim
@@ -265,15 +264,22 @@ def test_same_seed_same_result_whatever_the_batch(process, method):
 
 @pytest.fixture(scope="module")
 def tiny16(tmp_path_factory):
-    """A one-step-trained 16x16 UNet checkpoint and a 16x16 data set (SSIM's window needs 11 pixels)."""
-    from fewstep.training.trainer import Trainer
+    """A random-weight 16x16 UNet checkpoint and a 16x16 data set (SSIM's window needs 11 pixels).  Written
+    directly: a training step would import torch._dynamo through the optimiser (seconds)."""
+    from fewstep.checkpoint import write_checkpoint
+    from fewstep.nets import build_net
 
     root = tmp_path_factory.mktemp("restore")
     cfg = tiny_config()
     cfg["network"]["resolution"] = 16
     cfg["network"]["attn_resolutions"] = []
+    torch.manual_seed(0)
+    net = build_net(dict(cfg["network"]))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    write_checkpoint(root / "run", 1, cfg, {"ema.safetensors": {k: v.contiguous() for k, v in net.state_dict().items()}})
     images = tiny_images(6, res=16)
-    Trainer(cfg, ImageData(images), root / "run", progress=False).fit(steps=1)
     np.savez(root / "data.npz", images=images.numpy())
     return root / "run" / "checkpoints" / "step-00000001", root / "data.npz", root
 
@@ -318,3 +324,17 @@ def test_restore_command_errors(tiny16, capsys, extra, message):
     assert main(args + extra) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_adam_step_is_kingma_and_ba():
+    """Adam's first step moves every coordinate by lr * sign(g) (bias correction makes m_hat = g, v_hat = g^2);
+    the second follows Algorithm 1 by hand."""
+    from fewstep.restoration.reddiff import adam_step
+
+    mu, m, v = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    g1, g2 = torch.tensor([2.0, -0.5, 1e-3], dtype=torch.float64), torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    mu = adam_step(mu, g1, m, v, 1, lr=0.1, eps=0.0)
+    assert torch.allclose(mu, -0.1 * g1.sign())
+    mu = adam_step(mu, g2, m, v, 2, lr=0.1, eps=0.0)
+    m2, v2 = 0.9 * 0.1 * g1 + 0.1 * g2, 0.99 * 0.01 * g1**2 + 0.01 * g2**2
+    assert torch.allclose(mu, -0.1 * g1.sign() - 0.1 * (m2 / (1 - 0.81)) / (v2 / (1 - 0.99**2)).sqrt())
