@@ -338,3 +338,17 @@ def test_adam_step_is_kingma_and_ba():
     mu = adam_step(mu, g2, m, v, 2, lr=0.1, eps=0.0)
     m2, v2 = 0.9 * 0.1 * g1 + 0.1 * g2, 0.99 * 0.01 * g1**2 + 0.01 * g2**2
     assert torch.allclose(mu, -0.1 * g1.sign() - 0.1 * (m2 / (1 - 0.81)) / (v2 / (1 - 0.99**2)).sqrt())
+
+
+def test_dps_and_reddiff_take_any_differentiable_function(process):
+    """A plain function (no pinv, no check): the brightness of each image's top-left 2x2 block."""
+    mean, cov = smooth_gaussian()
+    den = GaussianMixture.from_covariances(mean[None], cov[None]).denoiser(process)
+    den.sample_shape = (1, H, H)
+    corner = lambda x: x[..., :2, :2].mean((-2, -1))  # noqa: E731
+    y = torch.full((2, 1), 0.8, dtype=torch.float64)
+    free = restore(den, y, corner, [0, 1], "dps", 10, zeta=0.0)
+    guided = restore(den, y, corner, [0, 1], "dps", 10, zeta=1.0)
+    assert (corner(guided) - y).abs().max() < (corner(free) - y).abs().max()
+    fitted = restore(den, y, corner, [0, 1], "reddiff", 200, lam=0.0, lr=0.05)
+    assert torch.allclose(corner(fitted), y, atol=1e-3)  # least squares from the prior draw
