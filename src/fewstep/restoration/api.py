@@ -41,7 +41,10 @@ def restore(denoiser: DenoiserBase, y: Tensor, operator, seeds: Iterable[int], m
         raise ValueError("restore: seeds is empty; pass one seed per measurement")
     if len(seeds) != len(y):
         raise ValueError(f"restore: {len(y)} measurements but {len(seeds)} seeds; pass one seed per measurement")
-    shape = tuple(shape or denoiser.sample_shape)
+    shape = shape or getattr(denoiser, "sample_shape", None)
+    if shape is None:
+        raise ValueError("restore: this denoiser declares no sample_shape; pass shape=(C, H, W)")
+    shape = tuple(shape)
     check = getattr(operator, "check", None)
     if check is not None:
         check(shape)
