@@ -9,6 +9,9 @@ FID of n real images is biased upwards) stand beside them.  Each finished config
 once in ``--store`` (JSON); a rerun reads it back.
 
     nice -n 10 python benchmarks/restoration.py --n 64 --nfe 20,50 --threads 1
+    nice -n 10 python benchmarks/restoration.py --n 64 --nfe 50 --methods repaint-j5r3 --tasks inpaint-box,...
+
+``repaint-j5r3`` is RePaint with resampling (jump 5, 3 passes per block); ``repaint`` is plain replacement.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from fewstep.restoration.scores import image_scores, summarize_scores
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("inpaint-box", "inpaint-random", "inpaint-half", "sr-x2", "denoise")
 METHODS = ("repaint", "dps", "reddiff")
+#: Method variants by name: (method, options).  ``repaint`` alone is plain replacement (no resampling).
+VARIANTS = {"repaint": ("repaint", {}), "repaint-j5r3": ("repaint", {"jump": 5, "resample": 3}),
+            "dps": ("dps", {}), "reddiff": ("reddiff", {})}
 MEASUREMENT_SEED = 1_000_000  # as fewstep restore
 
 
@@ -52,13 +58,15 @@ def row(images: torch.Tensor, truth: torch.Tensor, extractor, ref) -> dict:
     return {**summarize_scores(image_scores(images, truth)), "fid": fid_of(images, extractor, ref)}
 
 
-def table(results: dict, n: int, nfes: list[int]) -> str:
+def table(results: dict, n: int) -> str:
+    """Every stored row: per task the measurement, then each method variant by NFE."""
+    nfes = sorted({int(k.split("|")[2]) for k in results if k.count("|") == 2})
     lines = [f"| task | method | NFE | PSNR (dB) | SSIM | FID (n={n}) | CPU s / image |",
              "|---|---|---:|---:|---:|---:|---:|"]
     if "ground truth" in results:
         lines.append(f"| (all) | ground truth (FID floor at this n) | | | | {results['ground truth']['fid']:.2f} | |")
     for task in TASKS:
-        for key in [f"{task}|measurement"] + [f"{task}|{m}|{k}" for m in METHODS for k in nfes]:
+        for key in [f"{task}|measurement"] + [f"{task}|{m}|{k}" for m in VARIANTS for k in nfes]:
             r = results.get(key)
             if r is None:
                 continue
@@ -103,11 +111,14 @@ def main() -> None:
         atomic_write_text(store, json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
         text = (f"# Restoration on bundled:fashion\n\n{args.n} test images ({args.first}..{args.first + args.n - 1}), "
                 f"sigma_y = {args.sigma_y} ({args.sigma_denoise} for denoising), PSNR/SSIM mean ± s.e. over images, FID against the Fashion-MNIST test "
-                f"statistics (fashion extractor). Written by benchmarks/restoration.py.\n\n{table(results, args.n, nfes)}\n")
+                f"statistics (fashion extractor). Written by benchmarks/restoration.py.\n\n{table(results, args.n)}\n")
         atomic_write_text(args.out, text)
 
+    unknown = sorted(set(methods) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown method variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
     configs = [(t, m, k) for k in nfes for t in tasks for m in methods
-               if not (get_method(m).inpaint_only and not t.startswith("inpaint"))]
+               if not (get_method(VARIANTS[m][0]).inpaint_only and not t.startswith("inpaint"))]
     print(f"{len(configs)} configurations x {args.n} images")
     for task in tasks:
         op = operator_for(task, shape)
@@ -123,15 +134,16 @@ def main() -> None:
         op = operator_for(task, shape)
         y = measure(op, truth, sigma[task], generators(MEASUREMENT_SEED + s for s in seeds))
         c0, w0 = time.process_time(), time.perf_counter()
-        out = restore(den, y, op, seeds, method, nfe)
+        name, options = VARIANTS[method]
+        out = restore(den, y, op, seeds, name, nfe, **options)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-        results[key] = {**row(out, truth, extractor, ref), "nfe_used": restore_nfe(method, nfe), "cpu_s": cpu,
+        results[key] = {**row(out, truth, extractor, ref), "nfe_used": restore_nfe(name, nfe, **options), "cpu_s": cpu,
                         "wall_s": wall}
         save()
         r = results[key]
         print(f"{key}: PSNR {r['psnr']:.2f} SSIM {r['ssim']:.3f} FID {r['fid']:.2f} ({cpu:.0f} s CPU, {wall:.0f} s)",
               flush=True)
-    print(table(results, args.n, nfes))
+    print(table(results, args.n))
 
 
 if __name__ == "__main__":
