@@ -60,8 +60,8 @@ def fit_linear_probe(features: Tensor, labels: Tensor, num_classes: int | None =
     x = (x - mean) / std
     w = torch.zeros(k, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
