@@ -10,7 +10,7 @@ import torch
 import fewstep
 from fewstep.checkpoint import save_checkpoint
 from fewstep.cli import main
-from fewstep.diffusion_features import dataset_features, diffusion_features
+from fewstep.diffusion_features import dataset_features, diffusion_features, tap_names
 from fewstep.nets import build_net
 from fewstep.probe import fit_linear_probe, select_l2
 from fewstep.processes import VPDiscrete
@@ -63,6 +63,7 @@ def test_features_do_not_depend_on_the_batch(den):
 
 def test_feature_errors_name_the_problem(den, gmm8, ddpm_linear):
     x0 = _images(2)
+    assert tap_names(den) == ["in", "down.0", "deep", "down.1", "down.2", "mid", "up.0", "up.1", "up.3", "up.4"]
     with pytest.raises(ValueError, match=r"no block tap 'middle'; its taps: in, down.0, .*mid"):
         diffusion_features(den, x0, 10.0, ("middle",))
     with pytest.raises(ValueError, match="outside"):

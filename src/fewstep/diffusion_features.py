@@ -24,7 +24,7 @@ from .denoisers import DenoiserBase
 from .grids import Schedule
 from .solvers._common import Cond, randn_like
 
-__all__ = ["diffusion_features", "dataset_features", "PIXELS"]
+__all__ = ["diffusion_features", "dataset_features", "tap_names", "PIXELS"]
 
 #: The tap name of the baseline: the clean image's pixels themselves, no network.
 PIXELS = "pixels"
@@ -96,6 +96,25 @@ def diffusion_features(denoiser: DenoiserBase, x0: Tensor, t: float, taps: Seque
     for name in taps:
         out[name] = x0.flatten(1) if name == PIXELS and pool == "mean" else (x0 if name == PIXELS else found[name])
     return out
+
+
+def tap_names(denoiser: DenoiserBase) -> list[str]:
+    """The block taps the denoiser's network marks, in the order one evaluation reaches them (one evaluation
+    of a zero image; empty when the network takes no sampling context)."""
+    if denoiser.sample_shape is None:
+        raise ValueError("the denoiser declares no sample_shape; cannot build an input to list its taps")
+    seen: list[str] = []
+
+    def record(ctx: StepContext, name: str, compute: Callable[..., Any], *args: Any) -> Any:
+        seen.append(name)
+        return compute(*args)
+
+    t = float(denoiser.process.t_min)
+    device = next((p.device for net in denoiser.networks() for p in net.parameters()), torch.device("cpu"))
+    ctx = StepContext(_one_point(denoiser, t), 0, 0, {}, record)
+    with torch.inference_mode():
+        denoiser.predict(torch.zeros(1, *denoiser.sample_shape, device=device), t, ctx=ctx)
+    return list(dict.fromkeys(seen))
 
 
 def dataset_features(denoiser: DenoiserBase | None, images: Tensor, t: float, taps: Sequence[str] = ("mid",), *,
