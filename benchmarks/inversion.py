@@ -32,7 +32,7 @@ from fewstep.inversion import ddim_invert, ddim_reconstruct, edit_friendly_inver
 from fewstep.metrics.solution_error import per_sample_rmse, summarize_errors
 
 RESULTS = Path(__file__).parent / "results"
-SOLVERS = ("ddim", "heun", "dpm++2m", "unipc", "dpm++3m")
+SOLVERS = ("ddim", "heun", "dpm++2m", "unipc")
 
 
 def recon(args) -> None:
@@ -59,7 +59,7 @@ def recon(args) -> None:
     for method, solver in [("DDIM inversion", s) for s in SOLVERS] + [("edit-friendly", "ddpm")]:
         m = "ddim" if method.startswith("DDIM") else "edit-friendly"
         cells = [done[f"{m}|{solver}|{n}|n={args.n}"] for n in args.nfes]
-        print(f"| {method} | {solver} | " + " | ".join(f"{c['rmse']:.4f} ({c['psnr']:.1f} dB)" for c in cells) + " |")
+        print(f"| {method} | {solver} | " + " | ".join(f"{c['rmse']:.3g} ({c['psnr']:.1f} dB)" for c in cells) + " |")
 
 
 def edit(args) -> None:

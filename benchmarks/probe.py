@@ -1,6 +1,6 @@
 """Linear probes on ``bundled:fashion``'s diffusion features (DDAE, Xiang et al. 2023) against raw pixels.
 
-    PYTHONPATH=src python benchmarks/probe.py [--t 10,50,150] [--train-n 5000] [--test-n 2000] [--threads 1]
+    PYTHONPATH=src python benchmarks/probe.py [--t 10,50,150] [--train-n 5000] [--test-n 5000] [--threads 1]
 
 For each time ``t`` one network evaluation per image records every UNet tap (``fewstep.diffusion_features``,
 train image i noised with seed i, test image i with seed 10^6 + i, as ``fewstep probe`` does); a linear probe
@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--t", default="10,50,150")
     ap.add_argument("--train-n", type=int, default=5000)
-    ap.add_argument("--test-n", type=int, default=2000)
+    ap.add_argument("--test-n", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
