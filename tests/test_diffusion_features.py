@@ -141,13 +141,16 @@ def test_cli_probe_end_to_end(probe_setup, capsys):
                  "--train-n", "60", "--test-n", "30", "--l2", "0.01", "--no-progress",
                  "--json", str(root / "r.json")]) == 0
     assert "(32 features, l2 0.01)" in capsys.readouterr().out
+    assert main(["probe", "--model", models["cond"], "--t", "20", "--data", data, "--train-n", "30",
+                 "--test-n", "10", "--l2", "0.01", "--no-progress"]) == 0
+    assert "features are read under the null class" in capsys.readouterr().out
     result = json.loads((root / "r.json").read_text())
     assert result["taps"] == ["mid", "up.1"] and 0 <= result["test_accuracy"] <= 1
 
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "uncond", "--t", "20", "--tap", "midd"], "no block tap 'midd'; its taps: in, down.0"),
-    (["--model", "cond", "--t", "20"], "class-conditional model would be told the answer"),
+    (["--tap", "pixels", "--l2", "x"], "--l2 x: give a number >= 0 or auto"),
     (["--model", "uncond", "--t", "2000"], "outside"),
     (["--tap", "mid"], "--model and --t are needed"),
     (["--tap", "pixels", "--train-n", "500"], "exceed the data"),

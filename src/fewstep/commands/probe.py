@@ -65,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--model and --t are needed for network features (only --tap pixels needs neither)")
     if args.train_n < 20 or args.test_n < 1 or args.batch_size < 1:
         raise ValueError("--train-n must be at least 20 and --test-n, --batch-size positive")
-    l2 = None if args.l2 == "auto" else float(args.l2)
-    if l2 is not None and l2 < 0:
-        raise ValueError("--l2 must be >= 0 or auto")
+    try:
+        l2 = None if args.l2 == "auto" else float(args.l2)
+    except ValueError:
+        l2 = -1.0
+    if l2 is not None and not l2 >= 0:
+        raise ValueError(f"--l2 {args.l2}: give a number >= 0 or auto")
     root = _root(args.data)
     train, test = load_fashion_mnist(root, "train"), load_fashion_mnist(root, "test")
     if train.labels is None or test.labels is None:
@@ -86,10 +89,8 @@ def run(args: argparse.Namespace) -> int:
         if shape != tuple(train.images.shape[1:]):
             raise ValueError(f"the model takes {shape} images but the data are {tuple(train.images.shape[1:])}")
         den.process.check_time(args.t)
-        num_classes = int((den.config or {}).get("network", {}).get("num_classes", 0))
-        if num_classes:
-            raise ValueError("the probe measures unconditional features; a class-conditional model would be told "
-                             "the answer (use an unconditional model)")
+        if int((den.config or {}).get("network", {}).get("num_classes", 0)):
+            print("class-conditional model: its features are read under the null class (the label is never given)")
     common = dict(batch_size=args.batch_size, device=device, progress=not args.no_progress)
     f_train = dataset_features(den, train.images[:args.train_n], args.t or 0.0, taps, seed=args.seed, **common)
     f_test = dataset_features(den, test.images[:args.test_n], args.t or 0.0, taps, seed=args.seed + 10**6, **common)
