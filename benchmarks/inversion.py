@@ -32,7 +32,7 @@ from fewstep.inversion import ddim_invert, ddim_reconstruct, edit_friendly_inver
 from fewstep.metrics.solution_error import per_sample_rmse, summarize_errors
 
 RESULTS = Path(__file__).parent / "results"
-SOLVERS = ("ddim", "heun", "dpm++2m", "unipc")
+SOLVERS = ("ddim", "heun", "dpm++2m", "unipc", "unip")
 
 
 def recon(args) -> None:
