@@ -9,10 +9,10 @@ from torch import Tensor
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import GridSpec, make_schedule, tuned_for
+from .grids import GridSpec, Schedule, make_schedule, tuned_for
 from .solvers._common import Callback, Cond, Generator
 
-__all__ = ["sample", "generators", "prior_noise", "generate"]
+__all__ = ["sample", "plan_solve", "generators", "prior_noise", "generate"]
 
 
 def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: int = 10,
@@ -34,9 +34,27 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
     Sampling runs under ``torch.inference_mode`` (no autograd graph; the result does not require
     grad); ``grad=True`` keeps autograd on, for methods that differentiate through sampling.
     """
-    spec = solvers.get(solver)
     if not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+    spec, schedule, denoiser, kwargs = plan_solve(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
+                                                  grid_options=grid_options, **options)
+    if grad:
+        return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
+    with torch.inference_mode():
+        x = spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
+    return x.clone()  # a normal tensor: inference tensors refuse in-place updates outside inference mode
+
+
+def plan_solve(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | None = None, *, cond: Cond = None,
+               clean_end: bool = True, grid_options: dict[str, float] | None = None,
+               **options: Any) -> tuple[solvers.SolverSpec, Schedule, DenoiserBase, dict[str, Any]]:
+    """What :func:`sample` runs: ``(spec, schedule, denoiser, kwargs)``, every argument checked.
+
+    ``spec.fn(denoiser, x, schedule, cond=cond, **kwargs)`` then spends exactly ``nfe`` evaluations; the
+    denoiser is the given one, behind a grid file's TimeTuner times where that applies.  Inversion
+    (:mod:`fewstep.inversion`) runs the same plan on the reversed schedule.
+    """
+    spec = solvers.get(solver)
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of conditioning keywords (e.g. {{'class_labels': labels}}), "
                         f"got {type(cond).__name__}")
@@ -45,12 +63,7 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
                              **(grid_options or {}))
     denoiser = tuned_for(denoiser, grid, spec.name, nfe, steps)
-    kwargs = {**planned, **options}  # only solvers without a fixed NFE (dpm_adaptive) may override their plan
-    if grad:
-        return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
-    with torch.inference_mode():
-        x = spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
-    return x.clone()  # a normal tensor: inference tensors refuse in-place updates outside inference mode
+    return spec, schedule, denoiser, {**planned, **options}  # only solvers without a fixed NFE may override the plan
 
 
 def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list[torch.Generator]:

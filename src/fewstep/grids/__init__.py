@@ -104,6 +104,15 @@ class Schedule:
         """Whether step ``i`` (from point i to i+1) ends on clean data."""
         return self.clean_end and i == self.steps - 1
 
+    def reversed(self) -> "Schedule":
+        """The same points in the opposite order, from data to noise: a deterministic solver walking it
+        integrates the probability-flow ODE backwards (DDIM inversion).  Needs a schedule without a
+        clean end (an ODE cannot leave ``sigma = 0``)."""
+        if self.clean_end:
+            raise ValueError("a schedule with a clean end (sigma = 0) cannot be reversed; "
+                             "build it with clean_end=False, ending at the process's t_min")
+        return Schedule(self.process, self.t.flip(0), self.alpha.flip(0), self.sigma.flip(0), self.lam.flip(0), False)
+
 
 def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = None, *,
                   clean_end: bool = True, solver: str | None = None, nfe: int | None = None,

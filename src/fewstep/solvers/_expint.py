@@ -39,8 +39,11 @@ def ddim_noise_split(sigma_t: float, h: float, eta: float) -> tuple[float, float
     """``(sqrt(sigma_t^2 - c^2), c)`` with ``c = eta sigma_t sqrt(1 - e^{-2h})`` (DDIM eq. 16).
 
     ``c`` is the standard deviation of the fresh noise of a DDIM step; ``eta = 1`` is DDPM's
-    posterior ``q(x_t | x_s, x0)``.
+    posterior ``q(x_t | x_s, x0)``.  ``eta = 0`` gives ``(sigma_t, 0)`` for any ``h``, also a negative one
+    (a step towards noise, as in DDIM inversion).
     """
+    if eta == 0:
+        return sigma_t, 0.0
     c = eta * sigma_t * math.sqrt(-math.expm1(-2 * h)) if h != math.inf else eta * sigma_t
     return math.sqrt(max(sigma_t**2 - c**2, 0.0)), c
 
