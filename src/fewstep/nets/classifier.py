@@ -5,8 +5,10 @@ The network sees the noisy image in the process-free variable ``y = x_t / alpha 
 sigma_data^2)``, and the noise level as ``log(sigma_hat) / 4`` (EDM's ``c_noise``, Karras et al.
 2022, Table 1), so one classifier guides a model of any noise process.  Its body is the encoder
 half of :class:`~fewstep.nets.unet.UNet` (residual blocks with the noise embedding as scale and
-shift, strided downsampling), then GroupNorm-SiLU, global average pooling and a linear head
-(ADM's noisy classifier is the same construction with attention pooling).
+shift, strided downsampling), then SiLU, global average pooling and a linear head (ADM's noisy
+classifier is the same construction with attention pooling).  No normalisation comes right before
+the pooling: with one channel per group, GroupNorm would give every channel zero spatial mean and
+leave the pooled features almost nothing to classify.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import ConditionEmbedding
-from .unet import ResBlock, _norm
+from .unet import ResBlock
 
 __all__ = ["NoisyClassifierConfig", "NoisyClassifierNet"]
 
@@ -65,7 +67,6 @@ class NoisyClassifierNet(nn.Module):
                 ch = cfg.channels * mult
             if level < len(cfg.channel_mult) - 1:
                 self.blocks.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-        self.norm_out = _norm(ch)
         self.head = nn.Linear(ch, cfg.num_classes)
 
     def forward(self, y: Tensor, sigma_hat: Tensor | float) -> Tensor:
@@ -79,4 +80,4 @@ class NoisyClassifierNet(nn.Module):
         h = self.conv_in(y * c_in)
         for block in self.blocks:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-        return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
+        return self.head(F.silu(h).mean(dim=(2, 3)))

@@ -40,7 +40,7 @@ PRESETS["fashion-noisy-classifier"] = {
     "process": copy.deepcopy(PRESETS["fashion-unet"]["process"]),
     "data": {"spec": "fashion-mnist", "resolution": 28, "channels": 1},
     "objective": {"kind": "classifier", "time_sampling": "uniform"},
-    "training": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
+    "training": {"steps": 1200, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
                  "ema_half_life_images": 10000, "ema_rampup": 0.05, "seed": 0, "checkpoint_every_seconds": 120,
                  "log_every": 20},
 }
