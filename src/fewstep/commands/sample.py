@@ -228,7 +228,6 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
     """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned.
 
     ``labels[i]`` is the class of seed ``args.seed + i`` (whatever the batch it falls in)."""
-    import torch
 
     from ..api import generate
     from ..imagegrid import save_png, to_uint8
