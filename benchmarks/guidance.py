@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 
 import fewstep
 from fewstep._io import atomic_write_text
-from fewstep.guidance import (calibrate, guide, load_calibration, load_classifier, save_calibration)
+from fewstep.guidance import calibrate, guide, load_calibration, load_classifier, save_calibration
 from fewstep.metrics.evaluate import compare, images_stats, quantize
 from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import reference_stats

@@ -115,18 +115,24 @@ def _check_guidance_args(args: argparse.Namespace) -> None:
         raise ValueError("--classifier and --calibration belong to --guidance classifier, not cfg")
 
 
-def _guided(den: Any, args: argparse.Namespace, device: Any) -> Any:
+def _guiding_classifier(args: argparse.Namespace, device: Any) -> Any:
+    """The (calibrated) noise-aware classifier of ``--guidance classifier``, else None."""
+    if args.guidance != "classifier":
+        return None
+    from ..guidance import load_calibration, load_classifier
+
+    classifier = load_classifier(args.classifier, device=device)
+    return load_calibration(args.calibration, classifier) if args.calibration else classifier
+
+
+def _guided(den: Any, args: argparse.Namespace, classifier: Any) -> Any:
     """The model with the requested guidance (a thin layer over fewstep.guidance.guide)."""
-    from ..guidance import guide, load_calibration, load_classifier
+    from ..guidance import guide
 
     if args.guidance is None:
         return den
-    classifier, options = None, {}
-    if args.guidance == "classifier":
-        classifier = load_classifier(args.classifier, device=device)
-        if args.calibration:
-            classifier = load_calibration(args.calibration, classifier)
-        options = {"joint_temperature": args.joint_temperature, "marginal_temperature": args.marginal_temperature}
+    options = {} if classifier is None else {"joint_temperature": args.joint_temperature,
+                                             "marginal_temperature": args.marginal_temperature}
     return guide(den, args.guidance, args.guidance_scale, interval=args.guidance_interval, classifier=classifier,
                  **options)
 
@@ -197,15 +203,14 @@ def run(args: argparse.Namespace) -> int:
         compile_denoiser(den)
     if cache is not None:
         den = cache.apply(den)
+    classifier = _guiding_classifier(args, device)
     labels = None
     if args.class_label is not None:
         from ..guidance import class_labels, num_classes
 
-        classes = num_classes(den)
-        if args.guidance == "classifier" and not classes:
-            classes = load_classifier_classes(args.classifier)
+        classes = num_classes(den) or (classifier.num_classes if classifier is not None else 0)
         labels = class_labels(args.class_label, len(seeds), classes)
-    den = _guided(den, args, device)
+    den = _guided(den, args, classifier)
     images = _draw(den, shape, todo, args, device, dest, labels)
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
@@ -214,13 +219,6 @@ def run(args: argparse.Namespace) -> int:
               f"in {-(-len(todo) // args.batch_size)} batches")
     print(f"wrote {dest.path}")
     return 0
-
-
-def load_classifier_classes(path: str) -> int:
-    """The number of classes of the classifier at ``path`` (labels for an unconditional model it guides)."""
-    from ..guidance import load_classifier
-
-    return load_classifier(path).num_classes
 
 
 def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
