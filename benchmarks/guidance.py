@@ -31,7 +31,7 @@ import torch
 
 import fewstep
 from fewstep._io import atomic_write_text
-from fewstep.guidance import calibrate, guide, load_calibration, load_classifier, save_calibration
+from fewstep.guidance import calibrate, guide, load_calibration, load_classifier, num_classes, save_calibration
 from fewstep.metrics.evaluate import compare, images_stats, quantize
 from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import reference_stats
@@ -88,7 +88,10 @@ def plot(results: list[dict[str, Any]], floor: float, path: Path, title: str) ->
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in dict.fromkeys(r["method"] for r in results):
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["scale"])
+        rows = [r for r in results if r["method"] == method]
+        if method == "classifier-calibrated":  # shares the unguided point (scale 0) with "classifier"
+            rows += [r for r in results if r["method"] == "classifier" and r["scale"] == 0]
+        rows = sorted(rows, key=lambda r: r["scale"])
         xs = [r["scale"] for r in rows]
         ax1.plot(xs, [100 * r["accuracy"] for r in rows], "o-", label=method)
         ax2.plot(xs, [r["fid"] for r in rows], "o-", label=method)
@@ -121,7 +124,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--solver", default="dpm++2m")
     ap.add_argument("--nfe", type=int, default=10)
-    ap.add_argument("--cfg-scales", default="0,1,1.5,2,3,4")
+    ap.add_argument("--cfg-scales", default="0,1,1.5,2,3,4", help="'' for none (also the next two)")
     ap.add_argument("--interval-scales", default="2,3,4")
     ap.add_argument("--interval", default="0.3,5", help="guidance interval of the cfg-interval rows (sigma/alpha)")
     ap.add_argument("--classifier-scales", default="0,1,2,4,8")
@@ -152,18 +155,20 @@ def main() -> None:
     print(f"FID of {args.n} real training images (floor): {floor:.2f}")
 
     plan: list[tuple[str, float, dict[str, Any]]] = []
-    plan += [("cfg", w, {"method": "cfg"}) for w in _floats(args.cfg_scales)]
-    plan += [(f"cfg-interval ({args.interval}]", w, {"method": "cfg", "interval": args.interval})
-             for w in _floats(args.interval_scales)]
+    if num_classes(den):  # classifier-free guidance needs a class-conditional model
+        plan += [("cfg", w, {"method": "cfg"}) for w in _floats(args.cfg_scales)]
+        plan += [(f"cfg-interval ({args.interval}]", w, {"method": "cfg", "interval": args.interval})
+                 for w in _floats(args.interval_scales)]
     classifier = calibrated = None
     if args.classifier:
         classifier = load_classifier(args.classifier)
         calibrated = calibration_for(classifier, out.with_name(out.stem + "-calibration.json"), args.calibration_n)
         plan += [("classifier", s, {"method": "classifier", "classifier": classifier})
                  for s in _floats(args.classifier_scales)]
+        # scale 0 is the unguided (unconditional) model whatever the classifier: computed once, under "classifier"
         plan += [("classifier-calibrated", s, {"method": "classifier", "classifier": calibrated})
-                 for s in _floats(args.classifier_scales)]
-    classes = int(den.config["network"]["num_classes"])
+                 for s in _floats(args.classifier_scales) if s != 0]
+    classes = num_classes(den) or (classifier.num_classes if classifier is not None else 0)
     for label, scale, spec in plan:
         if (label, scale) in done:
             continue
