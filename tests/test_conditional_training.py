@@ -68,3 +68,14 @@ def test_warm_start_refuses_another_architecture_or_process(tmp_path):
     cfg["prediction"] = "v"
     with pytest.raises(ValueError, match="prediction"):
         Trainer(cfg, _labelled(), tmp_path / "b", progress=False)
+
+
+def test_class_lr_scale_gives_the_class_table_its_own_learning_rate(tmp_path):
+    tr = Trainer(_cond_config(class_lr_scale=20.0), _labelled(), tmp_path / "r", progress=False)
+    tr.fit()
+    groups = tr.optimizers["model"].param_groups
+    table = tr.model.embed.classes.weight
+    scaled = [g for g in groups if any(p is table for p in g["params"])]
+    rest = [g for g in groups if not any(p is table for p in g["params"])]
+    assert len(scaled) == 1 and len(scaled[0]["params"]) == 1 and len(rest) == 1
+    assert scaled[0]["lr"] == pytest.approx(20.0 * rest[0]["lr"]) and rest[0]["lr"] > 0

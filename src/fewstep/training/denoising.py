@@ -42,6 +42,7 @@ class DenoisingSettings:
     label_dropout: float = 0.0
     sample_nfe: int = 20
     init_from: str = ""
+    class_lr_scale: float = 1.0
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -53,6 +54,7 @@ class DenoisingSettings:
         check_positive("objective.sample_nfe", self.sample_nfe)
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"objective.label_dropout must lie in [0, 1), got {self.label_dropout}")
+        check_positive("objective.class_lr_scale", self.class_lr_scale)
         if self.label_dropout and not self.use_labels:
             raise ValueError("objective.label_dropout needs objective.use_labels = true")
 
@@ -107,6 +109,11 @@ class DenoisingObjective(Objective):
 
     def phases(self) -> list[Phase]:
         return [Phase("model", self.loss, "loss")]
+
+    def lr_scales(self, name: str) -> dict[str, float]:
+        """``class_lr_scale`` on the class table: a table added to a warm-started network starts at zero
+        and its gradient is weak (class information matters only at high noise), so it learns faster."""
+        return {"embed.classes.": self.settings.class_lr_scale} if self.settings.class_lr_scale != 1.0 else {}
 
     def checkpoint_files(self, name: str) -> CheckpointFiles:
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")

@@ -130,6 +130,11 @@ class Objective(ABC):
         """AdamW options for module ``name`` overriding the training settings (``lr``, ``betas``, ``weight_decay``)."""
         return {}
 
+    def lr_scales(self, name: str) -> dict[str, float]:
+        """Learning-rate multipliers of module ``name``'s parameters by name prefix (e.g. a new layer
+        trained faster than the warm-started rest); parameters no prefix matches keep 1.0."""
+        return {}
+
     def settings_dict(self) -> dict[str, Any]:
         """The ``objective`` section saved in checkpoints."""
         return {"kind": self.kind, **dataclasses.asdict(self.settings)}

@@ -96,7 +96,7 @@ class Trainer:
             opts = {"lr": s.lr, "betas": tuple(s.adam_betas), "weight_decay": s.weight_decay,
                     **self.objective.optimizer_options(name)}
             self._opt_options[name] = opts
-            self.optimizers[name] = _adamw(self.modules[name].parameters(), **opts)
+            self.optimizers[name] = _adamw(_param_groups(self.modules[name], self.objective.lr_scales(name)), **opts)
         self.ddp: dict[str, nn.Module] = {}
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -329,7 +329,7 @@ class Trainer:
             if s.grad_clip:
                 nn.utils.clip_grad_norm_(self.modules[ph.module].parameters(), s.grad_clip)
             for group in opt.param_groups:
-                group["lr"] = self.lr_at(self.step, ph.module)
+                group["lr"] = self.lr_at(self.step, ph.module) * group.get("lr_scale", 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             values[ph.label] = value
@@ -409,6 +409,15 @@ def _load_module(module: nn.Module, state: dict[str, Tensor], path: Path) -> Non
     except RuntimeError as err:
         raise CheckpointDamaged(f"{path} does not fit the module ({str(err).splitlines()[0]}); the file is damaged "
                                 f"or from another run") from None
+
+
+def _param_groups(module: nn.Module, scales: Mapping[str, float]) -> list[dict[str, Any]]:
+    """``module``'s parameters in one AdamW group per learning-rate multiplier (``lr_scale``)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for pname, param in module.named_parameters():
+        scale = next((v for prefix, v in scales.items() if pname.startswith(prefix)), 1.0)
+        groups.setdefault(float(scale), []).append(param)
+    return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
 
 
 def _adamw(params, **kw) -> torch.optim.AdamW:
