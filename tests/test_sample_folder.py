@@ -41,7 +41,7 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     manifest = json.loads((tmp_path / "imgs" / "fewstep-samples.json").read_text())
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
-                        "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "cache": None, "class_label": None,
+                        "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "cache": None, "class_label": None, "guidance": None,
                         "sample_shape": [1, 8, 8], "fewstep_version": manifest["fewstep_version"]}
     import fewstep
     assert manifest["fewstep_version"] == fewstep.__version__

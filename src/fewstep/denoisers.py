@@ -10,6 +10,8 @@ Wrappers (guidance, thresholding, counting, caching) are denoisers around a deno
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -25,6 +27,8 @@ __all__ = [
     "Denoiser",
     "DenoiserWrapper",
     "ClassifierFreeGuidance",
+    "GuidanceInterval",
+    "guidance_mix",
     "DynamicThresholding",
     "NFECounter",
     "PREDICTION_TYPES",
@@ -167,28 +171,87 @@ class NFECounter(DenoiserWrapper):
         return self.inner.predict(x, t, ctx=ctx, **cond)
 
 
-class ClassifierFreeGuidance(DenoiserWrapper):
-    """Classifier-free guidance (Ho & Salimans 2022): ``D = D_u + w (D_c - D_u)``.
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """Guide only where the noise level ``sigma_hat = sigma / alpha`` lies in ``(lo, hi]``.
 
-    ``uncond`` maps the conditioning keywords to their unconditional form (e.g. the null class).
-    The conditional and unconditional passes are batched into one network call.  Because the
-    combination is linear and both predictions share ``(x, t)``, it applies equally to x0 and eps.
+    Kynkaanniemi et al. 2024, "Applying guidance in a limited interval", sec. 3: guidance is harmful
+    at high noise (it collapses diversity) and unnecessary at low noise; outside the interval the
+    guided denoiser is the plain conditional one.  ``sigma_hat`` is EDM's ``sigma`` under every
+    process (``exp(-lambda(t))``), so an interval carries over between processes.
     """
 
-    def __init__(self, inner: DenoiserBase, scale: float, uncond: dict[str, Any]):
+    lo: float = 0.0
+    hi: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.lo < self.hi):
+            raise ValueError(f"a guidance interval needs 0 <= lo < hi (noise levels sigma/alpha), got ({self.lo}, {self.hi}]")
+
+    @classmethod
+    def parse(cls, spec: "GuidanceInterval | Sequence[float] | str | None") -> "GuidanceInterval | None":
+        """``None``, an interval, a pair ``(lo, hi)`` or the text ``"lo,hi"`` (``inf`` allowed)."""
+        if spec is None or isinstance(spec, GuidanceInterval):
+            return spec
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        try:
+            lo, hi = (float(v) for v in parts)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance interval {spec!r}: give two noise levels lo,hi (sigma/alpha), e.g. 0.3,5") from None
+        return cls(lo, hi)
+
+    def active(self, process: NoiseProcess, t: float | Tensor) -> bool | Tensor:
+        """Whether guidance applies at ``t``: a bool for a float time, a bool ``(batch,)`` tensor otherwise."""
+        sigma_hat = torch.exp(-process.lam(t))
+        inside = (sigma_hat > self.lo) & (sigma_hat <= self.hi)
+        return bool(inside) if isinstance(t, float) or inside.ndim == 0 else inside
+
+
+def guidance_mix(guided: Prediction, plain: Prediction, active: bool | Tensor) -> Prediction:
+    """``guided`` where ``active``, ``plain`` elsewhere (per sample when ``active`` is a tensor)."""
+    if isinstance(active, bool):
+        return guided if active else plain
+    m = active.to(guided.x0.device).reshape(-1, *([1] * (guided.x0.ndim - 1)))
+    return Prediction(torch.where(m, guided.x0, plain.x0), torch.where(m, guided.eps, plain.eps))
+
+
+class ClassifierFreeGuidance(DenoiserWrapper):
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ``D = D_u + w (D_c - D_u)``.
+
+    ``uncond`` maps the conditioning keywords to their unconditional form: a tensor of the batch's
+    size, or a number repeated over the batch (e.g. ``{"class_labels": num_classes}``, the null
+    class).  The conditional and unconditional passes are batched into one network call.  Because
+    the combination is linear and both predictions share ``(x, t)``, it applies equally to x0 and
+    eps, hence to every solver.  With ``interval`` (a :class:`GuidanceInterval`, a pair or
+    ``"lo,hi"``) guidance applies only where ``sigma/alpha`` lies in ``(lo, hi]`` and the denoiser is
+    the conditional one elsewhere (one network pass there).  ``w = 1`` is the conditional denoiser.
+    """
+
+    def __init__(self, inner: DenoiserBase, scale: float, uncond: dict[str, Any],
+                 interval: "GuidanceInterval | Sequence[float] | str | None" = None):
         super().__init__(inner)
-        self.scale = scale
+        self.scale = float(scale)
         self.uncond = uncond
+        self.interval = GuidanceInterval.parse(interval)
+
+    def _uncond_value(self, key: str, value: Any) -> Any:
+        u = self.uncond[key]
+        if isinstance(u, Tensor):
+            return u
+        return torch.full_like(value, u) if isinstance(value, Tensor) else u
 
     def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
-        if self.scale == 1.0:
+        active = True if self.interval is None else self.interval.active(self.process, t)
+        if self.scale == 1.0 or active is False:
             return self.inner.predict(x, t, ctx=ctx, **cond)
-        both = {k: torch.cat([self.uncond[k], v]) if isinstance(v, Tensor) else v for k, v in cond.items()}
+        both = {k: torch.cat([self._uncond_value(k, v), v]) if isinstance(v, Tensor) and k in self.uncond else
+                (torch.cat([v, v]) if isinstance(v, Tensor) else v) for k, v in cond.items()}
         tt = t if not isinstance(t, Tensor) or t.ndim == 0 else torch.cat([t, t])
         p = self.inner.predict(torch.cat([x, x]), tt, ctx=ctx, **both)
         (x0_u, x0_c), (e_u, e_c) = p.x0.chunk(2), p.eps.chunk(2)
         w = self.scale
-        return Prediction(x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u))
+        guided = Prediction(x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u))
+        return guidance_mix(guided, Prediction(x0_c, e_c), active)
 
 
 class DynamicThresholding(DenoiserWrapper):

@@ -26,7 +26,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--class-label", type=int, default=None, help="class to condition on (class-conditional models)")
+    p.add_argument("--class", "--class-label", dest="class_label", default=None, metavar="C",
+                   help="class(es) to condition on: a number, a comma-separated list cycled over the seeds, or 'all' "
+                        "(class-conditional models, or any model with --guidance classifier)")
+    p.add_argument("--guidance", choices=["cfg", "classifier"], default=None,
+                   help="cfg: classifier-free guidance (a model trained with label dropout, e.g. bundled:fashion-cond); "
+                        "classifier: guidance by a noise-aware classifier (--classifier); docs/guidance.md")
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="W",
+                   help="guidance scale (cfg: 1 = conditional, 0 = unconditional; classifier: 0 = none)")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only where the noise level sigma/alpha lies in (LO, HI] (Kynkaanniemi et al. 2024), "
+                        "e.g. 0.3,5; HI may be inf")
+    p.add_argument("--classifier", default=None, metavar="PATH",
+                   help="noise-aware classifier for --guidance classifier (a run or checkpoint folder of "
+                        "`fewstep train --config fashion-noisy-classifier`)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="per-noise-level temperatures for the classifier (calibrated guidance, EluCD; docs/guidance.md)")
+    p.add_argument("--joint-temperature", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--marginal-temperature", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights of a checkpoint")
     p.add_argument("--out", required=True, help="grid.png (.jpg, .jpeg, .webp), file.npz, or a folder (no suffix)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
@@ -60,8 +77,64 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
     if args.grid is not None:
         settings["grid"] = args.grid
     settings["cache"] = args.cache
-    settings.update(class_label=args.class_label, fewstep_version=__version__)
+    settings.update(class_label=args.class_label, guidance=_guidance_settings(args), fewstep_version=__version__)
     return settings
+
+
+def _guidance_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What the manifest records about guidance (None without)."""
+    if args.guidance is None:
+        return None
+    out: dict[str, Any] = {"method": args.guidance, "scale": args.guidance_scale, "interval": args.guidance_interval}
+    if args.guidance == "classifier":
+        out.update(classifier=str(Path(args.classifier).resolve()),
+                   calibration=str(Path(args.calibration).resolve()) if args.calibration else None,
+                   joint_temperature=args.joint_temperature, marginal_temperature=args.marginal_temperature)
+    return out
+
+
+def _check_guidance_args(args: argparse.Namespace) -> None:
+    """Flag combinations that are wrong whatever the model, refused before it loads."""
+    from ..denoisers import GuidanceInterval
+
+    if args.guidance is None:
+        extra = [f for f, v in (("--guidance-scale", args.guidance_scale), ("--guidance-interval", args.guidance_interval),
+                                ("--classifier", args.classifier), ("--calibration", args.calibration)) if v is not None]
+        if extra:
+            raise ValueError(f"{extra[0]} needs --guidance cfg or --guidance classifier")
+        return
+    if args.guidance_scale is None:
+        raise ValueError(f"--guidance {args.guidance} needs --guidance-scale W (e.g. 2)")
+    if args.class_label is None:
+        raise ValueError(f"--guidance {args.guidance} needs --class C (a class, a list, or all)")
+    GuidanceInterval.parse(args.guidance_interval)
+    if args.guidance == "classifier" and args.classifier is None:
+        raise ValueError("--guidance classifier needs --classifier PATH (a noise-aware classifier trained with "
+                         "`fewstep train --config fashion-noisy-classifier`)")
+    if args.guidance == "cfg" and (args.classifier or args.calibration):
+        raise ValueError("--classifier and --calibration belong to --guidance classifier, not cfg")
+
+
+def _guiding_classifier(args: argparse.Namespace, device: Any) -> Any:
+    """The (calibrated) noise-aware classifier of ``--guidance classifier``, else None."""
+    if args.guidance != "classifier":
+        return None
+    from ..guidance import load_calibration, load_classifier
+
+    classifier = load_classifier(args.classifier, device=device)
+    return load_calibration(args.calibration, classifier) if args.calibration else classifier
+
+
+def _guided(den: Any, args: argparse.Namespace, classifier: Any) -> Any:
+    """The model with the requested guidance (a thin layer over fewstep.guidance.guide)."""
+    from ..guidance import guide
+
+    if args.guidance is None:
+        return den
+    options = {} if classifier is None else {"joint_temperature": args.joint_temperature,
+                                             "marginal_temperature": args.marginal_temperature}
+    return guide(den, args.guidance, args.guidance_scale, interval=args.guidance_interval, classifier=classifier,
+                 **options)
 
 
 def _folder_todo(folder: Path, seeds: list[int], shape: tuple[int, ...]) -> list[int]:
@@ -98,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         if not is_grid_file(args.grid):
             raise ValueError(f"--grid {args.grid}: unknown grid; valid grids: {', '.join(GRIDS)} or a grid file (.json)")
         read_grid_file(args.grid)  # a missing or broken file fails before the model loads
+    if args.class_label is not None and args.class_label.strip().lstrip("-").isdigit():
+        args.class_label = int(args.class_label)  # one class: recorded as a number, as before lists existed
+    _check_guidance_args(args)
     dest = parse_destination(args.out)
     check_writable(dest)
     device = resolve_device(args.device)
@@ -117,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
         settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "cache", "class_label",
-                                                   "sample_shape", "fewstep_version")}
+                                                   "guidance", "sample_shape", "fewstep_version")}
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
@@ -127,7 +203,15 @@ def run(args: argparse.Namespace) -> int:
         compile_denoiser(den)
     if cache is not None:
         den = cache.apply(den)
-    images = _draw(den, shape, todo, args, device, dest)
+    classifier = _guiding_classifier(args, device)
+    labels = None
+    if args.class_label is not None:
+        from ..guidance import class_labels, num_classes
+
+        classes = num_classes(den) or (classifier.num_classes if classifier is not None else 0)
+        labels = class_labels(args.class_label, len(seeds), classes)
+    den = _guided(den, args, classifier)
+    images = _draw(den, shape, todo, args, device, dest, labels)
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
     if cache is not None and todo:
@@ -138,9 +222,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
-          dest: Destination) -> list[Any]:
-    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned."""
-    import torch
+          dest: Destination, labels: Any = None) -> list[Any]:
+    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned.
+
+    ``labels[i]`` is the class of seed ``args.seed + i`` (whatever the batch it falls in)."""
 
     from ..api import generate
     from ..imagegrid import save_png, to_uint8
@@ -155,8 +240,8 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
         for i in range(0, len(todo), args.batch_size):
             chunk = todo[i:i + args.batch_size]
             cond = {}
-            if args.class_label is not None:
-                cond["class_labels"] = torch.full((len(chunk),), args.class_label, dtype=torch.long, device=device)
+            if labels is not None:
+                cond["class_labels"] = labels[[s - args.seed for s in chunk]].to(device)
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
             x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond)
             if dest.kind == "folder":

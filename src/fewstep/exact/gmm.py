@@ -68,11 +68,15 @@ class GaussianMixture(ExactModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` exact draws, float64 ``(n, dim)``."""
+        return self.sample_with_components(n, generator)[0]
+
+    def sample_with_components(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` exact draws and the component each came from."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.eigvals.shape[1], generator=generator, dtype=torch.float64)
         white = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         low = torch.einsum("ndr,nr->nd", self.eigvecs[k], z * self.eigvals[k].sqrt())
-        return self.means[k] + low + self.floor * white
+        return self.means[k] + low + self.floor * white, k
 
     def _terms(self, y: Tensor, sigma_hat: float | Tensor):
         """Log-likelihood terms via matrix products only (no ``(batch, K, dim)`` tensor)."""
@@ -90,8 +94,17 @@ class GaussianMixture(ExactModel):
         return ll, proj, shrink, s2, tau, v_flat
 
     def x0_at(self, y: Tensor, sigma_hat: float | Tensor) -> Tensor:
+        return self.posterior_mean(y, sigma_hat)
+
+    def component_log_likelihoods(self, y: Tensor, sigma_hat: float | Tensor) -> Tensor:
+        """``log w_k + log N(y; m_k, C_k + sigma_hat^2 I)``, shape ``(batch, K)``."""
+        return self._terms(y, sigma_hat)[0]
+
+    def posterior_mean(self, y: Tensor, sigma_hat: float | Tensor, log_mask: Tensor | None = None) -> Tensor:
+        """``E[x0 | y]`` with the component weights multiplied by ``exp(log_mask)`` (``(batch, K)``, ``-inf``
+        drops a component): a sub-mixture's exact denoiser from the same maths."""
         ll, proj, shrink, s2, tau, v_flat = self._terms(y, sigma_hat)
-        resp = torch.softmax(ll, dim=1)  # (B, K)
+        resp = torch.softmax(ll if log_mask is None else ll + log_mask, dim=1)  # (B, K)
         # sum_k r_k (C_k + s^2 I)^{-1} (y - m_k) = (y - resp m - sum_k r_k V_k (proj_k * shrink_k)) / tau
         low = (resp[..., None] * proj * shrink).reshape(len(y), -1) @ v_flat.T
         return y - (s2 / tau) * (y - resp @ self.means - low)

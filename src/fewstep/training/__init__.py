@@ -3,6 +3,7 @@
 Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.data`.
 """
 
+from .classifier import ClassifierObjective, ClassifierSettings
 from .denoising import DenoisingObjective, DenoisingSettings
 from .losses import diffusion_loss
 from .objective import OBJECTIVES, CheckpointFiles, Objective, Phase, register_objective
@@ -10,4 +11,5 @@ from .settings import TrainSettings, resolve_config
 from .trainer import Trainer, TrainingDiverged
 
 __all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
-           "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss"]
+           "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss",
+           "ClassifierObjective", "ClassifierSettings"]
