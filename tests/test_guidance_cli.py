@@ -115,3 +115,13 @@ def test_guidance_errors_are_one_line_messages(runs, capsys, args, message):
     assert main(["sample", "--nfe", "2", "--n", "2", "--no-progress", "--out", str(runs / "e.npz")] + args) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_the_bundled_noise_aware_classifier_loads_by_name():
+    from fewstep.guidance.loading import load_classifier
+    clf = load_classifier("bundled:fashion-noisy-classifier")
+    assert clf.num_classes == 10
+    logits = clf.logits(torch.zeros(2, 1, 28, 28), torch.tensor([0.1, 5.0]))
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="unknown bundled classifier"):
+        load_classifier("bundled:nope")

@@ -20,14 +20,15 @@ __all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
 BUNDLED = {"fashion": "fashion", "fashion-cond": "fashion-cond"}
 
 
-def resolve_bundled(name: str) -> Path:
-    """The asset folder of ``bundled:<name>`` shipped inside the package."""
+def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = "model") -> Path:
+    """The asset folder of ``bundled:<name>`` shipped inside the package (``table``: name -> folder)."""
     from importlib.resources import files
 
+    table = BUNDLED if table is None else table
     key = name.split(":", 1)[1] if name.startswith("bundled:") else name
-    if key not in BUNDLED:
-        raise ValueError(f"unknown bundled model {name!r}; available: {', '.join('bundled:' + k for k in BUNDLED)}")
-    path = Path(str(files("fewstep") / "assets" / BUNDLED[key]))
+    if key not in table:
+        raise ValueError(f"unknown bundled {what} {name!r}; available: {', '.join('bundled:' + k for k in table)}")
+    path = Path(str(files("fewstep") / "assets" / table[key]))
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"the bundled model {name} is missing from this installation ({path}); reinstall fewstep")
     return path

@@ -10,7 +10,10 @@ from torch import Tensor
 
 from ..nets.classifier import NoisyClassifierNet
 
-__all__ = ["NetworkClassifier", "load_classifier"]
+__all__ = ["BUNDLED_CLASSIFIERS", "NetworkClassifier", "load_classifier"]
+
+#: Noise-aware classifiers shipped with fewstep (``bundled:<name>``), see docs/guidance.md.
+BUNDLED_CLASSIFIERS = {"fashion-noisy-classifier": "fashion-noisy-classifier"}
 
 
 class NetworkClassifier:
@@ -28,12 +31,16 @@ class NetworkClassifier:
 
 
 def load_classifier(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu") -> NetworkClassifier:
-    """The classifier in a checkpoint folder or a run folder (its newest checkpoint), in eval mode."""
+    """The classifier in a checkpoint folder, a run folder (its newest checkpoint) or
+    ``bundled:fashion-noisy-classifier``, in eval mode."""
     from safetensors.torch import load_file
 
     from ..checkpoint import latest_checkpoint, read_config
+    from ..loading import resolve_bundled
     from ..training.classifier import classifier_config
 
+    if str(path).startswith("bundled:"):
+        path = resolve_bundled(str(path), BUNDLED_CLASSIFIERS, "classifier")
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"classifier {path} not found (give the run folder or checkpoint folder of "
