@@ -208,7 +208,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
             result = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size,
                               progress=progress, desc=_label(label), on_batch=overall.update, reference=near)
             result.update(inner.evals_used or {})
-        except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+        except (DivergedError, RuntimeError, ValueError) as err:  # diverged: inf; could not run (e.g. a cache
+            # the network does not support, a budget): nan
             print(f"warning: {name} nfe={nfe}: {err}")
             result = {"n": cfg.n, "note": str(err), "fid": float("inf") if isinstance(err, DivergedError) else float("nan")}
         overall.update(per_rank - (overall.n - before))  # a failed configuration counts as done
