@@ -32,18 +32,19 @@ def test_bench_model_runs_variants_on_the_same_axes(tmp_path, capsys):
     net = build_net({**TINY_UNET, "resolution": 28}).eval()
     torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # zero-initialised: the output would not depend on x
     den = fewstep.Denoiser(net, VPDiscrete.linear(), "eps", sample_shape=(1, 28, 28))
-    cfg = ModelBenchConfig(model="standin", solvers=["dpm++2m"], nfes=[2, 4], n=8, batch_size=4, extractor="fashion",
+    cfg = ModelBenchConfig(model="standin", solvers=["ddim", "dpm++2m"], nfes=[2, 4], n=8, batch_size=4, extractor="fashion",
                            device="cpu", grid_images=4, out=str(tmp_path), reference_nfe=8,
-                           caches=["deepcache:2", "none", "taylorseer:interval=2,order=1"], variant_nfes=[4],
+                           caches=["deepcache:2", "none", "taylorseer:interval=2,order=1"], variant_nfes=[4], variant_solvers=["dpm++2m"],
                            timing_rounds=2, timing_batch=2)
     rows = run_model_bench(cfg, denoiser=den, progress=False)
-    labels = [(r["nfe"], r.get("cache", "")) for r in rows]
-    assert labels == [(2, ""), (4, ""), (4, "deepcache:interval=2"), (4, "taylorseer:interval=2,order=1")]
+    labels = [(r["solver"], r["nfe"], r.get("cache", "")) for r in rows]
+    assert labels == [("ddim", 2, ""), ("ddim", 4, ""), ("dpm++2m", 2, ""), ("dpm++2m", 4, ""),
+                      ("dpm++2m", 4, "deepcache:interval=2"), ("dpm++2m", 4, "taylorseer:interval=2,order=1")]
     assert all(r["timing_rounds"] == 2 and r["ms_per_image"] > 0 and r["ms_spread"] >= 0 and r["fid"] > 0 and
                r["eval_ms_per_image"] > 0 for r in rows)
-    for cached in rows[2:]:
+    for cached in rows[4:]:
         assert (cached["full_evals"], cached["cached_evals"]) == (2, 2)
-    assert rows[2]["rmse"] != rows[1]["rmse"]
+    assert rows[4]["rmse"] != rows[3]["rmse"]
     assert all(r["pareto"] in ("", "fid", "rmse", "fid+rmse") for r in rows)
     front = {i for i in pareto_front(rows)}
     assert front and all((rows[i]["pareto"].startswith("fid")) for i in front)

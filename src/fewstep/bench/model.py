@@ -9,7 +9,7 @@ each configuration.
 
 *Variants* put cheaper-evaluation methods on the same axes as the plain solvers: each ``caches``
 spec (feature caches and step-aware schedules, :mod:`fewstep.accel`) and each extra model in
-``models`` (e.g. an int8 model from ``fewstep quantize``) runs every solver at ``variant_nfes``,
+``models`` (e.g. an int8 model from ``fewstep quantize``) runs ``variant_solvers`` at ``variant_nfes``,
 scored against the same seeds, FID reference and near-exact solution (that of the main model).
 With ``timing_rounds`` > 0 every configuration's wall time is re-measured after the sweep in
 rounds of one ``timing_batch``-image batch, the order reversed every other round, and the
@@ -72,6 +72,7 @@ class ModelBenchConfig:
     caches: list[str] = field(default_factory=list)  # variants: cache / step-schedule specs on the main model
     models: list[str] = field(default_factory=list)  # variants: other models (e.g. quantized), plain
     variant_nfes: list[int] | None = None  # NFEs of the variants (None: nfes)
+    variant_solvers: list[str] | None = None  # solvers of the variants (None: solvers)
     timing_rounds: int = 0  # > 0: re-time every configuration in interleaved rounds, median
     timing_batch: int | None = None  # images per timing batch (None: batch_size)
 
@@ -108,11 +109,12 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[Run], list[str]]:
     if cfg.timing_rounds < 0 or (cfg.timing_batch is not None and cfg.timing_batch < 1):
         raise ValueError("timing rounds must be >= 0 and the timing batch positive")
     variants = [("", "")] + _variants(cfg)
+    vnames = names if not cfg.variant_solvers else [solvers.get(s).name for s in cfg.variant_solvers]
     runs, skipped = [], []
     for grid in cfg.grids:
         for model, cache in variants:
             nfes = cfg.nfes if (model, cache) == ("", "") else (cfg.variant_nfes or cfg.nfes)
-            for name in names:
+            for name in (names if (model, cache) == ("", "") else vnames):
                 for nfe in nfes:
                     if nfe < solvers.get(name).min_nfe:
                         skipped.append(f"{name} nfe={nfe} (needs >= {solvers.get(name).min_nfe})")

@@ -54,6 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "against --model's reference; repeat for several")
     model.add_argument("--variant-nfe", type=_ints, default=None,
                        help="NFE values of the --cache / --compare-model configurations (default: --nfe)")
+    model.add_argument("--variant-solvers", type=_names, default=None,
+                       help="solvers of the --cache / --compare-model configurations (default: --solvers)")
     model.add_argument("--timing-rounds", type=int, default=0, metavar="R",
                        help="re-time every configuration after the sweep: R interleaved rounds of one batch "
                             "each (order reversed every other round), median; fair wall times on a busy machine")
@@ -94,7 +96,7 @@ def _run_model(args: argparse.Namespace) -> int:
                            limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt.solver,
                            reference_nfe=refopt.nfe, reference_grid=refopt.grid,
                            reference_cache=args.reference_cache, caches=args.cache, models=args.compare_model,
-                           variant_nfes=args.variant_nfe, timing_rounds=args.timing_rounds,
+                           variant_nfes=args.variant_nfe, variant_solvers=args.variant_solvers, timing_rounds=args.timing_rounds,
                            timing_batch=args.timing_batch)
     run_model_bench(cfg)
     return 0
