@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 
 from fewstep.bench.model import ModelBenchConfig, mark_pareto, pareto_front, pareto_table, run_model_bench
