@@ -9,6 +9,9 @@ For each NFE (dpm++2m, the process's default grid) the float model and the int8 
 is one batch-64 ``fewstep.generate`` at NFE 10, float / simulated int8 / int8 kernels timed in
 interleaved order ``--reps`` times (median, and the median of the per-rep ratios).  Size is the
 weights file on disk.  ``--ablation`` adds one static range for all steps (``--groups 1``).
+``--activations asymmetric`` and ``--keep-float conv_in,conv_out`` choose the int8 scheme (see
+docs/quantization.md); ``--float-fid NFE=FID`` reuses a float FID measured before on the same seeds
+and extractor (sampling is deterministic per seed) instead of sampling the float model again.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.quant import CalibrationSettings, quantize_denoiser, save_quantized, set_kernels
 
 
-def quantized(model: str, nfe: int, n: int, groups: int | None, out: Path) -> fewstep.DenoiserBase:
+def quantized(model: str, nfe: int, n: int, groups: int | None, out: Path, activations: str = "symmetric",
+              estimator: str = "max", keep_float: tuple[str, ...] = ()) -> fewstep.DenoiserBase:
     den = fewstep.load_model(model)
-    quantize_denoiser(den, CalibrationSettings(nfe=nfe, n=n, groups=groups), progress=False)
+    quantize_denoiser(den, CalibrationSettings(nfe=nfe, n=n, groups=groups, activations=activations,
+                                               estimator=estimator), keep_float=keep_float, progress=False)
     save_quantized(den, out)
     return fewstep.load_model(out)
 
@@ -72,18 +77,28 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true", help="skip the wall-time comparison")
     ap.add_argument("--rmse-n", type=int, default=250, help="images (seeds 0..) in the RMSE")
     ap.add_argument("--ablation", action="store_true", help="also one static range for all steps (groups=1), at the calibration NFE")
+    ap.add_argument("--activations", default="symmetric", choices=["symmetric", "asymmetric"])
+    ap.add_argument("--estimator", default="max", choices=["max", "mse", "percentile"])
+    ap.add_argument("--keep-float", default="", help="comma-separated layers kept float, e.g. conv_in,conv_out")
+    ap.add_argument("--float-fid", action="append", default=[], metavar="NFE=FID",
+                    help="reuse the float model's FID at NFE measured before on the same seeds (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     extractor = get_extractor("fashion", device="cpu")
     ref = reference_stats(None, extractor)
     work = Path(tempfile.mkdtemp(prefix="quant-bench-"))
     float_den = fewstep.load_model(args.model)
-    int8 = quantized(args.model, args.calib_nfe, args.calib_n, None, work / "int8")
-    variants = {"float": float_den, f"int8 (calib NFE {args.calib_nfe}, per step)": int8}
+    keep = tuple(v for v in args.keep_float.split(",") if v)
+    int8 = quantized(args.model, args.calib_nfe, args.calib_n, None, work / "int8", args.activations, args.estimator,
+                     keep)
+    scheme = f"{args.activations}, {args.estimator}" + (f", float {'+'.join(keep)}" if keep else "")
+    variants = {"float": float_den, f"int8 ({scheme}, per step)": int8}
+    recorded = {int(k): float(v) for k, v in (item.split("=") for item in args.float_fid)}
     ablation = None
     if args.ablation:
-        ablation = f"int8 (calib NFE {args.calib_nfe}, one range)"
-        variants[ablation] = quantized(args.model, args.calib_nfe, args.calib_n, 1, work / "int8-g1")
+        ablation = f"int8 ({scheme}, one range)"
+        variants[ablation] = quantized(args.model, args.calib_nfe, args.calib_n, 1, work / "int8-g1", args.activations,
+                                       args.estimator, keep)
     src = fewstep.loading.resolve_bundled(args.model) if args.model.startswith("bundled:") else Path(args.model)
     sizes = {"float": sum(f.stat().st_size for f in src.glob("*.safetensors")),
              "int8": (work / "int8" / "int8.safetensors").stat().st_size}
@@ -91,22 +106,27 @@ def main() -> None:
           f"default grid; n={args.n}, seeds 0..{args.n - 1}; calibration dpm++2m NFE {args.calib_nfe}, "
           f"{args.calib_n} trajectories (seeds 1000000..); {args.threads} threads; torch {torch.__version__}")
     print(f"weights on disk: float {sizes['float'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB")
-    print(f"{'model':40s} {'NFE':>4s} {'FID':>8s} {'vs float':>9s} {'RMSE':>8s}", flush=True)
+    print(f"{'model':52s} {'NFE':>4s} {'FID':>8s} {'vs float':>9s} {'RMSE':>8s}", flush=True)
     for nfe in (int(v) for v in args.nfes.split(",")):
         base = None
         for name, den in variants.items():
             if name == ablation and nfe != args.calib_nfe:
                 continue
-            fid = evaluate(solver_sample_fn(den, den.sample_shape, "dpm++2m", nfe), args.n, extractor, ref,
-                           progress=False)["fid"]
+            if den is float_den and nfe in recorded:
+                fid, name = recorded[nfe], "float (recorded)"
+            else:
+                fid = evaluate(solver_sample_fn(den, den.sample_shape, "dpm++2m", nfe), args.n, extractor, ref,
+                               progress=False)["fid"]
             base = fid if base is None else base
             err = rmse(den, float_den, nfe, min(args.n, args.rmse_n)) if den is not float_den else 0.0
-            print(f"{name:40s} {nfe:4d} {fid:8.3f} {100 * (fid / base - 1):+8.1f}% {err:8.4f}", flush=True)
+            print(f"{name:52s} {nfe:4d} {fid:8.3f} {100 * (fid / base - 1):+8.1f}% {err:8.4f}", flush=True)
     if args.no_timing:
         return
     sim = fewstep.load_model(work / "int8")
-    kern = set_kernels(fewstep.load_model(work / "int8"), "int8")
-    t = timings({"float": float_den, "int8 simulated": set_kernels(sim, "simulated"), "int8 kernels": kern}, args.reps)
+    timed = {"float": float_den, "int8 simulated": set_kernels(sim, "simulated")}
+    if args.activations == "symmetric":
+        timed["int8 kernels"] = set_kernels(fewstep.load_model(work / "int8"), "int8")
+    t = timings(timed, args.reps)
     print(f"wall time per image, batch 64, NFE 10, {args.reps} interleaved reps (ms; median, ratio to float)")
     for name, vals in t.items():
         ratio = statistics.median(v / f for v, f in zip(vals, t["float"]))

@@ -271,3 +271,58 @@ def test_cli_sample_with_a_cache(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--cache", "deepcache:intervl=3", "--out", str(tmp_path / "x.png")]) == 1
     assert "did you mean 'interval'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- step-aware model schedules
+
+def _gaussian_data(tmp_path, n=500):
+    """uint8 8x8 images with correlated pixels, saved as .npy; returns the path and them in [-1, 1]."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(n, 1, generator=g) * 40 + 128 + torch.randn(n, 64, generator=g) * 20
+    imgs = base.clamp(0, 255).round().to(torch.uint8).reshape(n, 1, 8, 8)
+    path = tmp_path / "data.npy"
+    np.save(path, imgs.numpy())
+    return str(path), imgs.double().reshape(n, -1) / 127.5 - 1
+
+
+def test_gaussian_steps_route_the_first_steps_to_the_data_gaussian(tmp_path, unet_den):
+    from fewstep.accel import gaussian_steps
+    from fewstep.accel.stepaware import data_gaussian
+
+    path, x = _gaussian_data(tmp_path)
+    mix = data_gaussian(path, (1, 8, 8))
+    cov = torch.from_numpy(np.cov(x.numpy(), rowvar=False))
+    assert torch.allclose(mix.mean, x.mean(0), atol=1e-6) and torch.allclose(mix.covariance, cov, atol=1e-6)
+    # its denoiser is Tweedie's formula for one Gaussian: mu + C (C + s^2 I)^-1 (y - mu), y = x_t / alpha
+    proc = unet_den.process
+    t = torch.tensor(700.0)
+    xt = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    a, s = float(proc.alpha(t)), float(proc.sigma(t))
+    y = xt.reshape(4, -1) / a
+    want = x.mean(0) + (cov @ torch.linalg.solve(cov + (s / a) ** 2 * torch.eye(64, dtype=torch.float64),
+                                                 (y - x.mean(0)).T)).T
+    got = mix.denoiser(proc).predict(xt.float(), t).x0.reshape(4, -1).double()
+    assert torch.allclose(got, want, atol=1e-4)
+    # steps < k go to the Gaussian (all stages of a step), the rest to the network
+    plain = _gen(unet_den, nfe=6)
+    assert torch.equal(_gen(gaussian_steps(unet_den, 0, path), nfe=6), plain)
+    for solver, nfe, k, counts in [("dpm++2m", 6, 2, (4, 2)), ("heun", 7, 1, (5, 2)), ("unipc", 6, 6, (0, 6))]:
+        den = apply_cache(unet_den, f"gaussian:steps={k},data={path}")
+        out = _gen(den, solver=solver, nfe=nfe)
+        assert (den.full_evals, den.cached_evals) == counts, (solver, k)
+        assert not torch.equal(out, _gen(unet_den, solver=solver, nfe=nfe))
+    # the whole solve through the Gaussian is the solve of the exact Gaussian model
+    exact = mix.denoiser(proc)
+    assert torch.allclose(_gen(gaussian_steps(unet_den, 6, path), nfe=6), _gen(exact, nfe=6), atol=1e-5)
+    assert str(parse_cache("gaussian:3")) == "gaussian:steps=3"
+
+
+def test_gaussian_steps_errors_are_clear(tmp_path, unet_den):
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        parse_cache("gaussian:steps=-1")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        _gen(apply_cache(unet_den, f"gaussian:steps=2,data={tmp_path / 'missing.npy'}"))
+    path, _ = _gaussian_data(tmp_path)
+    with pytest.raises(ValueError, match="unconditional"):
+        apply_cache(unet_den, f"gaussian:data={path}").predict(torch.zeros(1, 1, 8, 8), 999.0,
+                                                                ctx=StepContext(None, 0), class_labels=torch.tensor([1]))

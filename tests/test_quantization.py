@@ -211,3 +211,71 @@ def test_cli_refuses_a_diffusers_model(tmp_path, capsys):
     assert main(["quantize", "--model", str(folder), "--out", str(tmp_path / "q"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "diffusers model" in err and "supports fewstep UNet and DiT" in err and not (tmp_path / "q").exists()
+
+
+# ----------------------------------------------------------------------------- asymmetric ranges, float layers
+
+def test_affine_grid_maths():
+    from fewstep.quant.maths import affine_params, fake_quantize_affine
+
+    lo, hi = torch.tensor(-0.28), torch.tensor(3.0)
+    s, z = affine_params(lo, hi, 8)
+    assert float(s) == pytest.approx(3.28 / 255) and float(z) == round(0.28 / float(s))
+    x = torch.linspace(-0.28, 3.0, 10001)
+    xq = fake_quantize_affine(x, s, z, 8)
+    assert float(fake_quantize_affine(torch.tensor(0.0), s, z, 8)) == 0.0  # zero padding stays exact
+    assert float((xq - x).abs().max()) <= float(s) / 2 + 1e-6  # round to nearest inside the range
+    assert len(torch.unique(xq)) == 256  # every level of 8 bits is used on [lo, hi]
+    assert float(fake_quantize_affine(torch.tensor(5.0), s, z, 8)) == pytest.approx(float(s) * (255 - float(z)))
+    # on a skewed (post-SiLU-like) input the affine grid is about twice as fine as the symmetric one
+    sym = fake_quantize(x, 3.0 / 127, 8)
+    assert float((xq - x).pow(2).mean()) < 0.3 * float((sym - x).pow(2).mean())
+    # a range that excludes 0 is widened to include it
+    s2, z2 = affine_params(torch.tensor(0.5), torch.tensor(2.0), 8)
+    assert float(z2) == 0 and float(s2) == pytest.approx(2.0 / 255)
+
+
+def test_asymmetric_calibration_records_observed_min_and_max(checkpoint):
+    den = _quantized(checkpoint, activations="asymmetric")
+    qnet = next(den.networks())
+    info = qnet.info
+    assert set(info["ranges_low"]) == set(info["ranges"]) and "asymmetric" in info["activations"]
+    for name, layer in qnet.quant_layers():
+        assert layer.asymmetric
+        assert all(lo <= 0 <= hi for lo, hi in zip(info["ranges_low"][name], info["ranges"][name]))
+    # the max estimator's range is the observed [min, max] of the layer's input at each calibrated step
+    seen = {}
+    float_den = fewstep.load_model(checkpoint)
+    layer = float_den.net.get_submodule("down.0.0.conv2")
+    h = layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", []).append(a[0].detach().clone()))
+    fewstep.generate(float_den, (1, 8, 8), range(100, 108), "dpm++2m", 4)
+    h.remove()
+    assert info["ranges_low"]["down.0.0.conv2"] == pytest.approx([min(float(x.min()), 0) for x in seen["x"]], rel=1e-5)
+    assert info["ranges"]["down.0.0.conv2"] == pytest.approx([max(float(x.max()), 0) for x in seen["x"]], rel=1e-5)
+    with pytest.raises(ValueError, match="simulated kernels only"):
+        set_kernels(den, "int8")
+
+
+def test_asymmetric_and_float_layers_round_trip_and_help(checkpoint, tmp_path):
+    ref = fewstep.generate(fewstep.load_model(checkpoint), (1, 8, 8), range(8), "dpm++2m", 4)
+    sym = fewstep.generate(_quantized(checkpoint), (1, 8, 8), range(8), "dpm++2m", 4)
+    den = quantize_denoiser(fewstep.load_model(checkpoint), CalibrationSettings(**CALIB, activations="asymmetric"),
+                            keep_float=["conv_in", "conv_out"])
+    qnet = next(den.networks())
+    assert isinstance(qnet.net.conv_in, torch.nn.Conv2d) and isinstance(qnet.net.conv_out, torch.nn.Conv2d)
+    assert {"conv_in", "conv_out"} <= set(qnet.info["float_layers"]) and "conv_in" not in qnet.info["ranges"]
+    asym = fewstep.generate(den, (1, 8, 8), range(8), "dpm++2m", 4)
+    assert (asym - ref).pow(2).mean() < (sym - ref).pow(2).mean()
+    back = fewstep.load_model(save_quantized(den, tmp_path / "q"))
+    assert torch.equal(fewstep.generate(back, (1, 8, 8), range(8), "dpm++2m", 4), asym)
+    with pytest.raises(ValueError, match="conv_nope is not a quantizable layer"):
+        quantize_denoiser(fewstep.load_model(checkpoint), CalibrationSettings(**CALIB), keep_float=["conv_nope"])
+    with pytest.raises(ValueError, match="unknown activation scheme"):
+        CalibrationSettings(activations="skewed")
+
+
+def test_percentile_estimator_clips_below_the_maximum(checkpoint):
+    top = next(_quantized(checkpoint).networks()).info["ranges"]
+    pct = next(_quantized(checkpoint, estimator="percentile", percentile=99.0).networks()).info["ranges"]
+    assert all(p <= t + 1e-6 for name in top for p, t in zip(pct[name], top[name]))
+    assert any(p < 0.99 * t for name in top for p, t in zip(pct[name], top[name]))

@@ -1,6 +1,7 @@
-"""Cache spec strings: ``"deepcache:3"``, ``"encoder:interval=2"``, ``"taylorseer:interval=4,order=2"``.
+"""Cache spec strings: ``"deepcache:3"``, ``"encoder:interval=2"``, ``"taylorseer:interval=4,order=2"``,
+``"gaussian:steps=3"`` (a step-aware model schedule, :mod:`.stepaware`).
 
-``METHOD[:OPTIONS]`` where OPTIONS is ``value`` (the first option, ``interval``) or comma-separated
+``METHOD[:OPTIONS]`` where OPTIONS is ``value`` (the first option: ``interval``, or ``steps``) or comma-separated
 ``name=value`` pairs; list values join with ``+`` (``taps=deep+mid``).  ``none`` means no cache.
 A spec is parsed once, checked against the method's options, and applied with :func:`apply_cache`.
 """
@@ -16,12 +17,13 @@ from ..denoisers import DenoiserBase
 from ._base import FeatureCache
 from .deepcache import DeepCache
 from .encoder import EncoderPropagation
+from .stepaware import GaussianSteps, StepSchedule
 from .taylorseer import TaylorSeer
 
 __all__ = ["CACHE_METHODS", "CacheSpec", "parse_cache", "apply_cache", "cache_options"]
 
-CACHE_METHODS: dict[str, type[FeatureCache]] = {"deepcache": DeepCache, "encoder": EncoderPropagation,
-                                                "taylorseer": TaylorSeer}
+CACHE_METHODS: dict[str, type[FeatureCache] | type[StepSchedule]] = {
+    "deepcache": DeepCache, "encoder": EncoderPropagation, "taylorseer": TaylorSeer, "gaussian": GaussianSteps}
 
 
 def cache_options(method: str) -> dict[str, Any]:
@@ -74,7 +76,7 @@ class CacheSpec:
     method: str
     options: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self, denoiser: DenoiserBase) -> FeatureCache:
+    def apply(self, denoiser: DenoiserBase) -> FeatureCache | StepSchedule:
         return CACHE_METHODS[self.method](denoiser, **self.options)
 
     def __str__(self) -> str:
@@ -102,7 +104,7 @@ def parse_cache(spec: str | CacheSpec | None) -> CacheSpec | None:
             if i > 0:
                 raise ValueError(f"cache spec {spec!r}: {part!r} needs a name (name=value); "
                                  f"valid options: {_listing(method)}")
-            name, value = "interval", part
+            name, value = next(iter(defaults)), part
         name = name.strip()
         if name not in defaults:
             raise ValueError(f"cache spec {spec!r}: {method} has no option {name!r}{_hint(name, defaults)}; "

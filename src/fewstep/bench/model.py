@@ -6,6 +6,16 @@ solution from the same seeds (:mod:`fewstep.metrics.near_exact`, cached on disk;
 and the sampling wall time.  Writes a text/markdown table, CSV, JSON, PNG plots of FID and of the
 error against NFE and against wall time, and a self-contained HTML report with a sample grid for
 each configuration.
+
+*Variants* put cheaper-evaluation methods on the same axes as the plain solvers: each ``caches``
+spec (feature caches and step-aware schedules, :mod:`fewstep.accel`) and each extra model in
+``models`` (e.g. an int8 model from ``fewstep quantize``) runs ``variant_solvers`` at ``variant_nfes``,
+scored against the same seeds, FID reference and near-exact solution (that of the main model).
+With ``timing_rounds`` > 0 every configuration's wall time is re-measured after the sweep in
+rounds of one ``timing_batch``-image batch, the order reversed every other round, and the
+median taken: all methods are then timed with the same batch, threads and (interleaved) load.
+The configurations that no other beats in both wall time and FID (and wall time and error) form
+the Pareto front (:func:`pareto_front`), marked in the table, the plots and ``pareto.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import csv
 import math
 import io
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,10 +38,10 @@ from .._io import atomic_write_text
 from ..metrics.near_exact import ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
-__all__ = ["ModelBenchConfig", "run_model_bench", "format_table"]
+__all__ = ["ModelBenchConfig", "run_model_bench", "format_table", "pareto_front", "pareto_table"]
 
-COLUMNS = ["solver", "grid", "nfe", "nfe_used", "fid", "rmse", "rmse_median", "rmse_se", "psnr", "kid", "precision",
-           "recall", "sample_s", "ms_per_image", "role"]
+COLUMNS = ["solver", "grid", "nfe", "model", "cache", "nfe_used", "full_evals", "cached_evals", "fid", "rmse", "rmse_median", "rmse_se", "psnr", "kid", "precision",
+           "recall", "sample_s", "ms_per_image", "pareto", "role"]
 REFERENCE_CACHE = "reference-cache"  # the near-exact solutions' default cache folder, inside --out
 LIMIT_SOLVER = "dpm++2m"
 
@@ -58,9 +69,31 @@ class ModelBenchConfig:
     reference_nfe: int = ReferenceSettings.nfe
     reference_grid: str | None = ReferenceSettings.grid  # None: the process's default grid
     reference_cache: str | None = None  # None: <out>/reference-cache (in memory only without out)
+    caches: list[str] = field(default_factory=list)  # variants: cache / step-schedule specs on the main model
+    models: list[str] = field(default_factory=list)  # variants: other models (e.g. quantized), plain
+    variant_nfes: list[int] | None = None  # NFEs of the variants (None: nfes)
+    variant_solvers: list[str] | None = None  # solvers of the variants (None: solvers)
+    timing_rounds: int = 0  # > 0: re-time every configuration in interleaved rounds, median
+    timing_batch: int | None = None  # images per timing batch (None: batch_size)
 
 
-def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]:
+Run = tuple[str, str, int, str, str]  # solver, grid, nfe, model ("" = the main one), cache ("" = none)
+
+
+def _variants(cfg: ModelBenchConfig) -> list[tuple[str, str]]:
+    """``(model, cache)`` of each variant; specs are parsed (and so checked) here, before any model loads."""
+    from ..accel import parse_cache
+
+    out: list[tuple[str, str]] = []
+    for spec in cfg.caches:
+        parsed = parse_cache(spec)
+        if parsed is not None:
+            out.append(("", str(parsed)))
+    out += [(m, "") for m in cfg.models if m != cfg.model]
+    return list(dict.fromkeys(out))
+
+
+def _plan(cfg: ModelBenchConfig) -> tuple[list[Run], list[str]]:
     names = solvers.available() if not cfg.solvers or cfg.solvers == ["all"] else [solvers.get(s).name for s in cfg.solvers]
     if cfg.n < 2:
         raise ValueError(f"n must be at least 2, got {cfg.n}")
@@ -73,16 +106,22 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[tuple[str, str, int]], list[str]]
     bad = [g for g in cfg.grids if g not in GRIDS and g != "default" and not is_grid_file(g)]
     if bad:
         raise ValueError(f"unknown grid(s) {', '.join(bad)}; valid: default, {', '.join(GRIDS)}")
+    if cfg.timing_rounds < 0 or (cfg.timing_batch is not None and cfg.timing_batch < 1):
+        raise ValueError("timing rounds must be >= 0 and the timing batch positive")
+    variants = [("", "")] + _variants(cfg)
+    vnames = names if not cfg.variant_solvers else [solvers.get(s).name for s in cfg.variant_solvers]
     runs, skipped = [], []
     for grid in cfg.grids:
-        for name in names:
-            for nfe in cfg.nfes:
-                if nfe < solvers.get(name).min_nfe:
-                    skipped.append(f"{name} nfe={nfe} (needs >= {solvers.get(name).min_nfe})")
-                else:
-                    runs.append((name, grid, nfe))
-        if cfg.limit_nfe > 0 and (LIMIT_SOLVER, grid, cfg.limit_nfe) not in runs:
-            runs.append((LIMIT_SOLVER, grid, cfg.limit_nfe))
+        for model, cache in variants:
+            nfes = cfg.nfes if (model, cache) == ("", "") else (cfg.variant_nfes or cfg.nfes)
+            for name in (names if (model, cache) == ("", "") else vnames):
+                for nfe in nfes:
+                    if nfe < solvers.get(name).min_nfe:
+                        skipped.append(f"{name} nfe={nfe} (needs >= {solvers.get(name).min_nfe})")
+                    else:
+                        runs.append((name, grid, nfe, model, cache))
+        if cfg.limit_nfe > 0 and (LIMIT_SOLVER, grid, cfg.limit_nfe, "", "") not in runs:
+            runs.append((LIMIT_SOLVER, grid, cfg.limit_nfe, "", ""))
     return runs, skipped
 
 
@@ -106,7 +145,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     ref = reference_stats(cfg.ref, extractor)
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.shape)
-    runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe) for name, grid, nfe in runs]
+    runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe, m, c) for name, grid, nfe, m, c in runs]
+    models = {"": denoiser, **{m: load_denoiser(m, device) for m in dict.fromkeys(r[3] for r in runs) if m}}
     batch_size = cfg.batch_size or default_batch_size(device)
     rank0 = world()[0] == 0
     near = None
@@ -122,18 +162,22 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     t0 = time.perf_counter()
     store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
 
-    def key(name: str, grid: str, nfe: int) -> dict[str, Any]:
-        return evaluation_key(cfg.model, solver_sample_fn(denoiser, shape, name, nfe, grid).description, cfg.n,
+    def sampler(run: Run) -> Any:
+        name, grid, nfe, model, cache = run
+        return solver_sample_fn(models[model], shape, name, nfe, grid, device, cache=cache or None)
+
+    def key(run: Run) -> dict[str, Any]:
+        return evaluation_key(run[3] or cfg.model, sampler(run).description, cfg.n,
                               cfg.seed, extractor, ref, near.description if near is not None else None)
 
-    done = {r: store.get(key(*r)) for r in runs} if store is not None else {}
+    done = {r: store.get(key(r)) for r in runs} if store is not None else {}
     done = {r: row for r, row in done.items() if row is not None and finished(row)}
     todo = [r for r in runs if r not in done]
-    per_eval = _warm_up(denoiser, shape, todo, batch_size, cfg.n, device) if todo else None
+    per_eval = _warm_up(sampler(todo[0]), todo[0][2], batch_size, cfg.n) if todo else None
     my_seeds = shard(range(cfg.seed, cfg.seed + cfg.n), *world())  # the seeds this process samples
     missing = sum(b - a for a, b in near.missing(my_seeds)) if near is not None and todo else 0
     if progress and rank0:
-        print(plan_summary(len(runs), len(done), [nfe for _, _, nfe in todo], cfg.n, per_eval, str(device),
+        print(plan_summary(len(runs), len(done), [r[2] for r in todo], cfg.n, per_eval, str(device),
                            reference=(missing, len(my_seeds), cfg.reference_nfe) if near is not None and todo
                            else None),
               flush=True)
@@ -147,33 +191,42 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     overall = tqdm(total=len(todo) * per_rank, desc="all configurations", unit="img",
                    disable=not progress or not rank0 or not todo, position=0)
     rows, grids = [], {}
-    for name, grid, nfe in runs:
-        label = {"solver": name, "grid": grid, "nfe": nfe}
-        png_path = Path(cfg.out) / "samples" / _grid_name(name, grid, nfe) if cfg.out else None
-        if cfg.limit_nfe > 0 and (name, nfe) == (LIMIT_SOLVER, cfg.limit_nfe):
+    for run in runs:
+        name, grid, nfe, model, cache = run
+        label = {"solver": name, "grid": grid, "nfe": nfe, **({"model": model} if model else {}),
+                 **({"cache": cache} if cache else {})}
+        png_path = Path(cfg.out) / "samples" / _grid_name(*run) if cfg.out else None
+        if cfg.limit_nfe > 0 and (name, nfe, model, cache) == (LIMIT_SOLVER, cfg.limit_nfe, "", ""):
             label["role"] = "ODE limit"
-        if (name, grid, nfe) in done:
-            rows.append(_row(label, done[(name, grid, nfe)]))
+        if run in done:
+            rows.append(_row(label, done[run]))
             if png_path is not None and png_path.is_file():
-                grids[(name, grid, nfe)] = png_path.read_bytes()
+                grids[run] = png_path.read_bytes()
             continue
         before = overall.n
-        sample_fn = KeepFirst(solver_sample_fn(denoiser, shape, name, nfe, grid, device), cfg.grid_images)
+        inner = sampler(run)
+        sample_fn = KeepFirst(inner, cfg.grid_images)
         try:
             result = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size,
-                              progress=progress, desc=f"{name} nfe={nfe}", on_batch=overall.update, reference=near)
-        except (DivergedError, RuntimeError) as err:  # diverged: inf; could not run (e.g. budget): nan
+                              progress=progress, desc=_label(label), on_batch=overall.update, reference=near)
+            result.update(inner.evals_used or {})
+        except (DivergedError, RuntimeError, ValueError) as err:  # diverged: inf; could not run (e.g. a cache
+            # the network does not support, a budget): nan
             print(f"warning: {name} nfe={nfe}: {err}")
             result = {"n": cfg.n, "note": str(err), "fid": float("inf") if isinstance(err, DivergedError) else float("nan")}
         overall.update(per_rank - (overall.n - before))  # a failed configuration counts as done
         rows.append(_row(label, result))
         if sample_fn.images is not None:
-            grids[(name, grid, nfe)] = image_grid_png(sample_fn.images)
+            grids[run] = image_grid_png(sample_fn.images)
             if png_path is not None and rank0:
-                write_png(png_path, grids[(name, grid, nfe)])
+                write_png(png_path, grids[run])
         if store is not None:
-            store.put(key(name, grid, nfe), {**result, "device": str(device)})
+            store.put(key(run), {**result, "device": str(device)})
     overall.close()
+    if cfg.timing_rounds > 0:
+        retime(rows, [sampler(r) for r in runs], cfg.timing_rounds, cfg.timing_batch or batch_size, cfg.seed,
+               progress and rank0)
+    mark_pareto(rows)
     wall = time.perf_counter() - t0
     if cfg.out and rank0:
         meta = {"model": str(cfg.model), "extractor": f"{extractor.name} ({extractor.fingerprint()[:12]})",
@@ -182,7 +235,11 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
                 "wall time of this run (s)": round(wall, 1),
                 "sampling + feature time, all configurations (s)": round(
                     sum(r.get("sample_s", 0.0) + r.get("feature_s", 0.0) for r in rows), 1),
-                "batch size": batch_size, "torch.compile": cfg.compile, "skipped": ", ".join(skipped) or "none",
+                "batch size": batch_size, "torch.compile": cfg.compile,
+                "torch threads": torch.get_num_threads(),
+                "wall time": (f"median of {cfg.timing_rounds} interleaved rounds of one {cfg.timing_batch or batch_size}"
+                              f"-image batch per configuration (order reversed every other round)"
+                              if cfg.timing_rounds > 0 else "the evaluation's own sampling time"), "skipped": ", ".join(skipped) or "none",
                 "error reference": _reference_meta(near)}
         write_outputs(Path(cfg.out), cfg, rows, grids, meta)
     return rows
@@ -208,14 +265,76 @@ def _row(label: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     return {**config, **{k: v for k, v in result.items() if k not in label and k != "device"}, **role}
 
 
-def _warm_up(denoiser: Any, shape: tuple[int, ...], todo: list[tuple[str, str, int]], batch_size: int, n: int,
-             device: Any) -> float | None:
+def _label(row: dict[str, Any]) -> str:
+    """A configuration's short name: ``solver nfe=N [+ cache] [model]``."""
+    text = f"{row['solver']} nfe={row['nfe']}"
+    if row.get("cache"):
+        text += f" + {row['cache']}"
+    if row.get("model"):
+        text += f" [{Path(str(row['model'])).name}]"
+    return text
+
+
+def retime(rows: list[dict[str, Any]], samplers: list[Any], rounds: int, batch: int, seed: int,
+           progress: bool = False) -> None:
+    """Re-measure each row's ``ms_per_image``: ``rounds`` rounds, each timing one ``batch``-image call
+    of every sampler (seeds ``seed..``), in reversed order every other round; the median per row.
+
+    The evaluation's own time stays as ``eval_ms_per_image``; ``ms_spread`` is (max - min) / median."""
+    seeds = list(range(seed, seed + batch))
+    times: list[list[float]] = [[] for _ in rows]
+    order = list(range(len(rows)))
+    bar = tqdm(total=rounds * len(rows), desc="timing rounds", unit="batch", disable=not progress)
+    with torch.no_grad():
+        for r in range(rounds):
+            for i in (order if r % 2 == 0 else order[::-1]):
+                if not _finite(rows[i].get("fid")):
+                    bar.update()
+                    continue
+                start = time.perf_counter()
+                samplers[i](seeds)
+                times[i].append(1000 * (time.perf_counter() - start) / batch)
+                bar.update()
+    bar.close()
+    for row, ts in zip(rows, times):
+        if ts:
+            med = statistics.median(ts)
+            row["eval_ms_per_image"] = row.get("ms_per_image")
+            row.update(ms_per_image=med, ms_spread=(max(ts) - min(ts)) / med, timing_rounds=len(ts))
+
+
+def pareto_front(rows: list[dict[str, Any]], x: str = "ms_per_image", y: str = "fid") -> list[int]:
+    """Indices of the rows no other row beats: none has ``x`` <= and ``y`` <= with one strictly less
+    (both minimised; rows without finite values are left out).  Sorted by ``x``."""
+    pts = [(r[x], r[y], i) for i, r in enumerate(rows) if _finite(r.get(x)) and _finite(r.get(y))]
+    front = [i for xi, yi, i in pts
+             if not any(xj <= xi and yj <= yi and (xj < xi or yj < yi) for xj, yj, _ in pts)]
+    return sorted(front, key=lambda i: (rows[i][x], rows[i][y]))
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``pareto`` to ``fid``, ``rmse``, ``fid+rmse`` or ``""`` (wall time against each)."""
+    fronts = {m: set(pareto_front(rows, "ms_per_image", m)) for m in ("fid", "rmse")}
+    for i, row in enumerate(rows):
+        row["pareto"] = "+".join(m for m in ("fid", "rmse") if i in fronts[m])
+
+
+def pareto_table(rows: list[dict[str, Any]], metric: str = "fid") -> str:
+    """The Pareto front of wall time against ``metric`` as a markdown table."""
+    front = pareto_front(rows, "ms_per_image", metric)
+    other = "rmse" if metric == "fid" else "fid"
+    lines = [f"| configuration | ms / image | {metric.upper()} | {other.upper()} |", "|---|---:|---:|---:|"]
+    for i in front:
+        r = rows[i]
+        lines.append(f"| {_label(r)} | {r['ms_per_image']:.1f} | {r[metric]:.4g} | "
+                     f"{r[other]:.4g} |" if _finite(r.get(other)) else
+                     f"| {_label(r)} | {r['ms_per_image']:.1f} | {r[metric]:.4g} | |")
+    return "\n".join(lines) + "\n"
+
+
+def _warm_up(fn: Any, nfe: int, batch_size: int, n: int) -> float | None:
     """Run two batches of the first configuration: the first (kernel selection, allocations) so that
     its timing is fair, the second timed; return its seconds per image-evaluation (None on failure)."""
-    from ..metrics.sampling import solver_sample_fn
-
-    name, grid, nfe = todo[0]
-    fn = solver_sample_fn(denoiser, shape, name, nfe, grid, device)
     seeds = list(range(min(batch_size, n)))
     try:
         with torch.no_grad():
@@ -260,8 +379,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _grid_name(name: str, grid: str, nfe: int) -> str:
-    return f"{name}_{grid}_nfe{nfe}.png".replace("/", "-")
+def _grid_name(name: str, grid: str, nfe: int, model: str = "", cache: str = "") -> str:
+    extra = (f"_{cache}" if cache else "") + (f"_{Path(model).name}" if model else "")
+    return f"{name}_{grid}_nfe{nfe}{extra}.png".replace("/", "-").replace(":", "-").replace(",", "-").replace("=", "")
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -287,27 +407,38 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5) if any(r.get("cache") or r.get("model") for r in rows) else (7, 4.5))
     styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h"]
     grids = list(dict.fromkeys(r["grid"] for r in rows))
+    variants = list(dict.fromkeys((r.get("model", ""), r.get("cache", "")) for r in rows))
     for gi, grid in enumerate(grids):
-        for name in dict.fromkeys(r["solver"] for r in rows):
-            pts = sorted((r[x], r[metric]) for r in rows if r["solver"] == name and r["grid"] == grid
-                         and x in r and _finite(r.get(metric)) and "role" not in r)
-            if pts:
-                label = name if len(grids) == 1 else f"{name} ({grid})"
-                ax.plot(*zip(*pts), styles[gi % 4], marker="o", ms=3, label=label)
+        for vi, (model, cache) in enumerate(variants):
+            for name in dict.fromkeys(r["solver"] for r in rows):
+                pts = sorted((r[x], r[metric]) for r in rows if r["solver"] == name and r["grid"] == grid
+                             and (r.get("model", ""), r.get("cache", "")) == (model, cache)
+                             and x in r and _finite(r.get(metric)) and "role" not in r)
+                if pts:
+                    label = name + (f" + {cache}" if cache else "") + (f" [{Path(model).name}]" if model else "")
+                    label += "" if len(grids) == 1 else f" ({grid})"
+                    ax.plot(*zip(*pts), styles[(gi + (vi > 0)) % 4], marker=markers[vi % len(markers)],
+                            ms=3 if vi == 0 else 5, lw=1.2 if vi == 0 else 0.8, label=label)
     for r in rows:  # the near-exact solve: the value every solver tends to as NFE grows
         if r.get("role") == "ODE limit" and _finite(r.get(metric)) and r[metric] > 0:
             ax.axhline(r[metric], color="k", ls=":", lw=1,
                        label=f"ODE limit ({r['solver']}, {r['nfe']} NFE{'' if len(grids) == 1 else ', ' + r['grid']})")
+    if x == "ms_per_image":  # the Pareto front of wall time against the metric
+        front = [rows[i] for i in pareto_front(rows, x, metric)]
+        if len(front) > 1:
+            ax.step([r[x] for r in front], [r[metric] for r in front], where="post", color="k", lw=2.2, alpha=0.35,
+                    label="Pareto front", zorder=0)
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     if ax.lines:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=6 if len(ax.lines) > 12 else 7, ncol=2)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -330,8 +461,8 @@ def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], 
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_text(out / "results.json", json.dumps({"config": asdict(cfg), "meta": meta, "rows": rows}, indent=2) + "\n")
     atomic_write_text(out / "results.md", format_table(rows, markdown=True))
-    for (name, grid, nfe), png in grids.items():
-        write_png(out / "samples" / _grid_name(name, grid, nfe), png)
+    for run, png in grids.items():
+        write_png(out / "samples" / _grid_name(*run), png)
     plots = [out / "fid_vs_nfe.png", out / "fid_vs_time.png"]
     _plot(rows, "nfe", "network evaluations (NFE)", plots[0], f"{cfg.model}: FID vs NFE")
     _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[1], f"{cfg.model}: FID vs wall time")
@@ -341,7 +472,17 @@ def write_outputs(out: Path, cfg: ModelBenchConfig, rows: list[dict[str, Any]], 
         _plot(rows, "nfe", "network evaluations (NFE)", plots[2], f"{cfg.model}: error vs NFE", "rmse", ylabel)
         _plot(rows, "ms_per_image", "sampling wall time per image (ms)", plots[3],
               f"{cfg.model}: error vs wall time", "rmse", ylabel)
+    pareto = "".join(f"Pareto front, wall time against {m.upper()}:\n\n" + pareto_table(rows, m) + "\n"
+                     for m in ("fid", "rmse") if any(_finite(r.get(m)) for r in rows) and
+                     any(_finite(r.get("ms_per_image")) for r in rows))
+    if pareto:
+        atomic_write_text(out / "pareto.md", pareto)
     write_html_report(out / "report.html", f"fewstep bench model: {cfg.model}", meta, rows,
-                      [c for c in COLUMNS if any(c in r for r in rows)], plots, grids)
+                      [c for c in COLUMNS if any(c in r for r in rows)], plots,
+                      {(_label({"solver": name, "nfe": 0, "model": m, "cache": c}).replace(" nfe=0", ""), grid, nfe): png
+                       for (name, grid, nfe, m, c), png in grids.items()})
     print(format_table(rows))
-    print(f"wrote {out}/results.csv, results.json, results.md, {', '.join(p.name for p in plots)}, report.html")
+    if pareto:
+        print(pareto)
+    print(f"wrote {out}/results.csv, results.json, results.md, {', '.join(p.name for p in plots)}, "
+          f"{'pareto.md, ' if pareto else ''}report.html")

@@ -46,6 +46,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="also score a near-exact ODE solve (dpm++2m, N NFE, e.g. 100): the FID the solvers "
                             "converge to, drawn as a line on the plots")
     model.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    model.add_argument("--cache", action="append", default=[], metavar="SPEC",
+                       help="also run every solver through this cache or step schedule (e.g. deepcache:3, "
+                            "taylorseer:interval=3,order=2, gaussian:steps=3); repeat for several")
+    model.add_argument("--compare-model", action="append", default=[], metavar="MODEL",
+                       help="also run every solver on this model (e.g. a `fewstep quantize` folder), scored "
+                            "against --model's reference; repeat for several")
+    model.add_argument("--variant-nfe", type=_ints, default=None,
+                       help="NFE values of the --cache / --compare-model configurations (default: --nfe)")
+    model.add_argument("--variant-solvers", type=_names, default=None,
+                       help="solvers of the --cache / --compare-model configurations (default: --solvers)")
+    model.add_argument("--timing-rounds", type=int, default=0, metavar="R",
+                       help="re-time every configuration after the sweep: R interleaved rounds of one batch "
+                            "each (order reversed every other round), median; fair wall times on a busy machine")
+    model.add_argument("--timing-batch", type=int, default=None, help="images per timing batch (default: --batch-size)")
     from ._reference import add_reference_args
     from .stats import add_extractor_args
 
@@ -81,6 +95,8 @@ def _run_model(args: argparse.Namespace) -> int:
                            out=args.out, compile=args.compile,
                            limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt.solver,
                            reference_nfe=refopt.nfe, reference_grid=refopt.grid,
-                           reference_cache=args.reference_cache)
+                           reference_cache=args.reference_cache, caches=args.cache, models=args.compare_model,
+                           variant_nfes=args.variant_nfe, variant_solvers=args.variant_solvers, timing_rounds=args.timing_rounds,
+                           timing_batch=args.timing_batch)
     run_model_bench(cfg)
     return 0

@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                           "a one-off compilation)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
-                   "taylorseer:interval=3,order=2 (docs/accel.md)")
+                   "taylorseer:interval=3,order=2, or a step schedule, gaussian:steps=3 (docs/accel.md)")
     add_extractor_args(p)
     from ._reference import add_reference_args
 

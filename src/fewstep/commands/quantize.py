@@ -23,8 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-seed", type=int, default=1_000_000, help="first calibration seed (default far from the "
                                                                       "evaluation seeds 0..)")
     p.add_argument("--groups", type=int, default=None, help="timestep groups (default: one per calibrated step)")
-    p.add_argument("--estimator", default="max", choices=["max", "mse"],
-                   help="activation range: the observed maximum (default) or an MSE-optimal clip")
+    p.add_argument("--estimator", default="max", choices=["max", "mse", "percentile"],
+                   help="activation range: the observed maximum (default), an MSE-optimal clip, or a percentile")
+    p.add_argument("--percentile", type=float, default=99.99, help="percentile of --estimator percentile")
+    p.add_argument("--activations", default="symmetric", choices=["symmetric", "asymmetric"],
+                   help="activation grid: symmetric [-c, c], or asymmetric [lo, hi] with a zero point "
+                        "(simulated kernels only)")
+    p.add_argument("--keep-float", default="", help="comma-separated layers to keep float, e.g. conv_in,conv_out")
     p.add_argument("--bits", type=int, default=8, help="bits of weights and activations (2..8, int8 storage)")
     p.add_argument("--kernels", default="simulated", choices=["simulated", "int8"],
                    help="default execution: float kernels on quantized values, or torch._int_mm int8 matmuls")
@@ -67,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--calib-grid {args.calib_grid}: unknown grid; valid grids: {', '.join(GRIDS)}")
     settings = CalibrationSettings(solver=solver.name, nfe=args.calib_nfe, grid=args.calib_grid, n=args.calib_n,
                                    seed=args.calib_seed, batch_size=args.batch_size, groups=args.groups,
-                                   estimator=args.estimator)
+                                   estimator=args.estimator, activations=args.activations,
+                                   percentile=args.percentile)
     _check_source(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     den = load_model(args.model)
-    quantize_denoiser(den, settings, bits=args.bits, kernels=args.kernels, progress=not args.no_progress)
+    keep = [v for v in args.keep_float.split(",") if v]
+    quantize_denoiser(den, settings, bits=args.bits, kernels=args.kernels, keep_float=keep,
+                      progress=not args.no_progress)
     save_quantized(den, out, extra={"model": args.model})
     net = next(den.networks())
     size = sum(f.stat().st_size for f in out.iterdir())

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
-                   "taylorseer:interval=3,order=2 (docs/accel.md)")
+                   "taylorseer:interval=3,order=2, or a step schedule, gaussian:steps=3 (docs/accel.md)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)

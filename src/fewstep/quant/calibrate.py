@@ -21,18 +21,22 @@ from torch import Tensor, nn
 from ..context import StepContext
 from ..denoisers import accepts_context
 from ..nets._layers import broadcast_time
-from .maths import clip_search
+from .maths import clip_search, range_search_affine
 
-__all__ = ["CalibrationSettings", "Calibration", "calibrate", "ESTIMATORS"]
+__all__ = ["CalibrationSettings", "Calibration", "calibrate", "ESTIMATORS", "ACTIVATIONS"]
 
-ESTIMATORS = ("mse", "max")
+ESTIMATORS = ("mse", "max", "percentile")
+ACTIVATIONS = ("symmetric", "asymmetric")
 
 
 @dataclass
 class CalibrationSettings:
     """How to calibrate: the sampler (``solver``, ``nfe``, ``grid``), ``n`` trajectories from seeds
     ``seed .. seed + n - 1``, ``groups`` timestep groups (None: one per calibrated evaluation),
-    the range ``estimator`` ('mse' or 'max') and how many activation values each layer keeps per call."""
+    the range ``estimator`` ('max', 'mse' or 'percentile': the ``percentile``-th percentile of
+    ``|x|``, or of ``x`` and ``-x`` when asymmetric, over the kept values), ``activations``
+    ('symmetric' ranges ``[-c, c]`` or 'asymmetric' ``[lo, hi]`` with a zero point) and how many
+    activation values each layer keeps per call."""
 
     solver: str = "dpm++2m"
     nfe: int = 10
@@ -43,6 +47,8 @@ class CalibrationSettings:
     groups: int | None = None
     estimator: str = "max"
     samples_per_call: int = 4096
+    activations: str = "symmetric"
+    percentile: float = 99.99
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.nfe < 1 or self.batch_size < 1 or self.samples_per_call < 1:
@@ -51,6 +57,10 @@ class CalibrationSettings:
             raise ValueError(f"groups must be positive (or None: one per step), got {self.groups}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown range estimator {self.estimator!r}; valid: {', '.join(ESTIMATORS)}")
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"unknown activation scheme {self.activations!r}; valid: {', '.join(ACTIVATIONS)}")
+        if not 50 < self.percentile <= 100:
+            raise ValueError(f"percentile must lie in (50, 100], got {self.percentile}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,12 +69,15 @@ class CalibrationSettings:
 @dataclass
 class Calibration:
     """What calibration found: each calibrated evaluation's network noise ``levels`` (solve order) and
-    ``steps`` (``[step, stage]``), its timestep group, and per layer one clipping range per group."""
+    ``steps`` (``[step, stage]``), its timestep group, and per layer one clipping range per group
+    (``clips``: ``c`` of ``[-c, c]``, or the upper end ``hi`` when asymmetric) and, when
+    asymmetric, the lower ends ``lows``."""
 
     levels: list[float]
     steps: list[list[int]]
     level_groups: list[int]
     clips: dict[str, list[float]] = field(default_factory=dict)
+    lows: dict[str, list[float]] | None = None
 
     @property
     def groups(self) -> int:
@@ -123,6 +136,8 @@ def calibrate(denoiser: Any, layers: dict[str, nn.Module], settings: Calibration
 
     gen = torch.Generator().manual_seed(settings.seed)
     amax: dict[tuple[str, int], float] = {}
+    lo: dict[tuple[str, int], float] = {}
+    hi: dict[tuple[str, int], float] = {}
     kept: dict[tuple[str, int], list[Tensor]] = {}
 
     def hook(name: str):
@@ -130,6 +145,8 @@ def calibrate(denoiser: Any, layers: dict[str, nn.Module], settings: Calibration
             x = inputs[0].detach().reshape(-1).float()
             key = (name, recorder.current)
             amax[key] = max(amax.get(key, 0.0), float(x.abs().max()))
+            lo[key] = min(lo.get(key, 0.0), float(x.min()))
+            hi[key] = max(hi.get(key, 0.0), float(x.max()))
             idx = torch.randint(0, x.numel(), (min(settings.samples_per_call, x.numel()),), generator=gen)
             kept.setdefault(key, []).append(x[idx.to(x.device)].cpu())
         return record
@@ -158,14 +175,37 @@ def calibrate(denoiser: Any, layers: dict[str, nn.Module], settings: Calibration
     levels = list(recorder.index)
     level_groups = _groups(len(levels), settings.groups)
     result = Calibration([float(v) for v in levels], recorder.steps, level_groups)
+    asym = settings.activations == "asymmetric"
+    if asym:
+        result.lows = {}
     for name in layers:
-        clips = []
+        clips, lows = [], []
         for g in range(result.groups):
             members = [i for i, gi in enumerate(level_groups) if gi == g]
             top = max(amax[(name, i)] for i in members)
-            if settings.estimator == "max":
+            low, high = min(lo[(name, i)] for i in members), max(hi[(name, i)] for i in members)
+            values = (lambda: torch.cat([t for i in members for t in kept[(name, i)]]))
+            q = settings.percentile / 100
+            if asym:
+                if settings.estimator == "max":
+                    r = (low, high)
+                elif settings.estimator == "percentile":
+                    v = values()
+                    r = (min(float(torch.quantile(v, 1 - q)), 0.0), max(float(torch.quantile(v, q)), 0.0))
+                else:
+                    r = range_search_affine(values(), low, high, bits)
+                if r[1] - r[0] <= 0:
+                    r = (-1.0, 1.0)
+                lows.append(r[0])
+                clips.append(r[1])
+            elif settings.estimator == "max":
                 clips.append(top if top > 0 else 1.0)
+            elif settings.estimator == "percentile":
+                c = float(torch.quantile(values().abs(), q))
+                clips.append(c if c > 0 else (top if top > 0 else 1.0))
             else:
-                clips.append(clip_search(torch.cat([t for i in members for t in kept[(name, i)]]), top, bits))
+                clips.append(clip_search(values(), top, bits))
         result.clips[name] = clips
+        if asym:
+            result.lows[name] = lows
     return result

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .maths import dequantize, fake_quantize, qmax, quantize, quantize_weight
+from .maths import affine_params, dequantize, fake_quantize, fake_quantize_affine, qmax, quantize, quantize_weight
 
 __all__ = ["KERNELS", "Kernel", "GroupSelector", "QuantLayer", "QuantConv2d", "QuantLinear"]
 
@@ -44,7 +44,10 @@ class GroupSelector:
 
 class QuantLayer(nn.Module):
     """Common state: ``weight_int8``, ``weight_scale`` (per output channel), float ``bias``, and
-    ``act_clip`` (one clipping range per timestep group; scale ``clip / qmax``)."""
+    ``act_clip`` (one clipping range per timestep group; scale ``clip / qmax``).  An *asymmetric*
+    layer also has ``act_low``, the lower end of each group's range: its input is quantized on the
+    affine grid over ``[act_low, act_clip]`` (:func:`~fewstep.quant.maths.fake_quantize_affine`);
+    asymmetric layers run with the simulated kernels only."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, bits: int, groups: int, selector: GroupSelector):
         super().__init__()
@@ -54,6 +57,9 @@ class QuantLayer(nn.Module):
         self.register_buffer("weight_scale", s)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.register_buffer("act_clip", torch.ones(groups), persistent=False)
+        self.register_buffer("act_low", None, persistent=False)  # None: symmetric
+        self.register_buffer("act_zero", None, persistent=False)
+        self.register_buffer("act_step", None, persistent=False)
         self.register_buffer("weight_float", torch.empty(0), persistent=False)
         self.register_buffer("w_cols", torch.empty(0, dtype=torch.int8), persistent=False)
         self.selector = selector
@@ -71,12 +77,48 @@ class QuantLayer(nn.Module):
         if not bool((clips > 0).all()):
             raise ValueError("activation clipping ranges must be positive")
         self.act_clip = clips.to(self.weight_scale.device)
+        self.act_low = self.act_zero = self.act_step = None
 
-    def act_scale(self, x: Tensor) -> Tensor:
-        """The input scale of the current group: a scalar, or ``(batch, 1, ...)`` per sample."""
+    def set_ranges(self, lows: Tensor, highs: Tensor) -> None:
+        """Asymmetric per-group ranges ``[lows, highs]`` (shape ``(groups,)``; 0 is always inside)."""
+        lows = torch.as_tensor(lows, dtype=torch.float32).reshape(-1)
+        highs = torch.as_tensor(highs, dtype=torch.float32).reshape(-1)
+        if lows.shape != highs.shape or not bool((highs > lows).all()):
+            raise ValueError("asymmetric activation ranges need one low < high per group")
+        scale, zero = affine_params(lows, highs, self.bits)
+        device = self.weight_scale.device
+        self.act_clip, self.act_low = highs.to(device), lows.to(device)
+        self.act_step, self.act_zero = scale.to(device), zero.to(device)
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.act_low is not None
+
+    def fake_quantize_input(self, x: Tensor) -> Tensor:
+        """The simulated path's quantize-dequantize of the input with the current group's grid."""
+        if not self.asymmetric:
+            return fake_quantize(x, self.act_scale(x), self.bits)
+        group = self._group()
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        s, z = self.act_step[group].to(x.dtype), self.act_zero[group].to(x.dtype)
+        if s.ndim:
+            s, z = s.reshape(shape), z.reshape(shape)
+        return fake_quantize_affine(x, s, z, self.bits)
+
+    def _group(self) -> int | Tensor:
         group = self.selector.group
         if group is None:
             raise RuntimeError("a quantized layer was called outside its QuantizedNetwork (no timestep group set)")
+        return group
+
+    def _check_int8(self) -> None:
+        if self.asymmetric:
+            raise ValueError("asymmetric activation ranges run with the simulated kernels only; "
+                             "use kernels='simulated' (or quantize with symmetric activations)")
+
+    def act_scale(self, x: Tensor) -> Tensor:
+        """The input scale of the current group: a scalar, or ``(batch, 1, ...)`` per sample."""
+        group = self._group()
         s = (self.act_clip[group] / qmax(self.bits)).to(x.dtype)
         return s.reshape((-1,) + (1,) * (x.ndim - 1)) if s.ndim else s
 
@@ -108,10 +150,11 @@ class QuantConv2d(QuantLayer):
         self.w_cols = self.weight_int8.permute(2, 3, 1, 0).reshape(-1, self.weight_int8.shape[0]).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
-        s = self.act_scale(x)
         if self.selector.kernels == "simulated":
-            return F.conv2d(fake_quantize(x, s, self.bits), self.weight_float.to(x.dtype), self._bias(x.dtype),
+            return F.conv2d(self.fake_quantize_input(x), self.weight_float.to(x.dtype), self._bias(x.dtype),
                             self.stride, self.padding)
+        self._check_int8()
+        s = self.act_scale(x)
         b, _, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         q = quantize(x, s, self.bits).permute(0, 2, 3, 1)  # (b, h, w, c)
@@ -139,9 +182,10 @@ class QuantLinear(QuantLayer):
         self.w_cols = self.weight_int8.t().contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
-        s = self.act_scale(x)
         if self.selector.kernels == "simulated":
-            return F.linear(fake_quantize(x, s, self.bits), self.weight_float.to(x.dtype), self._bias(x.dtype))
+            return F.linear(self.fake_quantize_input(x), self.weight_float.to(x.dtype), self._bias(x.dtype))
+        self._check_int8()
+        s = self.act_scale(x)
         lead = x.shape[:-1]
         q = quantize(x, s, self.bits).reshape(-1, x.shape[-1])
         per_sample = q.shape[0] // max(1, x.shape[0]) if x.ndim > 1 else 1

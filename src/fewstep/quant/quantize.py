@@ -4,7 +4,7 @@ trajectories, then swap the conv/linear layers (outside the time-embedding path)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -40,23 +40,31 @@ def build_quantized(net: torch.nn.Module, info: dict[str, Any]) -> QuantizedNetw
     replace_layers(net, names, int(info["bits"]), groups, selector)
     qnet = QuantizedNetwork(net, info["levels"], info["level_groups"], selector, info).to(device)
     layers = dict(qnet.quant_layers())
+    lows = info.get("ranges_low")
     for name in names:
         clips = info["ranges"].get(name)
-        if clips is None or len(clips) != groups:
+        low = None if lows is None else lows.get(name)
+        if clips is None or len(clips) != groups or (lows is not None and (low is None or len(low) != groups)):
             raise ValueError(f"the quantization record lacks {groups} activation ranges for layer {name}")
-        layers[name].set_clips(torch.tensor(clips))
+        if low is None:
+            layers[name].set_clips(torch.tensor(clips))
+        else:
+            layers[name].set_ranges(torch.tensor(low), torch.tensor(clips))
     return qnet
 
 
 def quantize_denoiser(denoiser: DenoiserBase, settings: CalibrationSettings | None = None, *, bits: int = 8,
-                      kernels: str = "simulated", device: str | torch.device = "cpu",
+                      kernels: str = "simulated", keep_float: Sequence[str] = (), device: str | torch.device = "cpu",
                       progress: bool = False) -> DenoiserBase:
     """Calibrate and quantize ``denoiser``'s network in place (``map_networks``); returns ``denoiser``.
 
     Weights: int8 (``bits``-bit levels), symmetric, one scale per output channel.  Activations (each
     quantized layer's input): symmetric per tensor, a static range per timestep group chosen on
     ``settings.n`` calibration trajectories of ``settings.solver`` at ``settings.nfe``.  The
-    time-embedding path stays float (see :mod:`fewstep.quant.network`).  ``kernels`` picks the
+    time-embedding path stays float (see :mod:`fewstep.quant.network`), and so do the layers named
+    in ``keep_float`` (e.g. ``("conv_in", "conv_out")``, the first and last layers, as Q-Diffusion
+    and most PTQ work keep them).  ``settings.activations='asymmetric'`` gives every input an
+    affine range ``[lo, hi]`` with a zero point (simulated kernels only).  ``kernels`` picks the
     execution ('simulated' float kernels or 'int8' ``torch._int_mm``), recorded as the default.
     """
     settings = settings or CalibrationSettings()
@@ -66,6 +74,12 @@ def quantize_denoiser(denoiser: DenoiserBase, settings: CalibrationSettings | No
     net = single_network(denoiser)
     check_supported(net)
     layers = quantizable_layers(net)
+    unknown = [n for n in keep_float if n not in layers]
+    if unknown:
+        raise ValueError(f"keep_float: {', '.join(unknown)} is not a quantizable layer; valid: {', '.join(layers)}")
+    if settings.activations == "asymmetric" and kernels == "int8":
+        raise ValueError("asymmetric activation ranges run with the simulated kernels only; use kernels='simulated'")
+    layers = {n: m for n, m in layers.items() if n not in set(keep_float)}
     calib = calibrate(denoiser, layers, settings, bits, device=device, progress=progress)
     kept = sorted(name for name, m in net.named_modules()
                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and name not in layers)
@@ -74,7 +88,8 @@ def quantize_denoiser(denoiser: DenoiserBase, settings: CalibrationSettings | No
         "paper": "TFMQ-DM (Huang et al. 2024), per-timestep activation ranges; time-embedding path kept float",
         "bits": int(bits),
         "weights": "per-output-channel symmetric, int8 storage",
-        "activations": "per-tensor symmetric, static range per timestep group (nearest calibrated noise level)",
+        "activations": f"per-tensor {settings.activations}, static range per timestep group (nearest calibrated "
+                       "noise level)",
         "kernels": kernels,
         "calibration": settings.to_dict(),
         "quantized_layers": list(layers),
@@ -84,6 +99,7 @@ def quantize_denoiser(denoiser: DenoiserBase, settings: CalibrationSettings | No
         "steps": calib.steps,
         "level_groups": calib.level_groups,
         "ranges": calib.clips,
+        **({"ranges_low": calib.lows} if calib.lows is not None else {}),
     }
     denoiser.map_networks(lambda n: build_quantized(n, info))
     return denoiser
@@ -94,6 +110,8 @@ def set_kernels(denoiser: DenoiserBase, kernels: str) -> DenoiserBase:
     found = [n for n in denoiser.networks() if isinstance(n, QuantizedNetwork)]
     if not found:
         raise ValueError("this denoiser has no quantized network; quantize it first (fewstep quantize)")
+    if kernels == "int8" and any(layer.asymmetric for net in found for _, layer in net.quant_layers()):
+        raise ValueError("this model has asymmetric activation ranges, which run with the simulated kernels only")
     for net in found:
         net.kernels = kernels
     return denoiser
