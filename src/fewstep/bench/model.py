@@ -107,6 +107,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.shape)
     runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe) for name, grid, nfe in runs]
+    runs, no_entry = _tuned_runs(runs, denoiser.process)
+    skipped += no_entry
     batch_size = cfg.batch_size or default_batch_size(device)
     rank0 = world()[0] == 0
     near = None
@@ -189,6 +191,22 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
 
 
 STORE_FILE = "evaluations.json"
+
+
+def _tuned_runs(runs: list[tuple[str, Any, int]], process: Any) -> tuple[list[tuple[str, Any, int]], list[str]]:
+    """Keep the runs on a grid file only where the file holds a grid optimized for that solver at that NFE
+    (a tuned configuration; other solvers' grids are not benchmarked under its name)."""
+    from ..grids import GRIDS
+    from ..grids.files import is_grid_file, own_entry
+
+    kept, skipped = [], []
+    for name, grid, nfe in runs:
+        if isinstance(grid, str) and grid not in GRIDS and is_grid_file(grid):
+            if own_entry(grid, process, solvers.get(name).steps_for(nfe)[0], name, nfe) is None:
+                skipped.append(f"{name} nfe={nfe} on {grid} (no grid optimized for it there)")
+                continue
+        kept.append((name, grid, nfe))
+    return kept, skipped
 
 
 def _reference_meta(near: Any) -> str:
