@@ -254,3 +254,19 @@ def test_bench_model_runs_a_grid_file_only_for_the_solvers_and_nfes_it_was_tuned
     kept, skipped = _tuned_runs(runs, ddpm_linear)
     assert kept == [("unipc", path, 5), ("unipc", "logsnr", 6)]
     assert len(skipped) == 2 and all("no grid optimized for it" in s for s in skipped)
+
+
+def test_the_grids_shipped_with_bundled_fashion_resolve_by_name():
+    from fewstep.grids.timetuner import time_tuned
+
+    den = fewstep.load_model("bundled:fashion")
+    shipped = read_grid_file("bundled:fashion")
+    assert shipped.entries and shipped.process == den.process.config()
+    for e in shipped.entries:
+        assert make_grid(den.process, e.steps, "bundled:fashion", solver=e.solver, nfe=e.nfe).tolist() == e.times
+    e = max(shipped.entries, key=lambda e: (e.net_times is not None) + (e.options is not None))
+    x_T = fewstep.prior_noise(den.process, den.sample_shape, fewstep.generators([3]))
+    want = fewstep.sample(time_tuned(den, e.times, e.net_times), x_T, e.solver, e.nfe, e.times, **(e.options or {}))
+    assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, "bundled:fashion"), want)
+    with pytest.raises(ValueError, match="unknown bundled model"):
+        make_grid(den.process, 5, "bundled:nope")
