@@ -270,3 +270,18 @@ def test_the_grids_shipped_with_bundled_fashion_resolve_by_name():
     assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, "bundled:fashion"), want)
     with pytest.raises(ValueError, match="unknown bundled model"):
         make_grid(den.process, 5, "bundled:nope")
+
+
+def test_cli_dc_method_and_reference_cache(tmp_path, capsys):
+    out, cache = tmp_path / "dc.json", tmp_path / "cache"
+    common = ["grid", "optimize", "--model", "exact:gmm8", "--nfe", "6", "--seeds", "0:16", "--reference-nfe", "60",
+              "--reference-cache", str(cache), "--no-progress", "--out", str(out)]
+    assert main(common + ["--solver", "dc_solver", "--method", "dc", "--start", "logsnr"]) == 0
+    e = read_grid_file(out).entries[0]
+    assert e.solver == "dc_solver" and e.method == "dc" and e.score <= e.provenance["start_score"]
+    assert e.provenance["reference"]["near_exact"] and list(cache.rglob("0-16.safetensors"))
+    capsys.readouterr()
+    assert main(["grid", "show", str(out)]) == 0
+    assert ("ratios" in capsys.readouterr().out) == (e.options is not None)
+    assert main(common + ["--solver", "unipc", "--method", "dc"]) == 1
+    assert "use solver dc_solver" in capsys.readouterr().err

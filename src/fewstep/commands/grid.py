@@ -131,6 +131,10 @@ def _run_optimize(args: argparse.Namespace) -> int:
         print(f"grid {args.method}: {spec.name} at NFE {','.join(map(str, args.nfe))}, {len(args.seeds)} seeds, "
               f"reference dpm++3m at {args.reference_nfe} NFE, up to {total} scored solves", flush=True)
         bar = tqdm(total=total, desc=f"grid {args.method}", unit="solve", dynamic_ncols=True)
+    if not args.no_progress and args.method == "dc":
+        print(f"grid dc: DC-Solver ratios at NFE {','.join(map(str, args.nfe))} on {args.start or 'the best start grid'}, "
+              f"{len(args.seeds)} seeds, reference dpm++3m at {args.reference_nfe} NFE", flush=True)
+
     def on_eval(score: float) -> None:
         bar.update()
         bar.set_postfix(score=f"{score:.4g}", refresh=False)

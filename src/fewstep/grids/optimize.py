@@ -3,8 +3,8 @@ grid-file entries."""
 
 from __future__ import annotations
 
-import time
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
