@@ -163,7 +163,7 @@ def fid(args: argparse.Namespace) -> None:
     ref = reference_stats(None, ext)
     out = RESULTS / "fid.json"
     done = json.loads(out.read_text()) if out.exists() else {}
-    print("| sampler | NFE | FID | KID x1e3 | precision | recall |\n|---|---:|---:|---:|---:|---:|", flush=True)
+    print("| sampler | NFE | FID | KID | precision | recall |\n|---|---:|---:|---:|---:|---:|", flush=True)
     for nfe in args.nfes:
         for spec in args.configs.split(";"):
             solver, grid, opts = parse_config(spec)
@@ -174,7 +174,7 @@ def fid(args: argparse.Namespace) -> None:
                 done[key] = {k: r[k] for k in ("fid", "kid", "precision", "recall")}
                 out.write_text(json.dumps(done, indent=1))
             r = done[key]
-            print(f"| {spec.replace(str(GRIDS) + '/', '')} | {nfe} | {r['fid']:.2f} | {r['kid'] * 1e3:.2f} | "
+            print(f"| {spec.replace(str(GRIDS) + '/', '')} | {nfe} | {r['fid']:.2f} | {r["kid"]:.4f} | "
                   f"{r['precision']:.3f} | {r['recall']:.3f} |", flush=True)
 
 
