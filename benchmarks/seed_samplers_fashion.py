@@ -174,7 +174,7 @@ def fid(args: argparse.Namespace) -> None:
                 done[key] = {k: r[k] for k in ("fid", "kid", "precision", "recall")}
                 out.write_text(json.dumps(done, indent=1))
             r = done[key]
-            print(f"| {spec.replace(str(GRIDS) + '/', '')} | {nfe} | {r['fid']:.2f} | {r["kid"]:.4f} | "
+            print(f"| {spec.replace(str(GRIDS) + '/', '')} | {nfe} | {r['fid']:.2f} | {r['kid']:.4f} | "
                   f"{r['precision']:.3f} | {r['recall']:.3f} |", flush=True)
 
 
