@@ -185,3 +185,103 @@ def test_cli_grid_optimize_show_and_sample(tmp_path, capsys):
     assert main(["sample", "--model", "bundled:fashion", "--nfe", "5", "--n", "1", "--grid", str(fashion),
                  "--out", str(tmp_path / "b.npz"), "--no-progress"]) == 1
     assert "no grid for nfe=5" in capsys.readouterr().err
+
+
+def test_grid_file_options_apply_to_their_own_solver_only(tmp_path, gmm8, ddpm_linear):
+    den = gmm8.denoiser(ddpm_linear)
+    times = make_grid(ddpm_linear, 6, "logsnr")
+    ratios = [1.0, 1.0, 1.2, 0.9, 1.1, 1.3]
+    path = write_grid_file(tmp_path / "dc.json", ddpm_linear,
+                           [GridEntry("dc_solver", 6, 6, times.tolist(), "dc", options={"ratios": ratios})])
+    assert read_grid_file(path).entries[0].options == {"ratios": ratios}
+    x_T = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    with_ratios = fewstep.sample(den, x_T, "dc_solver", 6, times, ratios=ratios)
+    assert not torch.equal(with_ratios, fewstep.sample(den, x_T, "dc_solver", 6, times))
+    assert torch.equal(fewstep.sample(den, x_T, "dc_solver", 6, str(path)), with_ratios)
+    # explicit options win over the file's; another solver reads only the times
+    assert torch.equal(fewstep.sample(den, x_T, "dc_solver", 6, str(path), ratios=[1.0] * 6),
+                       fewstep.sample(den, x_T, "unipc", 6, times))
+    assert torch.equal(fewstep.sample(den, x_T, "unipc", 6, str(path)), fewstep.sample(den, x_T, "unipc", 6, times))
+
+
+def test_dc_ratios_on_a_searched_grid_and_timetuner_on_top(tmp_path, reference8, ddpm_linear):
+    from fewstep.grids.optimize import optimize_grids
+
+    den = reference8.denoiser
+    base = [GridEntry("unipc", 6, 6, make_grid(ddpm_linear, 6, "logsnr").tolist(), "search")]
+    grid = write_grid_file(tmp_path / "g.json", ddpm_linear, base)
+    dc = optimize_grids(den, "dc_solver", [6], "dc", reference=reference8, start=str(grid))[0]
+    assert dc.times == base[0].times  # the file's unipc grid, unchanged
+    # dc_solver without ratios is unipc; the searched ratios lower the error to the reference
+    assert dc.provenance["start_score"] == pytest.approx(reference8.rmse("unipc", 6, str(grid)), rel=1e-12)
+    assert len(dc.options["ratios"]) == 6 and dc.score < 0.8 * dc.provenance["start_score"]
+    searched = optimize_grids(den, "unipc", [6], "search", reference=reference8, rounds=1, start="uniform")
+    kept = optimize_grids(den, "dc_solver", [6], "dc", reference=reference8, start=searched[0].times)[0]
+    assert kept.score <= kept.provenance["start_score"]  # ratios that do not help are not kept
+    assert (kept.options is None) == (kept.score == kept.provenance["start_score"])
+    searched = base
+    both = write_grid_file(tmp_path / "dc.json", ddpm_linear, searched + [dc])
+    assert reference8.rmse("dc_solver", 6, str(both)) == pytest.approx(dc.score, rel=1e-9)
+    tt = optimize_grids(den, "dc_solver", [6], "timetuner", reference=reference8, rounds=1, start=str(both))[0]
+    assert tt.options == dc.options and tt.times == dc.times and tt.net_times is not None
+    assert tt.provenance["start_score"] == pytest.approx(dc.score, rel=1e-9) and tt.score < dc.score
+    path = write_grid_file(tmp_path / "tt.json", ddpm_linear, [tt])
+    assert reference8.rmse("dc_solver", 6, str(path)) == pytest.approx(tt.score, rel=1e-9)
+    with pytest.raises(ValueError, match="use solver dc_solver"):
+        optimize_grids(den, "unipc", [6], "dc", reference=reference8)
+
+
+def test_cached_reference_is_the_near_exact_solution_and_is_reused(tmp_path, gmm8, ddpm_linear, monkeypatch):
+    from fewstep.metrics import near_exact
+    from fewstep.metrics.near_exact import ReferenceSettings, near_exact_batch
+
+    den = gmm8.denoiser(ddpm_linear)
+    ref = ReferenceSet(den, (8,), range(5, 21), nfe=50, cache_dir=str(tmp_path))
+    want = near_exact_batch(den, (8,), list(range(5, 21)), ReferenceSettings("dpm++3m", 50, "logsnr"))
+    assert torch.equal(ref.reference, want) and list(tmp_path.rglob("*.safetensors"))
+    monkeypatch.setattr(near_exact, "near_exact_batch", lambda *a, **k: pytest.fail("recomputed"))
+    again = ReferenceSet(den, (8,), range(5, 21), nfe=50, cache_dir=str(tmp_path))
+    assert torch.equal(again.reference, want)
+    with pytest.raises(ValueError, match="contiguous"):
+        ReferenceSet(den, (8,), [1, 3], nfe=50, cache_dir=str(tmp_path))
+
+
+def test_bench_model_runs_a_grid_file_only_for_the_solvers_and_nfes_it_was_tuned_for(tmp_path, ddpm_linear):
+    from fewstep.bench.model import _tuned_runs
+
+    path = str(write_grid_file(tmp_path / "g.json", ddpm_linear, [_entry(ddpm_linear, "unipc", 5)]))
+    runs = [("unipc", path, 5), ("unipc", path, 6), ("ipndm", path, 5), ("unipc", "logsnr", 6)]
+    kept, skipped = _tuned_runs(runs, ddpm_linear)
+    assert kept == [("unipc", path, 5), ("unipc", "logsnr", 6)]
+    assert len(skipped) == 2 and all("no grid optimized for it" in s for s in skipped)
+
+
+def test_the_grids_shipped_with_bundled_fashion_resolve_by_name():
+    from fewstep.grids.timetuner import time_tuned
+
+    den = fewstep.load_model("bundled:fashion")
+    shipped = read_grid_file("bundled:fashion")
+    assert shipped.entries and shipped.process == den.process.config()
+    for e in shipped.entries:
+        assert make_grid(den.process, e.steps, "bundled:fashion", solver=e.solver, nfe=e.nfe).tolist() == e.times
+    e = max(shipped.entries, key=lambda e: (e.net_times is not None) + (e.options is not None))
+    x_T = fewstep.prior_noise(den.process, den.sample_shape, fewstep.generators([3]))
+    want = fewstep.sample(time_tuned(den, e.times, e.net_times), x_T, e.solver, e.nfe, e.times, **(e.options or {}))
+    assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, "bundled:fashion"), want)
+    with pytest.raises(ValueError, match="unknown bundled model"):
+        make_grid(den.process, 5, "bundled:nope")
+
+
+def test_cli_dc_method_and_reference_cache(tmp_path, capsys):
+    out, cache = tmp_path / "dc.json", tmp_path / "cache"
+    common = ["grid", "optimize", "--model", "exact:gmm8", "--nfe", "6", "--seeds", "0:16", "--reference-nfe", "60",
+              "--reference-cache", str(cache), "--no-progress", "--out", str(out)]
+    assert main(common + ["--solver", "dc_solver", "--method", "dc", "--start", "logsnr"]) == 0
+    e = read_grid_file(out).entries[0]
+    assert e.solver == "dc_solver" and e.method == "dc" and e.score <= e.provenance["start_score"]
+    assert e.provenance["reference"]["near_exact"] and list(cache.rglob("0-16.safetensors"))
+    capsys.readouterr()
+    assert main(["grid", "show", str(out)]) == 0
+    assert ("ratios" in capsys.readouterr().out) == (e.options is not None)
+    assert main(common + ["--solver", "unipc", "--method", "dc"]) == 1
+    assert "use solver dc_solver" in capsys.readouterr().err

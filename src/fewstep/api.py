@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import GridSpec, Schedule, make_schedule, tuned_for
+from .grids import GridSpec, Schedule, make_schedule, tuned_for, tuned_options
 from .solvers._common import Callback, Cond, Generator
 
 __all__ = ["sample", "plan_solve", "generators", "prior_noise", "generate"]
@@ -23,7 +23,7 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
 
     ``solver`` is a name from ``fewstep.solvers.available()``; ``grid`` a name from
     ``fewstep.grids.GRIDS``, an explicit decreasing list of times, a grid file (its grid for this
-    solver and NFE, and its TimeTuner network times if tuned for this solver), or ``None`` for the process's
+    solver and NFE, and its TimeTuner network times and solver options if tuned for this solver), or ``None`` for the process's
     ``default_grid`` (time-uniform for VP processes, Karras for EDM/VE); ``generator`` a
     ``torch.Generator`` or one per sample (results then do not depend on the batch size).
     ``clean_end`` makes the last step land on ``sigma = 0``; without it the solver stops at the
@@ -60,6 +60,10 @@ def plan_solve(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | N
                         f"got {type(cond).__name__}")
     spec.check_options(options)
     steps, planned = spec.steps_for(nfe, clean_end)
+    tuned = tuned_options(grid, denoiser.process, spec.name, nfe, steps)
+    if tuned:  # options saved with a grid file's entry for this solver; explicit ones win
+        spec.check_options(tuned)
+        options = {**tuned, **options}
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
                              **(grid_options or {}))
     denoiser = tuned_for(denoiser, grid, spec.name, nfe, steps)

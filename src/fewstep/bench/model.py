@@ -146,6 +146,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.shape)
     runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe, m, c) for name, grid, nfe, m, c in runs]
+    runs, no_entry = _tuned_runs(runs, denoiser.process)
+    skipped += no_entry
     models = {"": denoiser, **{m: load_denoiser(m, device) for m in dict.fromkeys(r[3] for r in runs) if m}}
     batch_size = cfg.batch_size or default_batch_size(device)
     rank0 = world()[0] == 0
@@ -246,6 +248,23 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
 
 
 STORE_FILE = "evaluations.json"
+
+
+def _tuned_runs(runs: list[tuple[Any, ...]], process: Any) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """Keep the runs on a grid file only where the file holds a grid optimized for that solver at that NFE
+    (a tuned configuration; other solvers' grids are not benchmarked under its name)."""
+    from ..grids import GRIDS
+    from ..grids.files import is_grid_file, own_entry
+
+    kept, skipped = [], []
+    for run in runs:  # (solver, grid, nfe, ...)
+        name, grid, nfe = run[:3]
+        if isinstance(grid, str) and grid not in GRIDS and is_grid_file(grid):
+            if own_entry(grid, process, solvers.get(name).steps_for(nfe)[0], name, nfe) is None:
+                skipped.append(f"{name} nfe={nfe} on {grid} (no grid optimized for it there)")
+                continue
+        kept.append(run)
+    return kept, skipped
 
 
 def _reference_meta(near: Any) -> str:

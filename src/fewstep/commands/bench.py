@@ -33,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--solvers", type=_names, default=None, help="comma-separated solver names, or all (default)")
     model.add_argument("--nfe", type=_ints, default=[3, 4, 5, 6, 8, 10, 15, 20])
     model.add_argument("--grids", type=_names, default=["default"],
-                       help="comma-separated grids (names or grid files); 'default' is the process's "
-                            "(time-uniform for VP models)")
+                       help="comma-separated grids (names, grid files or bundled:fashion); 'default' is the "
+                            "process's (time-uniform for VP models); a grid file runs only the solvers and NFEs "
+                            "it holds grids for, with their network times and solver options")
     model.add_argument("--n", type=int, default=10_000, help="samples per configuration")
     model.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     model.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=10)
     p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic, karras or a grid file "
-                                                   "from `fewstep grid optimize` (default: the process's, "
+                                                   "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
+                                                   "that model; default: the process's, "
                                                    "time-uniform for VP models, karras for EDM)")
     p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")

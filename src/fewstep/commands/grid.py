@@ -42,18 +42,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                          "--data-std (no network evaluation). search: coordinate descent of the "
                                          "interior times against a near-exact solve of --seeds (Align Your Steps "
                                          "style). timetuner: tuned network time inputs on the best start grid "
-                                         "(TimeTuner; --start grid.json tunes on a searched grid).")
+                                         "(TimeTuner; --start grid.json tunes on a searched grid). dc: DC-Solver's "
+                                         "compensation ratios searched on the start grid (--solver dc_solver; "
+                                         "--start grid.json uses its unipc grid); TimeTuner then composes on top "
+                                         "(--method timetuner --solver dc_solver --start dc.json).")
     opt.add_argument("--model", required=True, help="checkpoint folder, bundled:fashion, or an exact model: "
                                                     + ", ".join(EXACT_MODELS))
     opt.add_argument("--solver", default="unipc")
     opt.add_argument("--nfe", type=_ints, default=[5, 6, 8, 10])
-    opt.add_argument("--method", choices=["analytic", "search", "timetuner"], default="analytic")
+    opt.add_argument("--method", choices=["analytic", "search", "timetuner", "dc"], default="analytic")
     opt.add_argument("--out", required=True, help="the grid file to write (.json); an existing one gains or "
                                                   "replaces these entries")
     opt.add_argument("--seeds", type=_seeds, default=list(range(10_000, 10_064)),
                      help="seeds scored by search/timetuner, A:B or a list (default 10000:10064; keep them "
                           "disjoint from evaluation seeds)")
     opt.add_argument("--reference-nfe", type=int, default=200, help="NFE of the near-exact reference (dpm++3m)")
+    opt.add_argument("--reference-cache", default=None, metavar="DIR",
+                     help="cache the near-exact reference of --seeds in DIR (the yardstick's solution, shared "
+                          "with later runs and `fewstep bench model --reference-cache`; default: not cached)")
     opt.add_argument("--iters", type=int, default=3, help="rounds of coordinate descent")
     opt.add_argument("--candidates", type=int, default=2, help="candidate moves per side and coordinate")
     opt.add_argument("--data-std", type=_data_std, default=None,
@@ -118,13 +124,17 @@ def _run_optimize(args: argparse.Namespace) -> int:
         check_process(old, den.process, args.out)
         kept = [e for e in old.entries if not (e.solver == spec.name and e.nfe in args.nfe)]
     bar = None
-    if not args.no_progress and args.method != "analytic":
+    if not args.no_progress and args.method not in ("analytic", "dc"):
         from tqdm.auto import tqdm
 
         total = expected_evaluations(spec.name, args.nfe, args.iters, args.candidates)
         print(f"grid {args.method}: {spec.name} at NFE {','.join(map(str, args.nfe))}, {len(args.seeds)} seeds, "
               f"reference dpm++3m at {args.reference_nfe} NFE, up to {total} scored solves", flush=True)
         bar = tqdm(total=total, desc=f"grid {args.method}", unit="solve", dynamic_ncols=True)
+    if not args.no_progress and args.method == "dc":
+        print(f"grid dc: DC-Solver ratios at NFE {','.join(map(str, args.nfe))} on {args.start or 'the best start grid'}, "
+              f"{len(args.seeds)} seeds, reference dpm++3m at {args.reference_nfe} NFE", flush=True)
+
     def on_eval(score: float) -> None:
         bar.update()
         bar.set_postfix(score=f"{score:.4g}", refresh=False)
@@ -133,7 +143,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
         entries = optimize_grids(den, spec.name, args.nfe, args.method, shape=shape, seeds=args.seeds,
                                  reference_nfe=args.reference_nfe, rounds=args.iters, candidates=args.candidates,
                                  data_std=args.data_std or DEFAULT_DATA_STD, start=args.start,
-                                 on_eval=on_eval if bar is not None else None, batch_size=args.batch_size)
+                                 on_eval=on_eval if bar is not None else None, batch_size=args.batch_size,
+                                 reference_cache=args.reference_cache)
     finally:
         if bar is not None:
             bar.close()
@@ -149,10 +160,14 @@ def _describe(e: Any) -> str:
     start = e.provenance.get("start_score")
     gain = f" (start {start:.4g})" if isinstance(start, (int, float)) else ""
     kind = e.provenance.get("score_kind", "score")
-    line = f"{e.solver:>10} nfe={e.nfe:<3} {e.method:<9} {kind} {e.score:.4g}{gain}\n    times " + \
+    score = "" if e.score is None else f" {kind} {e.score:.4g}{gain}"
+    line = f"{e.solver:>10} nfe={e.nfe:<3} {e.method:<9}{score}\n    times " + \
         " ".join(f"{t:.4g}" for t in e.times)
     if e.net_times is not None:
         line += "\n    net   " + " ".join(f"{t:.4g}" for t in e.net_times)
+    for k, v in (e.options or {}).items():
+        text = " ".join(f"{r:.4g}" for r in v) if isinstance(v, list) else str(v)
+        line += f"\n    {k:<5} {text}"
     return line
 
 

@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=20)
     p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic, karras or a grid file "
-                                                   "from `fewstep grid optimize` (default: the process's, "
+                                                   "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
+                                                   "that model; default: the process's, "
                                                    "time-uniform for VP models, karras for EDM)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from ..processes import NoiseProcess
-from .files import is_grid_file, select_entry
+from .files import is_grid_file, own_entry, select_entry
 
-__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule", "tuned_for"]
+__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule", "tuned_for", "tuned_options"]
 
 GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 
@@ -128,6 +128,21 @@ def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = Non
         ts, alpha, sigma, lam = ts.clone(), alpha.clone(), sigma.clone(), lam.clone()
         ts[-1], alpha[-1], sigma[-1], lam[-1] = math.nan, 1.0, 0.0, math.inf
     return Schedule(process, ts, alpha, sigma, lam, clean_end)
+
+
+def _own_entry(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> Any:
+    """The grid file entry tuned for ``solver`` itself at ``nfe`` (None: not a grid file, or another solver's grid)."""
+    if not (isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)):
+        return None
+    select_entry(grid, process, steps, solver, nfe)  # a one-line error when the file has no grid for this NFE
+    return own_entry(grid, process, steps, solver, nfe)
+
+
+def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> dict[str, Any]:
+    """The solver options a grid file's entry for ``solver`` at ``nfe`` was tuned with (e.g. DC-Solver's
+    ``ratios``); empty for any other grid or solver."""
+    entry = _own_entry(grid, process, solver, nfe, steps)
+    return dict(entry.options) if entry is not None and entry.options else {}
 
 
 def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:

@@ -4,12 +4,14 @@ One grid::
 
     {"format": "fewstep-grid", "version": 1, "process": {...process config...},
      "solver": "unipc", "nfe": 6, "steps": 6, "times": [t_max, ..., t_min],
-     "net_times": null | [one network time per step], "method": "search", "score": 0.031,
-     "provenance": {...}}
+     "net_times": null | [one network time per step], "options": null | {...solver options...},
+     "method": "search", "score": 0.031, "provenance": {...}}
 
 Several grids (other NFEs or solvers) share the header and list the per-grid fields under
 ``"grids"``.  ``times`` are the decreasing grid times from the process's ``t_max``;
-``net_times`` (TimeTuner) the time fed to the network at each step's main evaluation.
+``net_times`` (TimeTuner) the time fed to the network at each step's main evaluation;
+``options`` solver options tuned with the grid (e.g. DC-Solver's ``ratios``).  Network times and
+options apply only when sampling with the entry's own solver.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from typing import Any, Sequence
 
 from ..processes import NoiseProcess
 
-__all__ = ["GridEntry", "GridFile", "FORMAT", "VERSION", "is_grid_file", "read_grid_file", "write_grid_file",
-           "select_entry"]
+__all__ = ["GridEntry", "GridFile", "FORMAT", "VERSION", "is_grid_file", "grid_file_path", "read_grid_file",
+           "write_grid_file", "select_entry", "own_entry"]
 
 FORMAT = "fewstep-grid"
 VERSION = 1
-_ENTRY_KEYS = ("solver", "nfe", "steps", "times", "net_times", "method", "score")
+BUNDLED_GRIDS = "grids.json"  # the tuned grids shipped beside a bundled model's weights
+_ENTRY_KEYS = ("solver", "nfe", "steps", "times", "net_times", "options", "method", "score")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class GridEntry:
     score: float | None = None
     net_times: list[float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.times = [float(t) for t in self.times]
@@ -55,6 +59,8 @@ class GridEntry:
             if len(self.net_times) != self.steps:
                 raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: {len(self.net_times)} net_times for "
                                  f"{self.steps} steps")
+        if self.options is not None and not isinstance(self.options, dict):
+            raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: options must be a mapping of solver options")
 
 
 @dataclass
@@ -67,10 +73,23 @@ class GridFile:
 
 
 def is_grid_file(spec: Any) -> bool:
-    """Whether ``spec`` names a grid file (a path ending in ``.json``, or an existing file)."""
+    """Whether ``spec`` names a grid file (a path ending in ``.json``, an existing file, or ``bundled:<model>``)."""
     if isinstance(spec, os.PathLike):
         return True
-    return isinstance(spec, str) and (spec.endswith(".json") or os.path.isfile(spec))
+    return isinstance(spec, str) and (spec.endswith(".json") or spec.startswith("bundled:") or os.path.isfile(spec))
+
+
+def grid_file_path(spec: str | os.PathLike) -> Path:
+    """The file a grid-file spec names: a path, or ``bundled:<model>`` for the tuned grids shipped with a
+    bundled model (``fewstep/assets/<model>/grids.json``)."""
+    if isinstance(spec, str) and spec.startswith("bundled:"):
+        from ..loading import resolve_bundled
+
+        path = resolve_bundled(spec) / BUNDLED_GRIDS
+        if not path.is_file():
+            raise ValueError(f"no tuned grids ship with {spec}; pass a grid file from `fewstep grid optimize`")
+        return path
+    return Path(spec)
 
 
 def _entry_from(d: dict[str, Any], where: str) -> GridEntry:
@@ -78,15 +97,15 @@ def _entry_from(d: dict[str, Any], where: str) -> GridEntry:
     if missing:
         raise ValueError(f"{where}: a grid entry lacks {', '.join(missing)}")
     return GridEntry(str(d["solver"]), int(d["nfe"]), int(d["steps"]), d["times"], str(d["method"]),
-                     d.get("score"), d.get("net_times"), dict(d.get("provenance") or {}))
+                     d.get("score"), d.get("net_times"), dict(d.get("provenance") or {}), d.get("options"))
 
 
 _CACHE: dict[tuple[str, int, int], GridFile] = {}
 
 
 def read_grid_file(path: str | os.PathLike) -> GridFile:
-    """Read and check a grid file (cached while the file is unchanged)."""
-    p = Path(path)
+    """Read and check a grid file, or ``bundled:<model>`` (cached while the file is unchanged)."""
+    p = grid_file_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"grid file {p} not found (write one with `fewstep grid optimize`)")
     st = p.stat()
@@ -147,13 +166,24 @@ def check_process(grids: GridFile, process: NoiseProcess, path: Any) -> None:
                          f"model's ({process!r})")
 
 
+def _fits(grids: GridFile, steps: int, nfe: int | None) -> list[GridEntry]:
+    return [e for e in grids.entries if e.steps == steps and (nfe is None or e.nfe == nfe)]
+
+
+def own_entry(path: str | os.PathLike, process: NoiseProcess, steps: int, solver: str, nfe: int) -> GridEntry | None:
+    """The entry of ``path`` optimized for ``solver`` itself at ``nfe`` (``steps`` steps), or None."""
+    grids = read_grid_file(path)
+    check_process(grids, process, path)
+    return next((e for e in _fits(grids, steps, nfe) if e.solver == solver), None)
+
+
 def select_entry(path: str | os.PathLike, process: NoiseProcess, steps: int, solver: str | None = None,
                  nfe: int | None = None) -> GridEntry:
     """The grid of ``path`` for ``steps`` steps: the entry for ``solver`` at ``nfe`` if there is one, else
     another solver's grid with the same NFE and step count."""
     grids = read_grid_file(path)
     check_process(grids, process, path)
-    fits = [e for e in grids.entries if e.steps == steps and (nfe is None or e.nfe == nfe)]
+    fits = _fits(grids, steps, nfe)
     if not fits:
         have = ", ".join(sorted({f"{e.solver} nfe={e.nfe}" for e in grids.entries}))
         want = f"nfe={nfe} ({steps} steps)" if nfe is not None else f"{steps} steps"

@@ -1,13 +1,18 @@
-"""``optimize_grids``: analytic, searched or TimeTuner grids for a solver at several NFEs, as grid-file entries."""
+"""``optimize_grids``: analytic, searched, TimeTuner or DC-Solver-tuned grids for a solver at several NFEs, as
+grid-file entries."""
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from .. import solvers
+from . import GRIDS
 from .files import GridEntry
 from .gaussian import DEFAULT_DATA_STD, analytic_grid
 from .search import ReferenceSet, search_grid
@@ -15,7 +20,8 @@ from .timetuner import tune_net_times
 
 __all__ = ["METHODS", "optimize_grids", "expected_evaluations"]
 
-METHODS = ("analytic", "search", "timetuner")
+METHODS = ("analytic", "search", "timetuner", "dc")
+DC_SOLVER = "dc_solver"
 
 
 def expected_evaluations(solver: str, nfes: Sequence[int], rounds: int, candidates: int) -> int:
@@ -24,18 +30,64 @@ def expected_evaluations(solver: str, nfes: Sequence[int], rounds: int, candidat
     return sum(rounds * 2 * candidates * spec.steps_for(n)[0] for n in nfes)
 
 
-def _best_start(reference: ReferenceSet, solver: str, nfe: int, starts: Sequence[Any]) -> tuple[Any, float]:
-    """The start grid with the lowest RMSE (grid names, times or a grid file)."""
-    scored = [(reference.rmse(solver, nfe, s), i) for i, s in enumerate(starts)]
+@dataclass
+class _Start:
+    """A start grid: its times and the solver options / network times tuned with it (from a grid file)."""
+
+    times: Tensor
+    options: dict[str, Any] | None = None
+    net_times: list[float] | None = None
+
+
+def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any) -> _Start:
+    """Times of a grid name or explicit times; a grid file's entry for the solver with its options and network
+    times (DC-Solver, which is UniPC's loop, starts from UniPC's entry when the file has none of its own)."""
+    from . import make_grid
+    from .files import is_grid_file, select_entry
+
+    if isinstance(start, (str, os.PathLike)) and str(start) not in GRIDS and is_grid_file(start):
+        entry = select_entry(start, process, steps, spec.name, nfe)
+        if entry.solver != spec.name and spec.name == DC_SOLVER:
+            entry = select_entry(start, process, steps, "unipc", nfe)
+        own = entry.solver == spec.name
+        return _Start(torch.as_tensor(entry.times, dtype=torch.float64), entry.options if own else None,
+                      entry.net_times if own else None)
+    return _Start(make_grid(process, steps, start, solver=spec.name, nfe=nfe))
+
+
+def _score(reference: ReferenceSet, solver: str, nfe: int, s: _Start) -> float:
+    from .timetuner import time_tuned
+
+    return reference.rmse(solver, nfe, s.times, time_tuned(reference.denoiser, s.times.tolist(), s.net_times),
+                           s.options)
+
+
+def _best_start(reference: ReferenceSet, solver: str, nfe: int, starts: Sequence[_Start]) -> tuple[_Start, float]:
+    """The start with the lowest RMSE."""
+    scored = [(_score(reference, solver, nfe, s), i) for i, s in enumerate(starts)]
     best, i = min(scored)
     return starts[i], best
+
+
+def _dc_ratios(reference: ReferenceSet, nfe: int, first: _Start, first_score: float, reference_nfe: int,
+               shape: Sequence[int]) -> tuple[dict[str, Any] | None, float, int]:
+    """DC-Solver's ratios searched on ``first``'s grid (:func:`fewstep.solvers.dc.search_ratios`) against a
+    ``reference_nfe`` solve of the reference seeds; kept only when they lower the RMSE to the reference."""
+    from ..solvers.dc import search_ratios
+
+    ratios = search_ratios(reference.denoiser, shape, nfe, reference.seeds, reference_nfe=reference_nfe,
+                           grid=first.times, dtype=reference.x_T.dtype, device=reference.x_T.device)
+    options = {**(first.options or {}), "ratios": ratios}
+    score = _score(reference, DC_SOLVER, nfe, _Start(first.times, options, first.net_times))
+    return (options, score, 1) if score < first_score else (first.options, first_score, 1)
 
 
 def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str = "analytic", *,
                    shape: Sequence[int] | None = None, seeds: Sequence[int] = range(64), reference_nfe: int = 200,
                    reference: ReferenceSet | None = None, rounds: int = 3, candidates: int = 2,
                    data_std: float | tuple[float, float] = DEFAULT_DATA_STD, start: Any = None,
-                   on_eval: Callable[[float], None] | None = None, batch_size: int = 64) -> list[GridEntry]:
+                   on_eval: Callable[[float], None] | None = None, batch_size: int = 64,
+                   reference_cache: str | None = None) -> list[GridEntry]:
     """One :class:`GridEntry` per NFE.
 
     ``analytic`` needs no network evaluation (:mod:`fewstep.grids.gaussian`); ``search`` moves the
@@ -43,6 +95,11 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
     from the best of ``start`` (default: the process's default grid, logSNR and the analytic grid);
     ``timetuner`` keeps that best start grid and tunes the network's time inputs instead
     (:mod:`fewstep.grids.timetuner`; pass a searched grid file as ``start`` to tune on it).
+    ``dc`` (solver ``dc_solver``) keeps the start grid (a grid file's UniPC entry when it has no DC-Solver
+    entry) and searches DC-Solver's compensation ratios on it (:func:`fewstep.solvers.dc.search_ratios`,
+    against a ``reference_nfe`` solve of ``seeds``); they travel in the entry's ``options``, and a later
+    ``timetuner`` run with that file as ``start`` tunes network times on top of them.
+    ``reference_cache``: a folder caching the near-exact reference (see :class:`ReferenceSet`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown grid method {method!r}; valid: {', '.join(METHODS)}")
@@ -51,12 +108,15 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
         raise ValueError(f"grid optimization needs a deterministic fixed-NFE solver; {spec.name!r} is not")
     for nfe in nfes:
         spec.steps_for(nfe)
+    if method == "dc" and spec.name != DC_SOLVER:
+        raise ValueError(f"method dc searches DC-Solver's ratios; use solver {DC_SOLVER}, not {spec.name!r}")
     process = denoiser.process
     entries = []
     if method != "analytic" and reference is None:
         if shape is None:
             raise ValueError("a model-based grid method needs the sample shape")
-        reference = ReferenceSet(denoiser, shape, seeds, nfe=reference_nfe, batch_size=batch_size)
+        reference = ReferenceSet(denoiser, shape, seeds, nfe=reference_nfe, batch_size=batch_size,
+                                 cache_dir=reference_cache, progress=on_eval is not None)
     for nfe in nfes:
         t0 = time.perf_counter()
         steps, _ = spec.steps_for(nfe)
@@ -64,26 +124,28 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
         std = list(data_std) if isinstance(data_std, tuple) else data_std
         prov: dict[str, Any] = {"data_std": std}
         if method == "analytic":
-            times, score, net_times = analytic, bound, None
+            times, score, net_times, options = analytic, bound, None, None
             prov.update(score_kind="gaussian_error_bound")
         else:
-            starts = [start] if start is not None else [None, "logsnr", analytic]
-            first, first_score = _best_start(reference, spec.name, nfe, starts)
-            from . import make_grid
-
-            first = make_grid(process, steps, first, solver=spec.name, nfe=nfe)
+            cands = [start] if start is not None else [None, "logsnr", analytic]
+            first, first_score = _best_start(reference, spec.name, nfe,
+                                             [_resolve_start(process, spec, nfe, steps, c) for c in cands])
+            times, net_times, options = first.times, first.net_times, first.options
             if method == "search":
-                times, res = search_grid(reference, spec.name, nfe, first, rounds=rounds, candidates=candidates,
-                                         on_eval=on_eval)
-                net_times = None
-            else:
-                times = first
-                net_times, res = tune_net_times(reference, spec.name, nfe, first, rounds=rounds,
-                                                candidates=candidates, on_eval=on_eval)
-            score = res.score
-            prov.update(score_kind="rmse_to_reference", start_score=first_score, evaluations=res.evaluations,
+                times, res = search_grid(reference, spec.name, nfe, first.times, rounds=rounds,
+                                         candidates=candidates, on_eval=on_eval, options=first.options)
+                net_times = None  # network times tuned for the old grid do not carry over
+                score, evaluations = res.score, res.evaluations
+            elif method == "timetuner":
+                net_times, res = tune_net_times(reference, spec.name, nfe, first.times, rounds=rounds,
+                                                candidates=candidates, on_eval=on_eval, options=first.options)
+                score, evaluations = res.score, res.evaluations
+            else:  # dc
+                options, score, evaluations = _dc_ratios(reference, nfe, first, first_score,
+                                                         reference.description["nfe"], shape or reference.x_T.shape[1:])
+            prov.update(score_kind="rmse_to_reference", start_score=first_score, evaluations=evaluations,
                         reference=reference.description, rounds=rounds, candidates=candidates)
         prov["seconds"] = round(time.perf_counter() - t0, 2)
         entries.append(GridEntry(spec.name, nfe, steps, torch.as_tensor(times).tolist(), method, float(score),
-                                 net_times, prov))
+                                 net_times, prov, options))
     return entries

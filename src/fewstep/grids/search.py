@@ -27,12 +27,17 @@ class ReferenceSet:
     """Prior noise of fixed ``seeds`` and the near-exact solution from it, computed once.
 
     ``reference`` is ``solver`` at ``nfe`` evaluations on ``grid`` (dpm++3m at 200 NFE by default).
-    :meth:`rmse` scores any deterministic few-step solve against it.
+    :meth:`rmse` scores any deterministic few-step solve against it.  With ``cache_dir`` (a contiguous
+    seed range, no ``cond``) the reference is the evaluation yardstick's near-exact solution
+    ``x0_hat(x(t_min), t_min)`` (:class:`fewstep.metrics.NearExact`), read from or written to that
+    cache, so repeated optimizations (other solvers, NFEs, methods) and ``fewstep bench model
+    --reference-cache`` share one computation.
     """
 
     def __init__(self, denoiser: Any, shape: Sequence[int], seeds: Iterable[int], *, solver: str = "dpm++3m",
                  nfe: int = 200, grid: Any = "logsnr", batch_size: int = 64, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", cond: dict[str, Any] | None = None):
+                 device: str | torch.device = "cpu", cond: dict[str, Any] | None = None,
+                 cache_dir: str | None = None, progress: bool = False):
         from ..api import generators, prior_noise, sample
 
         self.denoiser, self.seeds, self.batch_size, self.cond = denoiser, list(seeds), batch_size, cond
@@ -41,23 +46,46 @@ class ReferenceSet:
         self.x_T = prior_noise(denoiser.process, shape, generators(self.seeds), dtype=dtype, device=device)
         self.description = {"solver": solver, "nfe": nfe, "grid": grid if isinstance(grid, str) else "explicit",
                             "seeds": [self.seeds[0], self.seeds[-1] + 1]}
-        self.reference = torch.cat([sample(denoiser, x, solver, nfe, grid, cond=self._cond(len(x)))
-                                    for x in self.x_T.split(batch_size)])
+        if cache_dir is not None:
+            self.reference = self._near_exact(shape, solver, nfe, grid, cache_dir, dtype, device, progress)
+            self.description["near_exact"] = True
+        else:
+            self.reference = torch.cat([sample(denoiser, x, solver, nfe, grid, cond=self._cond(len(x)))
+                                        for x in self.x_T.split(batch_size)])
+
+    def _near_exact(self, shape: Sequence[int], solver: str, nfe: int, grid: Any, cache_dir: str,
+                    dtype: torch.dtype, device: Any, progress: bool) -> Tensor:
+        """The yardstick's near-exact solutions of the seeds, through the on-disk cache."""
+        from ..metrics.near_exact import ReferenceSettings, reference_solutions
+
+        if self.cond:
+            raise ValueError("a cached reference (cache_dir) does not take conditioning; leave cache_dir unset")
+        if self.seeds != list(range(self.seeds[0], self.seeds[0] + len(self.seeds))):
+            raise ValueError("a cached reference needs a contiguous seed range (e.g. 10000:10064)")
+        if not isinstance(grid, str):
+            raise ValueError("a cached reference needs a named grid (e.g. logsnr)")
+        settings = ReferenceSettings(solver, nfe, grid, str(dtype).removeprefix("torch."))
+        ref = reference_solutions(self.denoiser, shape, self.seeds, settings, cache_dir=cache_dir,
+                                  batch_size=self.batch_size, device=device, progress=progress)
+        return ref.to(self.x_T.device, self.x_T.dtype)
 
     def _cond(self, n: int) -> dict[str, Any] | None:
         return {k: v[:n] if isinstance(v, Tensor) else v for k, v in self.cond.items()} if self.cond else None
 
-    def solve(self, solver: str, nfe: int, grid: Any, denoiser: Any = None) -> Tensor:
-        """The few-step solve of every seed (optionally through another ``denoiser``, e.g. a TimeTuner)."""
+    def solve(self, solver: str, nfe: int, grid: Any, denoiser: Any = None,
+              options: dict[str, Any] | None = None) -> Tensor:
+        """The few-step solve of every seed (optionally through another ``denoiser``, e.g. a TimeTuner,
+        with solver ``options``, e.g. DC-Solver's ratios)."""
         from ..api import sample
 
         den = self.denoiser if denoiser is None else denoiser
-        return torch.cat([sample(den, x, solver, nfe, grid, cond=self._cond(len(x)))
+        return torch.cat([sample(den, x, solver, nfe, grid, cond=self._cond(len(x)), **(options or {}))
                           for x in self.x_T.split(self.batch_size)])
 
-    def rmse(self, solver: str, nfe: int, grid: Any, denoiser: Any = None) -> float:
+    def rmse(self, solver: str, nfe: int, grid: Any, denoiser: Any = None,
+             options: dict[str, Any] | None = None) -> float:
         """RMS distance of the few-step solve to the reference (inf when it diverges)."""
-        out = self.solve(solver, nfe, grid, denoiser)
+        out = self.solve(solver, nfe, grid, denoiser, options)
         err = float((out.double() - self.reference.double()).pow(2).mean().sqrt())
         return err if err == err else float("inf")
 
@@ -99,9 +127,10 @@ def descend_grid(score_times: Callable[[Tensor], float], process: NoiseProcess, 
 
 
 def search_grid(reference: ReferenceSet, solver: str, nfe: int, start: Any = None, *, rounds: int = 3,
-                candidates: int = 2, on_eval: Callable[[float], None] | None = None) -> tuple[Tensor, DescentResult]:
-    """The grid for ``solver`` at ``nfe`` with the lowest RMSE to ``reference`` found from ``start``
-    (a grid name, explicit times or a grid file; default: the process's default grid)."""
+                candidates: int = 2, on_eval: Callable[[float], None] | None = None,
+                options: dict[str, Any] | None = None) -> tuple[Tensor, DescentResult]:
+    """The grid for ``solver`` (with solver ``options``) at ``nfe`` with the lowest RMSE to ``reference`` found
+    from ``start`` (a grid name, explicit times or a grid file; default: the process's default grid)."""
     from . import make_grid
 
     spec = solvers.get(solver)
@@ -110,5 +139,5 @@ def search_grid(reference: ReferenceSet, solver: str, nfe: int, start: Any = Non
     process = reference.denoiser.process
     steps, _ = spec.steps_for(nfe)
     first = make_grid(process, steps, start, solver=spec.name, nfe=nfe)
-    return descend_grid(lambda ts: reference.rmse(spec.name, nfe, ts), process, first, rounds=rounds,
+    return descend_grid(lambda ts: reference.rmse(spec.name, nfe, ts, options=options), process, first, rounds=rounds,
                         candidates=candidates, on_eval=on_eval)

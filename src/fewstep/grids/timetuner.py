@@ -59,8 +59,9 @@ def time_tuned(denoiser: DenoiserBase, times: Sequence[float], net_times: Sequen
 
 
 def tune_net_times(reference: ReferenceSet, solver: str, nfe: int, times: Tensor, *, rounds: int = 3,
-                   candidates: int = 2, on_eval: Callable[[float], None] | None = None) -> tuple[list[float], DescentResult]:
-    """Per-step network times for ``solver`` on ``times``, tuned by coordinate descent in logSNR offsets
+                   candidates: int = 2, on_eval: Callable[[float], None] | None = None,
+                   options: dict[str, Any] | None = None) -> tuple[list[float], DescentResult]:
+    """Per-step network times for ``solver`` (with solver ``options``) on ``times``, tuned by coordinate descent in logSNR offsets
     ``tau_i = t(lambda_i + d_i)`` (``|d_i|`` at most half the neighbouring steps; ``d = 0`` is the start)."""
     process = reference.denoiser.process
     times = torch.as_tensor(times, dtype=torch.float64)
@@ -78,7 +79,8 @@ def tune_net_times(reference: ReferenceSet, solver: str, nfe: int, times: Tensor
         return max(-0.5 * back, lam_max - lam[i]), min(0.5 * ahead, lam_min - lam[i])
 
     def score(d: list[float]) -> float:
-        return reference.rmse(solver, nfe, times, TimeTunedDenoiser(reference.denoiser, times.tolist(), net_times(d)))
+        return reference.rmse(solver, nfe, times, TimeTunedDenoiser(reference.denoiser, times.tolist(), net_times(d)),
+                              options)
 
     res = coordinate_descent(score, [0.0] * steps, bracket, rounds=rounds, candidates=candidates, on_eval=on_eval)
     return net_times(res.x), res
