@@ -12,7 +12,7 @@ import re
 import sys
 
 COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems",
-            "quantize"]
+            "quantize", "distill"]
 
 
 def build_parser() -> argparse.ArgumentParser:
