@@ -174,6 +174,11 @@ def test_generator_checkpoint_is_a_one_step_model(teacher, tmp_path):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float32 round trip x_T = prior_std z
     with pytest.raises(ValueError, match="nfe=1"):
         fewstep.generate(den, (1, 8, 8), seeds, "ddim", nfe=2)
+    from fewstep.checkpoint import export_ema, latest_checkpoint
+
+    small = export_ema(latest_checkpoint(tmp_path / "run"), tmp_path / "exported", {"fid": 1.0})
+    assert sorted(p.name for p in small.iterdir()) == ["config.json", "ema.safetensors"]
+    torch.testing.assert_close(fewstep.generate(fewstep.load_model(small), (1, 8, 8), seeds, "ddim", 1), got)
 
 
 def test_sample_and_eval_cli_read_a_generator(teacher, tmp_path):
@@ -225,3 +230,28 @@ def test_clear_errors(teacher, tmp_path):
     from fewstep.cli import main
 
     assert main(["distill", "--teacher", teacher, "--method", "sid", "--nfe", "4", "--out", str(tmp_path / "c")]) == 1
+
+
+def test_bench_model_scores_a_generator_beside_the_solvers(teacher, tmp_path):
+    from fewstep.bench.model import GENERATOR_ROLE, ModelBenchConfig, _plot, run_model_bench
+    from fewstep.metrics.features import ModuleExtractor
+
+    _distill_trainer(teacher, tmp_path / "run", steps=1).fit()
+    torch.manual_seed(0)
+    ext = ModuleExtractor(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8)), name="tiny", num_features=8)
+    from fewstep.metrics.evaluate import images_stats
+
+    ref = images_stats(ext, torch.randn(64, 1, 8, 8), progress=False)
+    ref.save(tmp_path / "ref.npz")
+    cfg = ModelBenchConfig(model=teacher, solvers=["ddim"], nfes=[2], n=24, ref=str(tmp_path / "ref.npz"),
+                           extractor=ext, out=None, reference=False, batch_size=8,
+                           generators=[str(tmp_path / "run")])
+    rows = run_model_bench(cfg, progress=False)
+    gen = [r for r in rows if r.get("role") == GENERATOR_ROLE]
+    assert len(rows) == 2 and len(gen) == 1 and gen[0]["nfe"] == 1 and gen[0]["fid"] > 0
+    _plot(rows, "ms_per_image", "ms", tmp_path / "t.png", "FID vs time")  # the generator as a point
+    assert (tmp_path / "t.png").stat().st_size > 0
+    only = run_model_bench(ModelBenchConfig(model=str(tmp_path / "run"), n=24, ref=str(tmp_path / "ref.npz"),
+                                            extractor=ext, out=None, batch_size=8), progress=False)
+    assert [(r["solver"], r["nfe"]) for r in only] == [("ddim", 1)]
+    assert only[0]["fid"] == pytest.approx(gen[0]["fid"], rel=1e-6)  # same seeds, same images

@@ -46,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="also score a near-exact ODE solve (dpm++2m, N NFE, e.g. 100): the FID the solvers "
                             "converge to, drawn as a line on the plots")
     model.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    model.add_argument("--generators", type=_names, default=[], metavar="MODEL,...",
+                       help="one-step generators (fewstep distill runs, bundled:fashion-sid) scored at 1 step on the "
+                            "same seeds, beside the solvers in the table and plots")
     from ._reference import add_reference_args
     from .stats import add_extractor_args
 
@@ -81,6 +84,6 @@ def _run_model(args: argparse.Namespace) -> int:
                            out=args.out, compile=args.compile,
                            limit_nfe=args.limit_nfe, reference=args.reference, reference_solver=refopt.solver,
                            reference_nfe=refopt.nfe, reference_grid=refopt.grid,
-                           reference_cache=args.reference_cache)
+                           reference_cache=args.reference_cache, generators=args.generators)
     run_model_bench(cfg)
     return 0
