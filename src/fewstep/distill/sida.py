@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..context import StepContext
-from ..data import ImageData
 from ..training.losses import weight_edm
 from ..training.objective import register_objective
 from .base import x0_of
