@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nfe", type=int, help="MMD: its NFE (default 4)")
     p.add_argument("--fid-every", type=int, help="steps between FID measurements and sample grids (default 200)")
     p.add_argument("--fid-n", type=int, help="samples per tracked FID (default 1000; 0: no FID)")
+    p.add_argument("--ema-half-life", type=float, help="EMA half-life of the generator in images (default 5000)")
+    p.add_argument("--ema-rampup", type=float, help="EMA ramp-up: half-life at most this x images seen (0: none; "
+                                                    "default 0.05)")
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints")
     p.add_argument("--checkpoint-every-steps", type=int, help="steps between checkpoints (e.g. = --fid-every, so "
@@ -44,7 +47,8 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     training = {key: getattr(args, name) for name, key in [
         ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
         ("checkpoint_every", "checkpoint_every_seconds"), ("fid_every", "sample_every_steps"),
-        ("checkpoint_every_steps", "checkpoint_every_steps"), ("keep_checkpoints", "keep_checkpoints")]
+        ("checkpoint_every_steps", "checkpoint_every_steps"), ("keep_checkpoints", "keep_checkpoints"),
+        ("ema_half_life", "ema_half_life_images"), ("ema_rampup", "ema_rampup")]
         if getattr(args, name) is not None}
     objective = {key: getattr(args, name) for name, key in [
         ("fake_lr", "fake_lr"), ("alpha", "alpha"), ("init_from", "init_from"), ("solver", "solver"),
