@@ -17,7 +17,7 @@ from .processes import NoiseProcess, VPDiscrete
 
 __all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
 
-BUNDLED = {"fashion": "fashion"}
+BUNDLED = {"fashion": "fashion", "fashion-sid": "fashion-sid"}
 
 
 def resolve_bundled(name: str) -> Path:
