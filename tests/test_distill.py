@@ -255,3 +255,10 @@ def test_bench_model_scores_a_generator_beside_the_solvers(teacher, tmp_path):
                                             extractor=ext, out=None, batch_size=8), progress=False)
     assert [(r["solver"], r["nfe"]) for r in only] == [("ddim", 1)]
     assert only[0]["fid"] == pytest.approx(gen[0]["fid"], rel=1e-6)  # same seeds, same images
+
+
+def test_bundled_fashion_sid_is_a_one_step_model():
+    den = fewstep.load_model("bundled:fashion-sid")
+    assert isinstance(den, OneStepGenerator) and den.sample_shape == (1, 28, 28) and den.sigma_init == 2.5
+    x = fewstep.generate(den, (1, 28, 28), [0, 1], "ddim", nfe=1)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all() and x.std() > 0.2
