@@ -208,6 +208,12 @@ def test_sida_and_mmd_runs_train_and_save_models(teacher, tmp_path):
     sida = _distill_trainer(teacher, tmp_path / "sida", "sida", steps=2)
     sida.fit()
     assert any(k.startswith("head.") for k in sida.modules["fake_score"].state_dict())
+    teacher_net = fewstep.load_model(teacher).net.state_dict()  # the paper's warm-up: the generator waits
+    assert all(torch.equal(v, teacher_net[k]) for k, v in sida.modules["generator"].state_dict().items())
+    moving = _distill_trainer(teacher, tmp_path / "sida0", "sida", objective={"generator_start_images": 0,
+                                                                              "adv_start_images": 0}, steps=1)
+    moving.fit()
+    assert any(not torch.equal(v, teacher_net[k]) for k, v in moving.modules["generator"].state_dict().items())
     assert isinstance(fewstep.load_model(tmp_path / "sida"), OneStepGenerator)
     init = _distill_trainer(teacher, tmp_path / "sida2", "sida", objective={"init_from": str(tmp_path / "sida")},
                             steps=1)

@@ -98,6 +98,8 @@ class SiDASettings(SiDSettings):
     adv_weight_g: float = 0.5
     sid_weight_g: float = 0.5
     feature_tap: str = "mid"
+    generator_start_images: int = 100_000  # the generator is held still while fake score and head warm up
+    adv_start_images: int = 200_000  # the GAN term joins the generator loss (before: the SiD loss alone)
 
 
 @register_objective
@@ -130,8 +132,17 @@ class SiDAObjective(SiDObjective):
         d_loss = (F.softplus(-logit_real.float()).flatten(1).mean(1) + F.softplus(logit_fake.float()).flatten(1).mean(1)) / 2
         return denoise + s.adv_weight_d * lam * d_loss
 
+    def draw(self, step: int, data, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        out = super().draw(step, data, indices, generator)
+        out["images_seen"] = torch.full((len(indices),), float(step * len(indices)), dtype=torch.float64)
+        return out
+
     def generator_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        """``sid_weight_g L_SiD + adv_weight_g L_GAN`` once ``adv_start_images`` images are seen (the SiD loss
+        alone before), times 0 before ``generator_start_images`` (Adam with beta1 = 0 then leaves the generator
+        still), as the authors' training loop schedules them."""
         s = self.settings
+        seen = float(batch["images_seen"][0])
         x_g = self.generate(nets["generator"], batch["z_gen"])
         t = batch["t_gen"]
         x_t = self.noisy(x_g, t, batch["eps_gen"])
@@ -142,4 +153,5 @@ class SiDAObjective(SiDObjective):
         with torch.no_grad():
             w = (x_g - f_phi).abs().flatten(1).mean(1).clamp(min=1e-5)
         gan = F.softplus(-logits.float().clamp(-10, 10)).flatten(1).mean(1) * x_g[0].numel() / w
-        return s.sid_weight_g * sid + s.adv_weight_g * gan
+        loss = s.sid_weight_g * sid + s.adv_weight_g * gan if seen >= s.adv_start_images else sid
+        return loss if seen >= s.generator_start_images else 0.0 * loss
