@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .denoisers import Denoiser
+from .denoisers import Denoiser, DenoiserBase
 from .processes import NoiseProcess, VPDiscrete
 
 __all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
 
-BUNDLED = {"fashion": "fashion", "fashion-cond": "fashion-cond"}
+BUNDLED = {"fashion": "fashion", "fashion-cond": "fashion-cond", "fashion-sid": "fashion-sid"}
 
 
 def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = "model") -> Path:
@@ -35,7 +35,7 @@ def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = 
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Denoiser:
+               dtype: torch.dtype = torch.float32) -> DenoiserBase:
     """Load a denoiser, in eval mode, declaring its ``sample_shape`` ``(C, H, W)`` and ``config``.
 
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
@@ -44,6 +44,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
     in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
+    A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
+    gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
     """
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
@@ -107,6 +109,14 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
         _load_state(net, state, weights)
     n = cfg["network"]
     shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
+    if "generator" in cfg:  # a one-step generator (fewstep distill --method sid/sida): sample it with nfe=1
+        from .distill.generator import OneStepGenerator
+
+        gen = cfg["generator"]
+        if not isinstance(gen, dict) or not isinstance(gen.get("sigma_init"), (int, float)):
+            raise ValueError(f"{folder / 'config.json'}: generator must be {{\"sigma_init\": <float>}}, got {gen!r}")
+        return OneStepGenerator(net, process_from_config(cfg["process"]), cfg["prediction"],
+                                cfg.get("sigma_data", 0.5), float(gen["sigma_init"]), sample_shape=shape, config=cfg)
     return Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5),
                     sample_shape=shape, config=cfg)
 

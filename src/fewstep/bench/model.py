@@ -26,7 +26,7 @@ import io
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ class ModelBenchConfig:
     variant_solvers: list[str] | None = None  # solvers of the variants (None: solvers)
     timing_rounds: int = 0  # > 0: re-time every configuration in interleaved rounds, median
     timing_batch: int | None = None  # images per timing batch (None: batch_size)
+    generators: list[str] = field(default_factory=list)  # one-step models (fewstep distill) scored beside the solvers
+
+
+GENERATOR_ROLE = "one-step generator"
 
 
 Run = tuple[str, str, int, str, str]  # solver, grid, nfe, model ("" = the main one), cache ("" = none)
@@ -145,6 +149,12 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     ref = reference_stats(cfg.ref, extractor)
     denoiser = load_denoiser(cfg.model if denoiser is None else denoiser, device)
     shape = sample_shape(denoiser, cfg.shape)
+    if _is_generator(denoiser):  # a one-step generator has one configuration and no ODE to compare with
+        runs, skipped = [(solvers.get(cfg.solvers[0]).name if cfg.solvers else "ddim", "default", 1, "", "")], []
+        cfg = replace(cfg, nfes=[1], reference=False, limit_nfe=0)
+        if progress and world()[0] == 0:
+            print(f"bench model: {cfg.model} is a one-step generator; scoring it at nfe=1 only, without the "
+                  f"near-exact reference")
     runs = [(name, denoiser.process.default_grid if grid == "default" else grid, nfe, m, c) for name, grid, nfe, m, c in runs]
     runs, no_entry = _tuned_runs(runs, denoiser.process)
     skipped += no_entry
@@ -228,6 +238,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     if cfg.timing_rounds > 0:
         retime(rows, [sampler(r) for r in runs], cfg.timing_rounds, cfg.timing_batch or batch_size, cfg.seed,
                progress and rank0)
+    for spec in cfg.generators:  # one-step generators: timed by their own evaluation, not re-timed
+        rows.append(_generator_row(spec, cfg, shape, extractor, ref, batch_size, device, store, grids, progress))
     mark_pareto(rows)
     wall = time.perf_counter() - t0
     if cfg.out and rank0:
@@ -265,6 +277,43 @@ def _tuned_runs(runs: list[tuple[Any, ...]], process: Any) -> tuple[list[tuple[A
                 continue
         kept.append(run)
     return kept, skipped
+
+
+def _is_generator(denoiser: Any) -> bool:
+    from ..distill.generator import OneStepGenerator
+
+    inner = denoiser
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    return isinstance(inner, OneStepGenerator)
+
+
+def _generator_row(spec: str, cfg: ModelBenchConfig, shape: tuple[int, ...], extractor: Any, ref: Any,
+                   batch_size: int, device: Any, store: Any, grids: dict, progress: bool) -> dict[str, Any]:
+    """Score the one-step model ``spec`` on the sweep's seeds (one step from ``t_max``): a row beside the solvers."""
+    from ..metrics.evaluate import evaluate
+    from ..metrics.models import load_denoiser
+    from ..metrics.resume import evaluation_key, finished
+    from ..metrics.sampling import KeepFirst, solver_sample_fn
+
+    gen = load_denoiser(spec, device)
+    if not _is_generator(gen):
+        raise ValueError(f"--generators {spec} is not a one-step generator (a `fewstep distill --method sid` run); "
+                         f"bench a diffusion model with --model")
+    fn = solver_sample_fn(gen, shape, "ddim", 1, None, device)
+    label = {"solver": f"{spec} (1 step)", "grid": "-", "nfe": 1, "role": GENERATOR_ROLE}
+    key = evaluation_key(spec, fn.description, cfg.n, cfg.seed, extractor, ref, None)
+    row = store.get(key) if store is not None else None
+    if row is None or not finished(row):
+        _warm_up(gen, shape, [("ddim", gen.process.default_grid, 1)], batch_size, cfg.n, device)
+        sample_fn = KeepFirst(fn, cfg.grid_images)
+        row = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size, progress=progress,
+                       desc=f"{spec} (1 step)")
+        if sample_fn.images is not None:
+            grids[(f"{spec}-1step", "-", 1)] = image_grid_png(sample_fn.images)
+        if store is not None:
+            store.put(key, {**row, "device": str(device)})
+    return _row(label, row)
 
 
 def _reference_meta(near: Any) -> str:
@@ -442,6 +491,9 @@ def _plot(rows: list[dict[str, Any]], x: str, xlabel: str, path: Path, title: st
                     label += "" if len(grids) == 1 else f" ({grid})"
                     ax.plot(*zip(*pts), styles[(gi + (vi > 0)) % 4], marker=markers[vi % len(markers)],
                             ms=3 if vi == 0 else 5, lw=1.2 if vi == 0 else 0.8, label=label)
+    for r in rows:  # one-step generators: a single point each, beside the solvers' curves
+        if r.get("role") == GENERATOR_ROLE and _finite(r.get(metric)) and _finite(r.get(x)):
+            ax.plot([r[x]], [r[metric]], marker="*", ms=11, ls="none", label=r["solver"])
     for r in rows:  # the near-exact solve: the value every solver tends to as NFE grows
         if r.get("role") == "ODE limit" and _finite(r.get(metric)) and r[metric] > 0:
             ax.axhline(r[metric], color="k", ls=":", lw=1,

@@ -61,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="re-time every configuration after the sweep: R interleaved rounds of one batch "
                             "each (order reversed every other round), median; fair wall times on a busy machine")
     model.add_argument("--timing-batch", type=int, default=None, help="images per timing batch (default: --batch-size)")
+    model.add_argument("--generators", type=_names, default=[], metavar="MODEL,...",
+                       help="one-step generators (fewstep distill runs, bundled:fashion-sid) scored at 1 step on the "
+                            "same seeds, beside the solvers in the table and plots")
     from ._reference import add_reference_args
     from .stats import add_extractor_args
 
@@ -98,6 +101,6 @@ def _run_model(args: argparse.Namespace) -> int:
                            reference_nfe=refopt.nfe, reference_grid=refopt.grid,
                            reference_cache=args.reference_cache, caches=args.cache, models=args.compare_model,
                            variant_nfes=args.variant_nfe, variant_solvers=args.variant_solvers, timing_rounds=args.timing_rounds,
-                           timing_batch=args.timing_batch)
+                           timing_batch=args.timing_batch, generators=args.generators)
     run_model_bench(cfg)
     return 0

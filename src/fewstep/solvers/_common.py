@@ -46,7 +46,7 @@ def step_done(i: int, schedule: Schedule, x: Tensor, x0: Tensor | None, callback
     One reduction (the sum is NaN or inf exactly when an element is, or when values have grown
     past ~1e33, a divergence too) is several times cheaper than an element-wise ``isfinite``.
     """
-    if not math.isfinite(float(x.sum())):
+    if not math.isfinite(float(x.detach().sum())):
         t = float(schedule.t[i + 1])
         where = "clean data" if math.isnan(t) else f"t={t:.6g}"
         raise NonFiniteError(

@@ -1,0 +1,48 @@
+"""The training config of a distillation run, built from the teacher's own config."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .base import load_teacher
+from .generator import DEFAULT_SIGMA_INIT
+
+__all__ = ["METHODS", "distill_config"]
+
+#: ``--method`` -> objective kind.
+METHODS = ("sid", "sida", "mmd")
+
+#: Trainer settings for distillation (SiD sec. 4 / App.: Adam with beta1 = 0, no clipping, a short EMA);
+#: the rate and batch are scaled down from the paper's (1e-5 at batch 256) for small CPU runs.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "steps": 2000, "batch_size": 32, "lr": 2e-5, "adam_betas": [0.0, 0.999], "warmup_steps": 0,
+    "grad_clip": None, "ema_half_life_images": 5000, "ema_rampup": 0.05, "checkpoint_every_seconds": 300,
+    "sample_every_steps": 200, "log_every": 10, "precision": "fp32",
+}
+
+
+def distill_config(teacher: str, method: str, data: str | None = None, *, objective: dict[str, Any] | None = None,
+                   training: dict[str, Any] | None = None, sigma_init: float = DEFAULT_SIGMA_INIT) -> dict[str, Any]:
+    """``{teacher, network, process, prediction, sigma_data, [generator], data, objective, training}``.
+
+    ``data`` defaults to the teacher's training data; ``objective`` and ``training`` override the
+    method's and :data:`TRAINING_DEFAULTS` entries.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(METHODS)}")
+    _, tcfg = load_teacher(teacher)
+    net = tcfg["network"]
+    spec = data or (tcfg.get("data") or {}).get("spec")
+    if not spec:
+        raise ValueError(f"the teacher {teacher} does not name its training data; pass --data")
+    cfg: dict[str, Any] = {
+        "teacher": teacher, "network": copy.deepcopy(net), "process": copy.deepcopy(tcfg["process"]),
+        "prediction": tcfg["prediction"], "sigma_data": float(tcfg.get("sigma_data", 0.5)),
+        "data": {"spec": spec, "resolution": net.get("resolution", 28), "channels": net.get("in_channels", 1)},
+        "objective": {"kind": method, **(objective or {})},
+        "training": {**TRAINING_DEFAULTS, **(training or {})},
+    }
+    if method in ("sid", "sida"):
+        cfg["generator"] = {"sigma_init": float(sigma_init)}
+    return cfg
