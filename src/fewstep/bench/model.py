@@ -305,7 +305,7 @@ def _generator_row(spec: str, cfg: ModelBenchConfig, shape: tuple[int, ...], ext
     key = evaluation_key(spec, fn.description, cfg.n, cfg.seed, extractor, ref, None)
     row = store.get(key) if store is not None else None
     if row is None or not finished(row):
-        _warm_up(gen, shape, [("ddim", gen.process.default_grid, 1)], batch_size, cfg.n, device)
+        _warm_up(fn, 1, batch_size, cfg.n)
         sample_fn = KeepFirst(fn, cfg.grid_images)
         row = evaluate(sample_fn, cfg.n, extractor, ref, seed=cfg.seed, batch_size=batch_size, progress=progress,
                        desc=f"{spec} (1 step)")
