@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ImageData, to_model_range
+from ..data import ImageData
 from ..nets.classifier import NoisyClassifierConfig, NoisyClassifierNet
 from ..processes import process_from_config
 from .config import check_positive, check_process, settings_from_dict
-from .losses import TIME_SAMPLERS
+from .losses import TIME_SAMPLERS, draw_noising
 from .objective import Objective, Phase, register_objective
 
 __all__ = ["ClassifierObjective", "ClassifierSettings"]
@@ -94,13 +94,9 @@ class ClassifierObjective(Objective):
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Images in [-1, 1], noise levels ``sigma_hat`` of times drawn from the process, noise, labels."""
         s = self.settings
-        x0 = to_model_range(data.images[indices])
-        if s.hflip:
-            flip = torch.rand(len(indices), generator=generator) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = TIME_SAMPLERS[s.time_sampling](self.process, len(indices), generator, p_mean=s.p_mean, p_std=s.p_std)
+        x0, t, eps = draw_noising(self.process, data.images[indices], generator, hflip=s.hflip,
+                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std)
         sigma_hat = torch.exp(-self.process.lam(t)).float()
-        eps = torch.randn(x0.shape, generator=generator)
         assert data.labels is not None
         return {"x0": x0, "sigma_hat": sigma_hat, "eps": eps, "labels": data.labels[indices].clone()}
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageData, to_model_range
+from ..data import ImageData
 from ..denoisers import PREDICTION_TYPES
 from ..nets import build_net
 from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
-from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
+from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss, draw_noising
 from .objective import CheckpointFiles, Objective, Phase, register_objective
 
 if TYPE_CHECKING:
@@ -126,12 +126,8 @@ class DenoisingObjective(Objective):
         (classifier-free guidance, Ho & Salimans 2022, section 3.2).
         """
         s = self.settings
-        x0 = to_model_range(data.images[indices])
-        if s.hflip:
-            flip = torch.rand(len(indices), generator=generator) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = TIME_SAMPLERS[s.time_sampling](self.process, len(indices), generator, p_mean=s.p_mean, p_std=s.p_std)
-        eps = torch.randn(x0.shape, generator=generator)
+        x0, t, eps = draw_noising(self.process, data.images[indices], generator, hflip=s.hflip,
+                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std)
         out = {"x0": x0, "t": t, "eps": eps}
         if s.use_labels and data.labels is not None:
             labels = data.labels[indices].clone()
