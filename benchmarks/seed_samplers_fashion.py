@@ -31,10 +31,13 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "seed_samplers"
 GRIDS = RESULTS / "grids"
 STANDARD = ["ipndm", "unipc", "dpm++3m"]
+TELEPORT = 700.0  # the start of the teleported grids before tuning (fewstep grid optimize --teleport 700)
 
 
 def prepare() -> None:
-    """``dc-default.json``: the searched DC ratios of ``dc_fashion_ratios.json`` on the default grid, as grid entries."""
+    """``dc-default.json``: the searched DC ratios of ``dc_fashion_ratios.json`` on the default grid, as grid entries;
+    ``teleport-uniform.json``: each standard solver on the time-uniform grid from t = 700, teleported there
+    (:mod:`fewstep.teleport`; no tuning: what the teleport alone gives)."""
     from fewstep.grids import make_grid
     from fewstep.grids.files import GridEntry, write_grid_file
     from fewstep.metrics.models import load_denoiser
@@ -48,6 +51,14 @@ def prepare() -> None:
     GRIDS.mkdir(parents=True, exist_ok=True)
     write_grid_file(GRIDS / "dc-default.json", den.process, entries, {"model": "bundled:fashion"})
     print(f"wrote {GRIDS / 'dc-default.json'}")
+    from fewstep import solvers
+
+    uniform = [GridEntry(solver, nfe, solvers.get(solver).steps_for(nfe)[0],
+                         make_grid(den.process, solvers.get(solver).steps_for(nfe)[0], "uniform", t_max=TELEPORT).tolist(),
+                         "uniform", None, options={"teleport": TELEPORT})
+               for solver in STANDARD for nfe in (5, 6)]
+    write_grid_file(GRIDS / "teleport-uniform.json", den.process, uniform, {"model": "bundled:fashion"})
+    print(f"wrote {GRIDS / 'teleport-uniform.json'}")
 
 
 def grid_files() -> list[str]:

@@ -41,7 +41,7 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     manifest = json.loads((tmp_path / "imgs" / "fewstep-samples.json").read_text())
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
-                        "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "cache": None, "class_label": None, "guidance": None,
+                        "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
                         "sample_shape": [1, 8, 8], "fewstep_version": manifest["fewstep_version"]}
     import fewstep
     assert manifest["fewstep_version"] == fewstep.__version__
@@ -54,6 +54,7 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     (["--class-label", "1"], "class_label null there, 1 now"),
     (["--raw"], "ema true there, false now"),
     (["--cache", "deepcache:2"], 'cache null there, "deepcache:interval=2" now'),
+    (["--teleport", "1.5"], "teleport null there, 1.5 now"),
 ])
 def test_other_settings_are_refused_before_loading(run_dir, tmp_path, capsys, monkeypatch, extra, field):
     out = tmp_path / "imgs"

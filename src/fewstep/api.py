@@ -9,16 +9,16 @@ from torch import Tensor
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import GridSpec, Schedule, make_schedule, tuned_for, tuned_options
+from .grids import GRIDS, GridSpec, Schedule, make_schedule, tuned_for, tuned_options
 from .solvers._common import Callback, Cond, Generator
 
-__all__ = ["sample", "plan_solve", "generators", "prior_noise", "generate"]
+__all__ = ["sample", "plan_solve", "start_state", "generators", "prior_noise", "generate"]
 
 
 def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: int = 10,
            grid: GridSpec | None = None, generator: Generator = None, *, cond: Cond = None,
            clean_end: bool = True, callback: Callback = None, grid_options: dict[str, float] | None = None,
-           grad: bool = False, **options: Any) -> Tensor:
+           grad: bool = False, teleport: float | None = None, gaussian: Any = None, **options: Any) -> Tensor:
     """Solve from ``x_T`` (at the process's ``t_max``) to data with exactly ``nfe`` evaluations.
 
     ``solver`` is a name from ``fewstep.solvers.available()``; ``grid`` a name from
@@ -31,13 +31,20 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
     ``{"class_labels": labels}``); extra keywords are the solver's options
     (``fewstep.solvers.get(name).options``): unknown ones, and ones the NFE plan sets, are refused.
 
+    ``teleport=t`` starts the solve at time ``t < t_max``: ``x_T`` is carried there by the exact flow of the
+    training data's Gaussian (:mod:`fewstep.teleport`; ``gaussian`` a saved one, default the model's
+    ``data_gaussian``) and all ``nfe`` evaluations are spent below ``t``.  A built-in grid then runs from ``t``;
+    a grid file entry tuned with teleport carries its own ``t``.  (Without teleport, a grid that starts below
+    ``t_max`` takes ``x_T`` as the state at its first time, as diffusers' "leading" spacings do.)
+
     Sampling runs under ``torch.inference_mode`` (no autograd graph; the result does not require
     grad); ``grad=True`` keeps autograd on, for methods that differentiate through sampling.
     """
     if not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
-    spec, schedule, denoiser, kwargs = plan_solve(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
-                                                  grid_options=grid_options, **options)
+    spec, schedule, denoiser, kwargs, teleport = _plan(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
+                                                       grid_options=grid_options, teleport=teleport, **options)
+    x_T = start_state(denoiser, x_T, schedule, teleport, gaussian)
     if grad:
         return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
     with torch.inference_mode():
@@ -54,6 +61,18 @@ def plan_solve(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | N
     denoiser is the given one, behind a grid file's TimeTuner times where that applies.  Inversion
     (:mod:`fewstep.inversion`) runs the same plan on the reversed schedule.
     """
+    spec, schedule, den, kwargs, teleport = _plan(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
+                                                  grid_options=grid_options, **options)
+    if teleport is not None:
+        raise ValueError(f"this grid file's entry for {spec.name} at nfe={nfe} starts at a teleported time "
+                         f"(teleport={teleport:g}); only fewstep.sample can run it. Use another grid here")
+    return spec, schedule, den, kwargs
+
+
+def _plan(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | None = None, *, cond: Cond = None,
+          clean_end: bool = True, grid_options: dict[str, float] | None = None, teleport: float | None = None,
+          **options: Any) -> tuple[solvers.SolverSpec, Schedule, DenoiserBase, dict[str, Any], float | None]:
+    """:func:`plan_solve` and the teleport time in effect (the argument, else the grid file entry's)."""
     spec = solvers.get(solver)
     if cond is not None and not isinstance(cond, dict):
         raise TypeError(f"cond must be a dict of conditioning keywords (e.g. {{'class_labels': labels}}), "
@@ -61,13 +80,44 @@ def plan_solve(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | N
     spec.check_options(options)
     steps, planned = spec.steps_for(nfe, clean_end)
     tuned = tuned_options(grid, denoiser.process, spec.name, nfe, steps)
+    saved_teleport = tuned.pop("teleport", None)  # a sampling option saved with the entry, not a solver option
+    teleport = saved_teleport if teleport is None else teleport
     if tuned:  # options saved with a grid file's entry for this solver; explicit ones win
         spec.check_options(tuned)
         options = {**tuned, **options}
+    grid_options = dict(grid_options or {})
+    if teleport is not None:
+        teleport = _check_teleport(denoiser.process, teleport)
+        if grid is None or (isinstance(grid, str) and grid in GRIDS):
+            grid_options.setdefault("t_max", teleport)
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
-                             **(grid_options or {}))
+                             **grid_options)
+    if teleport is not None and abs(float(schedule.t[0]) - teleport) > 1e-6 * max(1.0, abs(teleport)):
+        raise ValueError(f"teleport={teleport:g} but the grid starts at t={float(schedule.t[0]):g}; an explicit grid or a "
+                         f"grid file entry used with teleport must start at the teleport time")
     denoiser = tuned_for(denoiser, grid, spec.name, nfe, steps)
-    return spec, schedule, denoiser, {**planned, **options}  # only solvers without a fixed NFE may override the plan
+    return spec, schedule, denoiser, {**planned, **options}, teleport  # only fixed-NFE-free solvers may override the plan
+
+
+def _check_teleport(process, teleport: Any) -> float:
+    if isinstance(teleport, bool) or not isinstance(teleport, (int, float)):
+        raise TypeError(f"teleport must be a time (a number in the process's time units), got {teleport!r}")
+    t = float(teleport)
+    if not process.t_min < t <= process.t_max:
+        raise ValueError(f"teleport={t:g} is outside the process's times ({process.t_min:g}, {process.t_max:g}]; "
+                         f"pass the time the solve should start at, e.g. {0.7 * process.t_max + 0.3 * process.t_min:g}")
+    return t
+
+
+def start_state(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, teleport: float | None = None,
+                gaussian: Any = None) -> Tensor:
+    """The state the solver starts from: ``x_T``, or with ``teleport`` ``x_T`` (a draw at ``t_max``) carried to the
+    schedule's first time by the data Gaussian's exact flow (:func:`fewstep.teleport.teleport`)."""
+    if teleport is None:
+        return x_T
+    from .teleport import resolve_gaussian, teleport as flow
+
+    return flow(x_T, schedule.process, float(schedule.t[0]), resolve_gaussian(denoiser, gaussian))
 
 
 def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list[torch.Generator]:

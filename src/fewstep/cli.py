@@ -11,7 +11,7 @@ import importlib
 import re
 import sys
 
-COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems",
+COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems", "gaussian",
             "quantize", "restore", "invert", "probe", "distill"]
 
 

@@ -22,6 +22,7 @@ from .parametrization import PREDICTION_TYPES, Prediction, alpha_sigma, parametr
 from .processes import NoiseProcess
 
 __all__ = [
+    "find_attached",
     "Prediction",
     "DenoiserBase",
     "Denoiser",
@@ -276,3 +277,15 @@ class DynamicThresholding(DenoiserWrapper):
         x0 = p.x0.clamp(-s, s) / s
         a, sg = self.coefficients(x, t)
         return Prediction(x0, (x - a * x0) / sg)
+
+
+def find_attached(denoiser: Any, name: str) -> Any:
+    """The object attached to ``denoiser`` or to a denoiser it wraps (``.inner`` chain) under attribute ``name``
+    (what ``load_model`` attaches next to the network: DPM-Solver-v3's ``ems``, the ``data_gaussian``)."""
+    d = denoiser
+    while d is not None:
+        found = vars(d).get(name) if hasattr(d, "__dict__") else None
+        if found is not None:
+            return found
+        d = getattr(d, "inner", None)
+    return None

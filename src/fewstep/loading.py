@@ -42,7 +42,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
     ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
-    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``.  A quantized folder (``fewstep
+    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``, the data Gaussian of
+    ``<checkpoint>/gaussian.safetensors`` (:mod:`fewstep.teleport`) as ``denoiser.data_gaussian``.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
     gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
@@ -65,6 +66,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()
     _attach_ems(den, folder)
+    _attach_gaussian(den, folder)
     return den
 
 
@@ -77,6 +79,15 @@ def _attach_ems(den: Denoiser, folder: Path) -> None:
         from .solvers.dpm_v3.stats import EMS
 
         den.ems = EMS.load(folder / "ems")  # type: ignore[attr-defined]
+
+
+def _attach_gaussian(den: Denoiser, folder: Path) -> None:
+    """Attach the training data's Gaussian saved as ``<folder>/gaussian.safetensors`` (``fewstep gaussian``) as
+    ``den.data_gaussian``: what ``teleport`` and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
+    from .teleport import GAUSSIAN_FILE, load_gaussian
+
+    if (folder / GAUSSIAN_FILE).exists():
+        den.data_gaussian = load_gaussian(folder / GAUSSIAN_FILE)  # type: ignore[attr-defined]
 
 
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:

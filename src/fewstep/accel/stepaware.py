@@ -22,7 +22,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..context import StepContext
@@ -77,47 +76,41 @@ class StepSchedule(DenoiserWrapper):
 
 @lru_cache(maxsize=4)
 def data_gaussian(data: str, shape: tuple[int, ...]) -> Any:
-    """The Gaussian with the mean and covariance of data set ``data`` (a ``fewstep train --data`` spec,
-    images in the model's ``[-1, 1]`` range) as a one-component :class:`fewstep.exact.GaussianMixture`."""
-    from ..data import load_data, to_model_range
-    from ..exact import GaussianMixture
+    """:func:`fewstep.teleport.data_gaussian`, computed once per process."""
+    from ..teleport import data_gaussian as compute
 
-    images = load_data(data, resolution=shape[-1], channels=shape[0]).images
-    if tuple(images.shape[1:]) != tuple(shape):
-        raise ValueError(f"data {data!r} has images of {tuple(images.shape[1:])}, the model samples {tuple(shape)}")
-    n, chunk = len(images), 8192
-
-    def rows(i: int) -> Tensor:  # float64 in chunks: 60 000 Fashion-MNIST images would be 376 MB at once
-        return to_model_range(images[i:i + chunk]).reshape(-1, images[0].numel()).to(torch.float64)
-
-    mean = sum(rows(i).sum(0) for i in range(0, n, chunk)) / n
-    cov = sum((r - mean).T @ (r - mean) for r in (rows(i) for i in range(0, n, chunk))) / max(1, n - 1)
-    return GaussianMixture.from_covariances(mean[None], cov[None])
+    return compute(data, shape)
 
 
 class GaussianSteps(StepSchedule):
     """The first ``steps`` steps use the exact denoiser of the data's Gaussian (see the module docstring).
 
     ``data``: the training data (``fashion-mnist``, an ``.npz``/``.npy`` array, an image folder), read
-    once per process at the first evaluation.  Unconditional models only: the Gaussian knows no labels.
+    once per process at the first evaluation; ``None`` uses the Gaussian attached to the model
+    (``<checkpoint>/gaussian.safetensors``, :mod:`fewstep.teleport`; ``bundled:fashion`` ships one).
+    Unconditional models only: the Gaussian knows no labels.
     """
 
     method = "gaussian"
 
-    def __init__(self, inner: DenoiserBase, steps: int = 2, data: str = "fashion-mnist"):
+    def __init__(self, inner: DenoiserBase, steps: int = 2, data: str | None = None):
         super().__init__(inner, None, steps)
-        if not isinstance(data, str) or not data:
-            raise ValueError("gaussian needs data=SPEC naming the training data, e.g. data=fashion-mnist")
+        if data is not None and (not isinstance(data, str) or not data):
+            raise ValueError("gaussian: data=SPEC names the training data, e.g. data=fashion-mnist")
         self.data = data
 
     @property
     def spec(self) -> str:
-        return f"{self.method}:steps={self.steps},data={self.data}"
+        return f"{self.method}:steps={self.steps}" + (f",data={self.data}" if self.data else "")
 
     def build_small(self) -> DenoiserBase:
         shape = self.inner.sample_shape
         if shape is None:
             raise ValueError("gaussian steps need the model's sample shape; load it with fewstep.load_model")
+        if self.data is None:
+            from ..teleport import resolve_gaussian
+
+            return resolve_gaussian(self.inner, None).denoiser(self.inner.process)
         return data_gaussian(self.data, tuple(int(v) for v in shape)).denoiser(self.inner.process)
 
     def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
@@ -126,6 +119,6 @@ class GaussianSteps(StepSchedule):
         return super().predict(x, t, ctx=ctx, **cond)
 
 
-def gaussian_steps(denoiser: DenoiserBase, steps: int = 2, data: str = "fashion-mnist") -> GaussianSteps:
+def gaussian_steps(denoiser: DenoiserBase, steps: int = 2, data: str | None = None) -> GaussianSteps:
     """``denoiser`` whose first ``steps`` solver steps use the data Gaussian's exact denoiser."""
     return GaussianSteps(denoiser, steps, data)

@@ -66,6 +66,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="data standard deviation(s) of the analytic model: C or C_MIN,C_MAX (default 0.1,4)")
     opt.add_argument("--start", default=None, help="start grid of search/timetuner (a grid name or file; "
                                                    "default: the best of the default, logsnr and analytic grids)")
+    opt.add_argument("--teleport", type=float, default=None, metavar="T",
+                     help="start at time T, reached by the training data Gaussian's exact flow (fewstep.teleport); "
+                          "search then also moves T. The entry records it and `sample --grid FILE` applies it")
     opt.add_argument("--batch-size", type=int, default=64)
     opt.add_argument("--threads", type=int, default=None)
     opt.add_argument("--no-progress", action="store_true")
@@ -144,7 +147,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
                                  reference_nfe=args.reference_nfe, rounds=args.iters, candidates=args.candidates,
                                  data_std=args.data_std or DEFAULT_DATA_STD, start=args.start,
                                  on_eval=on_eval if bar is not None else None, batch_size=args.batch_size,
-                                 reference_cache=args.reference_cache)
+                                 reference_cache=args.reference_cache, teleport=args.teleport)
     finally:
         if bar is not None:
             bar.close()

@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                    "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
                                                    "that model; default: the process's, "
                                                    "time-uniform for VP models, karras for EDM)")
+    p.add_argument("--teleport", type=float, default=None, metavar="T",
+                   help="start the solve at time T below t_max, reached by the training data Gaussian's exact flow "
+                        "(all NFE spent below T; the model needs a gaussian.safetensors: `fewstep gaussian`; "
+                        "bundled:fashion has one). A grid file entry tuned with teleport carries its own T")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -77,6 +81,7 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
     settings: dict[str, Any] = {"model": model_id, "ema": not args.raw, "solver": solver, "nfe": args.nfe}
     if args.grid is not None:
         settings["grid"] = args.grid
+    settings["teleport"] = args.teleport
     settings["cache"] = args.cache
     settings.update(class_label=args.class_label, guidance=_guidance_settings(args), fewstep_version=__version__)
     return settings
@@ -193,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
     todo = seeds
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
-        settings = {key: settings[key] for key in ("model", "ema", "solver", "nfe", "grid", "cache", "class_label",
-                                                   "guidance", "sample_shape", "fewstep_version")}
+        keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "class_label", "guidance", "sample_shape",
+                "fewstep_version")
+        settings = {key: settings[key] for key in keys}
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
@@ -244,7 +250,8 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
             if labels is not None:
                 cond["class_labels"] = labels[[s - args.seed for s in chunk]].to(device)
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
-            x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond)
+            x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond,
+                         teleport=args.teleport)
             if dest.kind == "folder":
                 for s, img in zip(chunk, to_uint8(x)):
                     save_png(img, dest.path / image_name(s))

@@ -140,9 +140,15 @@ def _own_entry(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: i
 
 def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> dict[str, Any]:
     """The solver options a grid file's entry for ``solver`` at ``nfe`` was tuned with (e.g. DC-Solver's
-    ``ratios``); empty for any other grid or solver."""
+    ``ratios``); empty for any other grid or solver.  ``teleport`` (:mod:`fewstep.teleport`) belongs to the grid,
+    not the solver: it comes from whichever entry gives the times, also another solver's."""
     entry = _own_entry(grid, process, solver, nfe, steps)
-    return dict(entry.options) if entry is not None and entry.options else {}
+    options = dict(entry.options) if entry is not None and entry.options else {}
+    if entry is None and isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid):
+        times_from = select_entry(grid, process, steps, solver, nfe)
+        if times_from.options and times_from.options.get("teleport") is not None:
+            options["teleport"] = times_from.options["teleport"]
+    return options
 
 
 def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:

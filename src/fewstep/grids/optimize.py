@@ -39,9 +39,10 @@ class _Start:
     net_times: list[float] | None = None
 
 
-def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any) -> _Start:
+def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any, teleport: float | None = None) -> _Start:
     """Times of a grid name or explicit times; a grid file's entry for the solver with its options and network
-    times (DC-Solver, which is UniPC's loop, starts from UniPC's entry when the file has none of its own)."""
+    times (DC-Solver, which is UniPC's loop, starts from UniPC's entry when the file has none of its own).
+    ``teleport``: a grid name starts at that time, and the start carries the option."""
     from . import make_grid
     from .files import is_grid_file, select_entry
 
@@ -50,9 +51,15 @@ def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any) ->
         if entry.solver != spec.name and spec.name == DC_SOLVER:
             entry = select_entry(start, process, steps, "unipc", nfe)
         own = entry.solver == spec.name
-        return _Start(torch.as_tensor(entry.times, dtype=torch.float64), entry.options if own else None,
-                      entry.net_times if own else None)
-    return _Start(make_grid(process, steps, start, solver=spec.name, nfe=nfe))
+        options = entry.options if own else None
+        if not own and entry.options and entry.options.get("teleport") is not None:  # the times' start goes along
+            options = {"teleport": entry.options["teleport"]}
+        return _Start(torch.as_tensor(entry.times, dtype=torch.float64), options, entry.net_times if own else None)
+    if teleport is None:
+        return _Start(make_grid(process, steps, start, solver=spec.name, nfe=nfe))
+    t_max = {"t_max": teleport} if start is None or isinstance(start, str) else {}
+    times = make_grid(process, steps, start, solver=spec.name, nfe=nfe, **t_max)
+    return _Start(times, {"teleport": float(times[0])})
 
 
 def _score(reference: ReferenceSet, solver: str, nfe: int, s: _Start) -> float:
@@ -76,7 +83,8 @@ def _dc_ratios(reference: ReferenceSet, nfe: int, first: _Start, first_score: fl
     from ..solvers.dc import search_ratios
 
     ratios = search_ratios(reference.denoiser, shape, nfe, reference.seeds, reference_nfe=reference_nfe,
-                           grid=first.times, dtype=reference.x_T.dtype, device=reference.x_T.device)
+                           grid=first.times, dtype=reference.x_T.dtype, device=reference.x_T.device,
+                           teleport=(first.options or {}).get("teleport"))
     options = {**(first.options or {}), "ratios": ratios}
     score = _score(reference, DC_SOLVER, nfe, _Start(first.times, options, first.net_times))
     return (options, score, 1) if score < first_score else (first.options, first_score, 1)
@@ -87,7 +95,7 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
                    reference: ReferenceSet | None = None, rounds: int = 3, candidates: int = 2,
                    data_std: float | tuple[float, float] = DEFAULT_DATA_STD, start: Any = None,
                    on_eval: Callable[[float], None] | None = None, batch_size: int = 64,
-                   reference_cache: str | None = None) -> list[GridEntry]:
+                   reference_cache: str | None = None, teleport: float | None = None) -> list[GridEntry]:
     """One :class:`GridEntry` per NFE.
 
     ``analytic`` needs no network evaluation (:mod:`fewstep.grids.gaussian`); ``search`` moves the
@@ -100,6 +108,8 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
     against a ``reference_nfe`` solve of ``seeds``); they travel in the entry's ``options``, and a later
     ``timetuner`` run with that file as ``start`` tunes network times on top of them.
     ``reference_cache``: a folder caching the near-exact reference (see :class:`ReferenceSet`).
+    ``teleport``: model-based starts begin at that time, reached by the data Gaussian's exact flow
+    (:mod:`fewstep.teleport`); ``search`` then moves the start time too, and the entry's options record it.
     """
     if method not in METHODS:
         raise ValueError(f"unknown grid method {method!r}; valid: {', '.join(METHODS)}")
@@ -111,6 +121,9 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
     if method == "dc" and spec.name != DC_SOLVER:
         raise ValueError(f"method dc searches DC-Solver's ratios; use solver {DC_SOLVER}, not {spec.name!r}")
     process = denoiser.process
+    if teleport is not None and method == "analytic":
+        raise ValueError("the analytic grid spans the whole time range; teleport applies to the model-based methods "
+                         "(search, timetuner, dc)")
     entries = []
     if method != "analytic" and reference is None:
         if shape is None:
@@ -127,14 +140,16 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
             times, score, net_times, options = analytic, bound, None, None
             prov.update(score_kind="gaussian_error_bound")
         else:
-            cands = [start] if start is not None else [None, "logsnr", analytic]
+            cands = [start] if start is not None else [None, "logsnr"] + ([analytic] if teleport is None else [])
             first, first_score = _best_start(reference, spec.name, nfe,
-                                             [_resolve_start(process, spec, nfe, steps, c) for c in cands])
+                                             [_resolve_start(process, spec, nfe, steps, c, teleport) for c in cands])
             times, net_times, options = first.times, first.net_times, first.options
             if method == "search":
                 times, res = search_grid(reference, spec.name, nfe, first.times, rounds=rounds,
                                          candidates=candidates, on_eval=on_eval, options=first.options)
                 net_times = None  # network times tuned for the old grid do not carry over
+                if options and options.get("teleport") is not None:  # the searched start time
+                    options = {**options, "teleport": float(times[0])}
                 score, evaluations = res.score, res.evaluations
             elif method == "timetuner":
                 net_times, res = tune_net_times(reference, spec.name, nfe, first.times, rounds=rounds,

@@ -103,26 +103,33 @@ def times_from_lams(process: NoiseProcess, lams: Sequence[float], t_max: float, 
 
 
 def descend_grid(score_times: Callable[[Tensor], float], process: NoiseProcess, start: Tensor, *, rounds: int = 3,
-                 candidates: int = 2, on_eval: Callable[[float], None] | None = None) -> tuple[Tensor, DescentResult]:
-    """Coordinate descent of ``score_times(times)`` over the interior times of ``start`` in logSNR."""
+                 candidates: int = 2, on_eval: Callable[[float], None] | None = None,
+                 free_start: bool = False) -> tuple[Tensor, DescentResult]:
+    """Coordinate descent of ``score_times(times)`` over the interior times of ``start`` in logSNR; with
+    ``free_start`` the first time moves too (between ``t_max`` and the second time: a teleported start)."""
     start = torch.as_tensor(start, dtype=torch.float64)
     t_max, t_min = float(start[0]), float(start[-1])
-    ends = (float(process.lam(t_max)), float(process.lam(t_min)))
+    ends = (float(process.lam(process.t_max if free_start else t_max)), float(process.lam(t_min)))
 
     def bracket(lams: list[float], i: int) -> tuple[float, float]:
         lo = lams[i - 1] if i > 0 else ends[0]
         hi = lams[i + 1] if i + 1 < len(lams) else ends[1]
         return lo, hi
 
+    def grid(lams: list[float]) -> Tensor:
+        if free_start:  # coordinate 0 is the start time
+            return times_from_lams(process, lams[1:], float(process.t_of_lambda(lams[0])), t_min)
+        return times_from_lams(process, lams, t_max, t_min)
+
     def score(lams: list[float]) -> float:
-        ts = times_from_lams(process, lams, t_max, t_min)
+        ts = grid(lams)
         if not bool((ts[1:] < ts[:-1]).all()):
             return float("inf")
         return score_times(ts)
 
-    res = coordinate_descent(score, interior_lams(process, start), bracket, rounds=rounds, candidates=candidates,
-                             on_eval=on_eval)
-    times = start if res.score >= res.start_score else times_from_lams(process, res.x, t_max, t_min)
+    x0 = ([float(process.lam(t_max))] if free_start else []) + interior_lams(process, start)
+    res = coordinate_descent(score, x0, bracket, rounds=rounds, candidates=candidates, on_eval=on_eval)
+    times = start if res.score >= res.start_score else grid(res.x)
     return times, res
 
 
@@ -130,7 +137,8 @@ def search_grid(reference: ReferenceSet, solver: str, nfe: int, start: Any = Non
                 candidates: int = 2, on_eval: Callable[[float], None] | None = None,
                 options: dict[str, Any] | None = None) -> tuple[Tensor, DescentResult]:
     """The grid for ``solver`` (with solver ``options``) at ``nfe`` with the lowest RMSE to ``reference`` found
-    from ``start`` (a grid name, explicit times or a grid file; default: the process's default grid)."""
+    from ``start`` (a grid name, explicit times or a grid file; default: the process's default grid).
+    With ``options["teleport"]`` (a teleported start, :mod:`fewstep.teleport`) the start time is searched too."""
     from . import make_grid
 
     spec = solvers.get(solver)
@@ -138,6 +146,15 @@ def search_grid(reference: ReferenceSet, solver: str, nfe: int, start: Any = Non
         raise ValueError(f"grid search needs a deterministic fixed-NFE solver; {spec.name!r} is not")
     process = reference.denoiser.process
     steps, _ = spec.steps_for(nfe)
-    first = make_grid(process, steps, start, solver=spec.name, nfe=nfe)
-    return descend_grid(lambda ts: reference.rmse(spec.name, nfe, ts, options=options), process, first, rounds=rounds,
-                        candidates=candidates, on_eval=on_eval)
+    options = dict(options or {})
+    teleported = options.get("teleport") is not None
+    first = make_grid(process, steps, start, solver=spec.name, nfe=nfe,
+                      **({"t_max": float(options["teleport"])} if teleported and isinstance(start, (str, type(None)))
+                         else {}))
+
+    def score(ts: Tensor) -> float:
+        return reference.rmse(spec.name, nfe, ts, options={**options, "teleport": float(ts[0])} if teleported
+                              else options)
+
+    return descend_grid(score, process, first, rounds=rounds, candidates=candidates, on_eval=on_eval,
+                        free_start=teleported)

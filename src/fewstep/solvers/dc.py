@@ -142,9 +142,12 @@ def dc_solver(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generato
 # --- the search --------------------------------------------------------------------------------------------------
 
 def reference_states(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, reference_nfe: int,
-                     cond: Cond = None) -> list[Tensor]:
-    """The near-exact solution at every point of ``schedule`` (index 1..n): DPM-Solver++(3M) on the grid refined
-    ``ceil(reference_nfe / n)`` times, each interval split uniformly in logSNR."""
+                     cond: Cond = None, teleported: bool = False) -> list[Tensor]:
+    """The near-exact solution from ``x_T`` (at ``t_max``) at every point of ``schedule`` (index 1..n):
+    DPM-Solver++(3M) on the grid refined ``ceil(reference_nfe / n)`` times, each interval split uniformly in
+    logSNR.  ``teleported``: ``x_T`` is at ``t_max`` while the schedule starts below it (:mod:`fewstep.teleport`);
+    the solve then begins at ``t_max`` with as many logSNR-uniform steps down to the schedule's start as one
+    interval has, so the states are the network's own solution, not the teleported one."""
     from ..api import sample
 
     process, n = schedule.process, schedule.steps
@@ -152,9 +155,12 @@ def reference_states(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, re
     ts = schedule.t.clone()
     if schedule.clean_end:
         ts[-1] = process.t_min
+    skip = 0
+    if teleported and float(ts[0]) < process.t_max:
+        ts, skip = torch.cat([torch.tensor([process.t_max], dtype=torch.float64), ts]), 1
     lam = process.lam(ts)
     fine = [float(ts[0])]
-    for k in range(n):
+    for k in range(len(ts) - 1):
         inner = process.t_of_lambda(lam[k] + (lam[k + 1] - lam[k]) * torch.arange(1, r, dtype=torch.float64) / r)
         fine += [float(v) for v in inner.reshape(-1)] + [float(ts[k + 1])]
     states: list[Tensor] = []
@@ -163,8 +169,8 @@ def reference_states(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, re
         if (info["i"] + 1) % r == 0:
             states.append(info["x"].clone())
 
-    sample(denoiser, x_T, "dpm++3m", n * r, fine, clean_end=schedule.clean_end, callback=keep, cond=cond)
-    return states
+    sample(denoiser, x_T, "dpm++3m", (len(ts) - 1) * r, fine, clean_end=schedule.clean_end, callback=keep, cond=cond)
+    return states[skip:]
 
 
 def _golden(loss, lo: float, hi: float, iterations: int) -> float:
@@ -190,21 +196,23 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
                   reference_nfe: int = 200, grid: GridSpec | None = None, order: int = 2, dc_order: int = 2,
                   variant: str = "bh2", prediction: str = "data", bounds: tuple[float, float] = (0.6, 1.4),
                   iterations: int = 10, cond: Cond = None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> list[float]:
+                  dtype: torch.dtype = torch.float32, teleport: float | None = None) -> list[float]:
     """Search DC-Solver's ratios for one NFE: greedily per step, the ``rho_i`` in ``bounds`` minimising the mean
     squared distance of the step's result (predictor and corrector) to the reference solution at ``t_{i+1}``
     (Zhao et al. 2024, sec. 3.2; golden-section search instead of the paper's gradient steps, so no gradient
-    flows through the network).  Costs about ``nfe * (iterations + 4)`` evaluations of ``len(seeds)`` samples plus
+    flows through the network).  ``teleport``: the grid starts at that time, reached from ``t_max`` by the data
+    Gaussian's exact flow (:mod:`fewstep.teleport`).  Costs about ``nfe * (iterations + 4)`` evaluations of ``len(seeds)`` samples plus
     the reference solve.
     """
-    from ..api import generators, prior_noise
+    from ..api import generators, prior_noise, start_state
     from . import get
 
     seeds = list(seeds)
     if not seeds:
         raise ValueError("search_ratios needs seeds, e.g. range(32)")
     steps, _ = get("dc_solver").steps_for(nfe)
-    schedule = make_schedule(denoiser.process, steps, grid)
+    schedule = make_schedule(denoiser.process, steps, grid, **({"t_max": teleport} if teleport is not None and
+                                                                (grid is None or isinstance(grid, str)) else {}))
     x_T = prior_noise(denoiser.process, shape, generators(seeds), dtype=dtype, device=device)
     found = [1.0] * steps
 
@@ -218,8 +226,8 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
         return found[i]
 
     with torch.inference_mode():
-        ref = reference_states(denoiser, x_T, schedule, reference_nfe, cond)
-        _unipc(denoiser, x_T, schedule, order=order, variant=variant, prediction=prediction, corrector=True,
+        ref = reference_states(denoiser, x_T, schedule, reference_nfe, cond, teleported=teleport is not None)
+        _unipc(denoiser, start_state(denoiser, x_T, schedule, teleport), schedule, order=order, variant=variant, prediction=prediction, corrector=True,
                disable_corrector=(), lower_order_final=True, callback=None, cond=cond, dc_order=dc_order,
                search=search)
     return found

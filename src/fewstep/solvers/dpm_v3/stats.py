@@ -156,10 +156,6 @@ class EMS:
 
 def find_ems(denoiser: Any) -> EMS | None:
     """The statistics attached to ``denoiser`` or to a denoiser it wraps (``.ems``, set by ``load_model``)."""
-    d = denoiser
-    while d is not None:
-        ems = vars(d).get("ems") if hasattr(d, "__dict__") else None
-        if ems is not None:
-            return ems
-        d = getattr(d, "inner", None)
-    return None
+    from ...denoisers import find_attached
+
+    return find_attached(denoiser, "ems")

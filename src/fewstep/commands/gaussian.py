@@ -1,0 +1,62 @@
+"""``fewstep gaussian``: the training data's mean and covariance, saved next to a model for ``teleport``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gaussian", help="save the training data's Gaussian next to a model (for --teleport)",
+                       description=(
+                           "Computes the mean and covariance of the training data in the model's [-1, 1] range and "
+                           "writes them as gaussian.safetensors (top --rank eigen-directions exactly, the rest as "
+                           "their mean variance). load_model attaches it; `fewstep sample --teleport T` and "
+                           "`--cache gaussian:steps=K` use it (Wang & Vastola 2024)."))
+    p.add_argument("--model", required=True, help="a checkpoint folder or a run folder (bundled models are read-only: "
+                                                  "give --out)")
+    p.add_argument("--data", required=True, help="the training data: fashion-mnist[:train|:test], an idx file, a "
+                                                 ".npz/.npy image array or a folder of images")
+    p.add_argument("--rank", type=int, default=128, help="eigen-directions kept exactly (default 128; the image "
+                                                        "size for the full covariance)")
+    p.add_argument("--out", default=None, help="output file (default: <checkpoint>/gaussian.safetensors)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _default_out(spec: str) -> Path:
+    from ..teleport import GAUSSIAN_FILE
+
+    if spec.startswith("bundled:"):
+        raise ValueError(f"{spec} is shipped inside the package and read-only; pass --out FILE "
+                         f"(then sample with gaussian=FILE, or copy it to a checkpoint's {GAUSSIAN_FILE})")
+    path = Path(spec)
+    if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
+        from ..checkpoint import latest_checkpoint
+
+        path = latest_checkpoint(path) or path
+    return path / GAUSSIAN_FILE
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..loading import load_model
+    from ..teleport import data_gaussian, save_gaussian, truncate
+
+    out = Path(args.out) if args.out else _default_out(args.model)
+    den = load_model(args.model)
+    shape = den.sample_shape
+    if shape is None:
+        raise ValueError(f"model {args.model} does not declare its sample shape")
+    dim = 1
+    for v in shape:
+        dim *= int(v)
+    if not 1 <= args.rank <= dim:
+        raise ValueError(f"--rank must be in 1..{dim} (the image size), got {args.rank}")
+    full = data_gaussian(args.data, tuple(int(v) for v in shape))
+    g = full if args.rank == dim else truncate(full, args.rank)
+    total = float(full.eigvals[0].sum())
+    kept = float(full.eigvals[0].sort(descending=True).values[:args.rank].sum())
+    save_gaussian(g, out, {"data": args.data, "shape": list(shape), "rank": args.rank})
+    print(f"wrote {out}: mean and covariance of {args.data} at {tuple(shape)}, rank {args.rank} "
+          f"({100 * kept / total:.1f}% of the variance exactly, the rest as a floor)")
+    return 0

@@ -1,0 +1,166 @@
+"""Analytical teleportation: the Gaussian's closed-form flow, teleported sampling, storage, grids, DC, CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+import fewstep
+from fewstep.api import plan_solve
+from fewstep.cli import main
+from fewstep.exact import GaussianMixture, reference_solution
+from fewstep.grids import make_grid
+from fewstep.grids.files import GridEntry, write_grid_file
+from fewstep.grids.search import ReferenceSet, search_grid
+from fewstep.teleport import load_gaussian, save_gaussian, teleport, truncate
+
+
+def moment_gaussian(mix: GaussianMixture) -> GaussianMixture:
+    """The one Gaussian with the mixture's mean and covariance (what `fewstep gaussian` computes from data)."""
+    return GaussianMixture.from_covariances(mix.mean[None], mix.covariance[None])
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_flow_is_the_exact_ode_solution_of_one_gaussian(ddpm_linear, low_rank):
+    """Wang & Vastola 2024, eq. 8-9: the closed-form map equals the float64 ODE solve of the Gaussian's own denoiser,
+    for full covariances and for low rank plus a floor."""
+    g = (GaussianMixture.random_low_rank(dim=6, components=1, rank=2, floor=0.1, seed=3) if low_rank else
+         GaussianMixture.from_covariances(torch.zeros(1, 6) + 0.3, torch.diag(torch.linspace(0.01, 2.0, 6))[None]))
+    x_T = torch.randn(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for t1 in (900.0, 500.0, 100.0):
+        exact = reference_solution(g.denoiser(ddpm_linear), x_T, t_end=t1, rtol=1e-11, atol=1e-11)
+        assert torch.allclose(teleport(x_T, ddpm_linear, t1, g), exact, atol=1e-7)
+    # composition: t_max -> 700 -> 300 equals t_max -> 300
+    mid = teleport(x_T, ddpm_linear, 700.0, g)
+    assert torch.allclose(teleport(mid, ddpm_linear, 300.0, g, t_from=700.0), teleport(x_T, ddpm_linear, 300.0, g),
+                          atol=1e-12)
+
+
+def test_teleported_sampling_on_gaussian_data_is_exact_above_the_start(ddpm_linear):
+    """On Gaussian data the teleport is exact: teleport to t then a fine solve equals the exact solution, and a few
+    steps below t err far less than the same steps over the whole range."""
+    g = GaussianMixture.from_covariances(torch.zeros(1, 4), torch.diag(torch.tensor([0.01, 0.1, 0.5, 1.5]))[None])
+    den = g.denoiser(ddpm_linear)
+    x_T = torch.randn(8, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    at_t_min = reference_solution(den, x_T, t_end=ddpm_linear.t_min, rtol=1e-11, atol=1e-11)
+    fine = fewstep.sample(den, x_T, "dpm++3m", 200, "logsnr", teleport=600.0, gaussian=g, clean_end=False)
+    assert (fine - at_t_min).abs().max() < 1e-4  # dpm++3m at 200 NFE: its own error is ~4e-5
+    exact = reference_solution(den, x_T, rtol=1e-11, atol=1e-11)
+    few = (fewstep.sample(den, x_T, "unipc", 5, "logsnr", teleport=400.0, gaussian=g) - exact).norm()
+    assert few < 0.5 * (fewstep.sample(den, x_T, "unipc", 5, "logsnr") - exact).norm()
+
+
+def test_sample_with_teleport_is_the_flow_then_the_solver_from_there(gmm8, ddpm_linear):
+    den, g = gmm8.denoiser(ddpm_linear), moment_gaussian(gmm8)
+    x_T = torch.randn(5, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours = fewstep.sample(den, x_T, "unipc", 6, "uniform", teleport=700.0, gaussian=g)
+    by_hand = fewstep.sample(den, teleport(x_T, ddpm_linear, 700.0, g), "unipc", 6,
+                             make_grid(ddpm_linear, 6, "uniform", t_max=700.0))
+    assert torch.equal(ours, by_hand)
+    # On a mixture the Gaussian is an approximation: its error to the exact solution grows as the start moves down.
+    exact = reference_solution(den, x_T, t_end=ddpm_linear.t_min, rtol=1e-11, atol=1e-11)
+    err = [float((fewstep.sample(den, x_T, "dpm++3m", 200, "logsnr", teleport=t, gaussian=g, clean_end=False)
+                  - exact).norm()) for t in (950.0, 500.0, 400.0, 300.0)]
+    assert err[0] < 1e-3 < err[1] < err[2] < err[3]  # at t = 300 the teleport lands trajectories in wrong components
+
+
+def test_teleport_refuses_bad_input_with_clear_errors(gmm8, ddpm_linear):
+    den = gmm8.denoiser(ddpm_linear)
+    x_T = torch.zeros(2, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="fewstep gaussian"):
+        fewstep.sample(den, x_T, "unipc", 5, teleport=700.0)  # nothing attached
+    with pytest.raises(ValueError, match="outside the process's times"):
+        fewstep.sample(den, x_T, "unipc", 5, teleport=5000.0, gaussian=moment_gaussian(gmm8))
+    with pytest.raises(TypeError, match="teleport must be a time"):
+        fewstep.sample(den, x_T, "unipc", 5, teleport="700", gaussian=moment_gaussian(gmm8))
+    with pytest.raises(ValueError, match="must start at the teleport time"):
+        fewstep.sample(den, x_T, "unipc", 2, [800.0, 400.0, 0.0], teleport=700.0, gaussian=moment_gaussian(gmm8))
+    with pytest.raises(ValueError, match="dimension 3"):
+        teleport(x_T, ddpm_linear, 500.0, GaussianMixture.from_covariances(torch.zeros(1, 3), torch.eye(3)[None]))
+    with pytest.raises(ValueError, match="one Gaussian"):
+        teleport(x_T, ddpm_linear, 500.0, gmm8)
+
+
+def test_truncation_keeps_mean_and_total_variance_and_storage_round_trips(tmp_path, gmm8):
+    full = moment_gaussian(gmm8)
+    low = truncate(full, 3)
+    assert torch.allclose(low.mean, full.mean)
+    assert float(torch.trace(low.covariance)) == pytest.approx(float(torch.trace(full.covariance)), rel=1e-10)
+    top = torch.linalg.eigvalsh(full.covariance).flip(0)[:3]
+    assert torch.allclose(torch.linalg.eigvalsh(low.covariance).flip(0)[:3], top, rtol=1e-8)
+    path = save_gaussian(low, tmp_path / "gaussian.safetensors", {"data": "x"})
+    back = load_gaussian(tmp_path)
+    assert back.meta == {"data": "x"} and torch.allclose(back.covariance, low.covariance, atol=1e-6)
+    path.write_bytes(b"broken")
+    with pytest.raises(ValueError, match="damaged"):
+        load_gaussian(path)
+    with pytest.raises(FileNotFoundError, match="fewstep gaussian"):
+        load_gaussian(tmp_path / "nothing")
+
+
+def test_bundled_fashion_ships_its_data_gaussian():
+    den = fewstep.load_model("bundled:fashion")
+    g = den.data_gaussian
+    assert g.dim == 28 * 28 and g.eigvecs.shape == (1, 784, 128) and g.floor > 0
+    assert -1 < float(g.mean.mean()) < 0  # Fashion-MNIST is mostly dark background in [-1, 1]
+    x_T = fewstep.prior_noise(den.process, (1, 28, 28), fewstep.generators([0, 1]))
+    assert teleport(x_T, den.process, 700.0, g).shape == x_T.shape
+
+
+def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, ddpm_linear):
+    den, g = gmm8.denoiser(ddpm_linear), moment_gaussian(gmm8)
+    den.data_gaussian = g
+    times = make_grid(ddpm_linear, 5, "uniform", t_max=650.0).tolist()
+    path = tmp_path / "tp.json"
+    write_grid_file(path, ddpm_linear, [GridEntry("unipc", 5, 5, times, "search", options={"teleport": 650.0})])
+    x_T = torch.randn(3, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    direct = fewstep.sample(den, x_T, "unipc", 5, times, teleport=650.0)
+    assert torch.equal(fewstep.sample(den, x_T, "unipc", 5, str(path)), direct)
+    # another solver falls back to unipc's times, and the teleport goes with them
+    assert torch.equal(fewstep.sample(den, x_T, "ipndm", 5, str(path)),
+                       fewstep.sample(den, x_T, "ipndm", 5, times, teleport=650.0))
+    with pytest.raises(ValueError, match="only fewstep.sample"):
+        plan_solve(den, "unipc", 5, str(path))
+
+
+def test_search_with_teleport_moves_the_start_time_and_lowers_the_error(gmm8, ddpm_linear):
+    den = gmm8.denoiser(ddpm_linear)
+    den.data_gaussian = moment_gaussian(gmm8)
+    ref = ReferenceSet(den, (8,), range(2000, 2032), nfe=200)
+    times, res = search_grid(ref, "unipc", 5, "uniform", rounds=1, options={"teleport": 800.0})
+    assert res.score < res.start_score and float(times[0]) != 800.0
+    assert ref.rmse("unipc", 5, times, options={"teleport": float(times[0])}) == pytest.approx(res.score, rel=1e-12)
+
+
+def test_dc_reference_states_of_a_teleported_grid_are_the_networks_own_solution(gmm8, ddpm_linear):
+    from fewstep.solvers.dc import reference_states
+    from fewstep.grids import make_schedule
+
+    den = gmm8.denoiser(ddpm_linear)
+    x_T = torch.randn(4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sched = make_schedule(ddpm_linear, 4, "uniform", t_max=600.0)
+    states = reference_states(den, x_T, sched, 400, teleported=True)
+    exact = [reference_solution(den, x_T, t_end=float(t), rtol=1e-11, atol=1e-11) for t in sched.t[1:-1]]
+    assert len(states) == 4
+    for s, e in zip(states[:-1], exact):
+        assert (s - e).abs().max() < 1e-4
+
+
+def test_cli_gaussian_then_sample_with_teleport(tmp_path, capsys):
+    import shutil
+    from importlib.resources import files
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(str(files("fewstep") / "assets" / "fashion"), ckpt)
+    (ckpt / "gaussian.safetensors").unlink()
+    images = (np.random.default_rng(0).random((64, 28, 28)) * 255).astype(np.uint8)
+    np.save(tmp_path / "data.npy", images)
+    assert main(["gaussian", "--model", str(ckpt), "--data", str(tmp_path / "data.npy"), "--rank", "16"]) == 0
+    assert "rank 16" in capsys.readouterr().out
+    assert fewstep.load_model(ckpt).data_gaussian.eigvecs.shape == (1, 784, 16)
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "600", "--n", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out)["images"].shape[0] == 2
+    assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "5000", "--n", "2",
+                 "--out", str(tmp_path / "bad.npz"), "--no-progress"]) == 1
+    assert "outside the process's times" in capsys.readouterr().err
