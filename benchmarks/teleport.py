@@ -1,0 +1,102 @@
+"""Analytical teleportation (``fewstep.sample(..., teleport=t)``): where to start, and what it buys at few NFE.
+
+    PYTHONPATH=src python benchmarks/teleport.py gmm --n 4000
+    PYTHONPATH=src python benchmarks/teleport.py fashion --n 128 --reference-nfe 100 --reference-cache refcache
+
+``gmm``: the exact 64-d mixture (DDPM linear), its moment-matched Gaussian as the data Gaussian (what
+``fewstep gaussian`` computes from samples).  Each cell: Frechet distance above the floor (the FD of the exact ODE
+solution from the same noise) / RMS distance to that exact solution, for the built-in grid that is best without
+teleport, started at ``t_max`` (no teleport) or teleported to each ``--starts`` time.
+
+``fashion``: ``bundled:fashion`` and its shipped data Gaussian; mean per-sample RMSE to the near-exact solution
+(dpm++3m, ``--reference-nfe``, logSNR grid) of seeds 0..n-1 for the standard solvers on the time-uniform grid from
+each start (``none``: the default grid from ``t_max``), and the teleport alone (the Gaussian's flow to the start,
+then the near-exact solve from there: the floor a start sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import fewstep
+
+
+def gmm(args: argparse.Namespace) -> None:
+    from fewstep.bench.gmm import bench_mixture
+    from fewstep.exact import GaussianMixture, reference_solution
+    from fewstep.metrics import frechet_distance_to_moments
+    from fewstep.processes import VPDiscrete
+
+    gm = bench_mixture()
+    process = VPDiscrete.linear()
+    den = gm.denoiser(process)
+    den.data_gaussian = GaussianMixture.from_covariances(gm.mean[None], gm.covariance[None])
+    noise = torch.randn(args.n, 64, generator=torch.Generator().manual_seed(0))
+    exact = reference_solution(den, noise.double(), rtol=1e-9, atol=1e-9)
+    floor = frechet_distance_to_moments(exact, gm.mean, gm.covariance)
+    print(f"floor (n={args.n}): {floor:.5f}; each cell: FD - floor / RMSE to the exact ODE solution\n")
+    starts = [None] + [float(v) for v in args.starts.split(",")]
+    print("| solver | NFE | grid | " + " | ".join("no teleport" if s is None else f"t = {s:g}" for s in starts) +
+          " |\n|---|---:|---|" + "---:|" * len(starts))
+    for solver in args.solvers.split(","):
+        for nfe in [int(v) for v in args.nfe.split(",")]:
+            for grid in args.grids.split(","):
+                cells = []
+                for t in starts:
+                    x = fewstep.sample(den, noise, solver, nfe, grid, teleport=t)
+                    fd = frechet_distance_to_moments(x, gm.mean, gm.covariance) - floor
+                    cells.append(f"{fd:.4f} / {float((x.double() - exact).pow(2).mean().sqrt()):.3f}")
+                print(f"| {solver} | {nfe} | {grid} | " + " | ".join(cells) + " |", flush=True)
+
+
+def fashion(args: argparse.Namespace) -> None:
+    from fewstep.metrics.models import load_denoiser
+    from fewstep.metrics.near_exact import NearExact, ReferenceSettings
+    from fewstep.metrics.solution_error import per_sample_rmse
+
+    den = load_denoiser("bundled:fashion", "cpu")  # load_model attaches the shipped data Gaussian
+    shape = tuple(den.sample_shape)
+    seeds = list(range(args.n))
+    ref = NearExact(den, shape, seeds, ReferenceSettings("dpm++3m", args.reference_nfe, "logsnr"),
+                    cache_dir=args.reference_cache, progress=True)(seeds)
+    starts = [None] + [float(v) for v in args.starts.split(",")]
+    nfes = [int(v) for v in args.nfe.split(",")]
+    print("| start | " + " | ".join(f"{s} @ {n}" for s in args.solvers.split(",") for n in nfes) +
+          " | teleport + near-exact |\n|---|" + "---:|" * (len(nfes) * len(args.solvers.split(",")) + 1))
+    for t in starts:
+        t0 = time.perf_counter()
+        cells = []
+        for solver in args.solvers.split(","):
+            for nfe in nfes:
+                x = fewstep.generate(den, shape, seeds, solver, nfe, None if t is None else "uniform", teleport=t)
+                cells.append(f"{float(per_sample_rmse(x, ref).mean()):.4f}")
+        if t is None:
+            cells.append("0")
+        else:
+            x = fewstep.generate(den, shape, seeds, "dpm++3m", args.reference_nfe, "logsnr", teleport=t)
+            cells.append(f"{float(per_sample_rmse(x, ref).mean()):.4f}")
+        print(f"| {'none (default grid)' if t is None else f'{t:g}'} | " + " | ".join(cells) +
+              f" |  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=["gmm", "fashion"])
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--nfe", default="5,6")
+    ap.add_argument("--solvers", default="ipndm,unipc")
+    ap.add_argument("--grids", default="logsnr,quadratic", help="gmm: the built-in grids (each from the start)")
+    ap.add_argument("--starts", default="900,800,700,600,500")
+    ap.add_argument("--reference-nfe", type=int, default=100)
+    ap.add_argument("--reference-cache", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    {"gmm": gmm, "fashion": fashion}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
