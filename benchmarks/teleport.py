@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/teleport.py gmm --n 4000
     PYTHONPATH=src python benchmarks/teleport.py fashion --n 128 --reference-nfe 100 --reference-cache refcache
+    PYTHONPATH=src python benchmarks/teleport.py cost --n 64
 
 ``gmm``: the exact 64-d mixture (DDPM linear), its moment-matched Gaussian as the data Gaussian (what
 ``fewstep gaussian`` computes from samples).  Each cell: Frechet distance above the floor (the FD of the exact ODE
@@ -82,9 +83,33 @@ def fashion(args: argparse.Namespace) -> None:
               f" |  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def cost(args: argparse.Namespace) -> None:
+    """Seconds of one teleport against one network evaluation, same batch, median of ``--rounds``."""
+    from fewstep.teleport import teleport
+
+    den = fewstep.load_model("bundled:fashion")
+    g, p = den.data_gaussian, den.process
+    x = fewstep.prior_noise(p, tuple(den.sample_shape), fewstep.generators(range(args.n)))
+
+    def median(fn) -> float:
+        times = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    with torch.inference_mode():
+        net = median(lambda: den.predict(x, 500.0))
+        tele = median(lambda: teleport(x, p, 700.0, g))
+    print(f"batch {args.n}, {torch.get_num_threads()} thread(s): network evaluation {1000 * net:.1f} ms, "
+          f"teleport {1000 * tele:.2f} ms = {tele / net:.4f} of an evaluation")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["gmm", "fashion"])
+    ap.add_argument("mode", choices=["gmm", "fashion", "cost"])
+    ap.add_argument("--rounds", type=int, default=7, help="cost: timing rounds")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--nfe", default="5,6")
     ap.add_argument("--solvers", default="ipndm,unipc")
@@ -95,7 +120,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"gmm": gmm, "fashion": fashion}[args.mode](args)
+    {"gmm": gmm, "fashion": fashion, "cost": cost}[args.mode](args)
 
 
 if __name__ == "__main__":
