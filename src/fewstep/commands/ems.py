@@ -6,6 +6,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ._beside import beside_checkpoint
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ems", help="compute DPM-Solver-v3's empirical model statistics of a model", description=(
@@ -30,18 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _default_out(spec: str) -> Path:
-    if spec.startswith("bundled:"):
-        raise ValueError(f"{spec} is shipped inside the package and read-only; pass --out DIR "
-                         f"(then sample with ems=EMS.load(DIR) or copy DIR to a checkpoint's ems/)")
-    path = Path(spec)
-    if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
-        from ..checkpoint import latest_checkpoint
-
-        path = latest_checkpoint(path) or path
-    return path / "ems"
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -52,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else _default_out(args.model)
+    out = Path(args.out) if args.out else beside_checkpoint(
+        args.model, "ems", "pass --out DIR (then sample with ems=EMS.load(DIR) or copy DIR to a checkpoint's ems/)")
     device = resolve_device(args.device)
     den = load_model(args.model, device=device)
     shape = den.sample_shape

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._beside import beside_checkpoint
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gaussian", help="save the training data's Gaussian next to a model (for --teleport)",
@@ -24,25 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _default_out(spec: str) -> Path:
-    from ..teleport import GAUSSIAN_FILE
-
-    if spec.startswith("bundled:"):
-        raise ValueError(f"{spec} is shipped inside the package and read-only; pass --out FILE "
-                         f"(then sample with gaussian=FILE, or copy it to a checkpoint's {GAUSSIAN_FILE})")
-    path = Path(spec)
-    if (path / "checkpoints").is_dir() and not (path / "config.json").exists():
-        from ..checkpoint import latest_checkpoint
-
-        path = latest_checkpoint(path) or path
-    return path / GAUSSIAN_FILE
-
-
 def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
-    from ..teleport import data_gaussian, save_gaussian, truncate
+    from ..teleport import GAUSSIAN_FILE, data_gaussian, save_gaussian, truncate
 
-    out = Path(args.out) if args.out else _default_out(args.model)
+    out = Path(args.out) if args.out else beside_checkpoint(
+        args.model, GAUSSIAN_FILE, f"pass --out FILE (then sample with gaussian=FILE, or copy it to a checkpoint's "
+                                   f"{GAUSSIAN_FILE})")
     den = load_model(args.model)
     shape = den.sample_shape
     if shape is None:
