@@ -8,7 +8,7 @@ import fewstep
 from fewstep.api import plan_solve
 from fewstep.cli import main
 from fewstep.exact import GaussianMixture, reference_solution
-from fewstep.grids import make_grid
+from fewstep.grids import make_grid, make_schedule
 from fewstep.grids.files import GridEntry, write_grid_file
 from fewstep.grids.search import ReferenceSet, search_grid
 from fewstep.teleport import load_gaussian, save_gaussian, teleport, truncate
@@ -102,8 +102,11 @@ def test_bundled_fashion_ships_its_data_gaussian():
     g = den.data_gaussian
     assert g.dim == 28 * 28 and g.eigvecs.shape == (1, 784, 128) and g.floor > 0
     assert -1 < float(g.mean.mean()) < 0  # Fashion-MNIST is mostly dark background in [-1, 1]
-    x_T = fewstep.prior_noise(den.process, (1, 28, 28), fewstep.generators([0, 1]))
-    assert teleport(x_T, den.process, 700.0, g).shape == x_T.shape
+    x_T = fewstep.prior_noise(den.process, (1, 28, 28), fewstep.generators([0, 1, 2, 3]))
+    batch = teleport(x_T, den.process, 700.0, g)
+    assert batch.shape == x_T.shape and batch.dtype == x_T.dtype
+    one_by_one = torch.cat([teleport(x_T[i:i + 1], den.process, 700.0, g) for i in range(4)])
+    assert torch.equal(batch, one_by_one)  # the same seed gives the same start whatever the batch
 
 
 def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, ddpm_linear):
@@ -118,8 +121,12 @@ def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, dd
     # another solver falls back to unipc's times, and the teleport goes with them
     assert torch.equal(fewstep.sample(den, x_T, "ipndm", 5, str(path)),
                        fewstep.sample(den, x_T, "ipndm", 5, times, teleport=650.0))
-    with pytest.raises(ValueError, match="only fewstep.sample"):
-        plan_solve(den, "unipc", 5, str(path))
+    with pytest.raises(ValueError, match="teleported time"):
+        plan_solve(den, "unipc", 5, str(path))  # inversion's plan: no Gaussian start there
+    with pytest.raises(ValueError, match="teleported time"):
+        make_schedule(ddpm_linear, 5, str(path), solver="unipc", nfe=5)  # diffusers adapter, restoration
+    with pytest.raises(ValueError, match="unconditional data Gaussian"):
+        fewstep.sample(den, x_T, "unipc", 5, str(path), cond={"class_labels": torch.zeros(3, dtype=torch.long)})
 
 
 def test_search_with_teleport_moves_the_start_time_and_lowers_the_error(gmm8, ddpm_linear):
@@ -133,7 +140,6 @@ def test_search_with_teleport_moves_the_start_time_and_lowers_the_error(gmm8, dd
 
 def test_dc_reference_states_of_a_teleported_grid_are_the_networks_own_solution(gmm8, ddpm_linear):
     from fewstep.solvers.dc import reference_states
-    from fewstep.grids import make_schedule
 
     den = gmm8.denoiser(ddpm_linear)
     x_T = torch.randn(4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -161,6 +167,9 @@ def test_cli_gaussian_then_sample_with_teleport(tmp_path, capsys):
     assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "600", "--n", "2",
                  "--out", str(out), "--no-progress"]) == 0
     assert np.load(out)["images"].shape[0] == 2
+    assert main(["eval", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "600", "--n", "8",
+                 "--extractor", "fashion", "--device", "cpu", "--out", str(tmp_path / "m.json")]) == 0
+    assert '"teleport": 600' in (tmp_path / "m.json").read_text()
     assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "5000", "--n", "2",
                  "--out", str(tmp_path / "bad.npz"), "--no-progress"]) == 1
     assert "outside the process's times" in capsys.readouterr().err

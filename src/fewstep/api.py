@@ -44,6 +44,9 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
     spec, schedule, denoiser, kwargs, teleport = _plan(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
                                                        grid_options=grid_options, teleport=teleport, **options)
+    if teleport is not None and cond:
+        raise ValueError("teleport uses the unconditional data Gaussian and cannot follow conditional sampling "
+                         "(cond=...); sample conditionally from t_max, without teleport")
     x_T = start_state(denoiser, x_T, schedule, teleport, gaussian)
     if grad:
         return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
@@ -91,7 +94,7 @@ def _plan(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | None =
         if grid is None or (isinstance(grid, str) and grid in GRIDS):
             grid_options.setdefault("t_max", teleport)
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
-                             **grid_options)
+                             teleported=True, **grid_options)
     if teleport is not None and abs(float(schedule.t[0]) - teleport) > 1e-6 * max(1.0, abs(teleport)):
         raise ValueError(f"teleport={teleport:g} but the grid starts at t={float(schedule.t[0]):g}; an explicit grid or a "
                          f"grid file entry used with teleport must start at the teleport time")

@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                    "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
                                                    "that model; default: the process's, "
                                                    "time-uniform for VP models, karras for EDM)")
+    p.add_argument("--teleport", type=float, default=None, metavar="T",
+                   help="start at time T, reached by the training data Gaussian's exact flow (see `fewstep sample`)")
     p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         from ..compiling import compile_denoiser
 
         compile_denoiser(denoiser)
-    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device, cache=cache)
+    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device, cache=cache,
+                                 **({"teleport": args.teleport} if args.teleport is not None else {}))
     batch_size = args.batch_size or default_batch_size(device)
     if world()[0] == 0:
         print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "

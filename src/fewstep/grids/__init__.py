@@ -116,9 +116,16 @@ class Schedule:
 
 def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = None, *,
                   clean_end: bool = True, solver: str | None = None, nfe: int | None = None,
-                  **grid_options: float) -> Schedule:
+                  teleported: bool = False, **grid_options: float) -> Schedule:
     """Build the :class:`Schedule` for ``steps`` solver steps on ``grid`` (``solver`` and ``nfe`` choose
-    the entry of a grid file)."""
+    the entry of a grid file).  A grid file entry tuned with a teleported start (:mod:`fewstep.teleport`) is
+    refused unless the caller applies the teleport (``teleported=True``, as ``fewstep.sample`` does)."""
+    if not teleported and _is_file(grid):
+        entry = select_entry(grid, process, steps, solver, nfe)
+        if entry.options and entry.options.get("teleport") is not None:
+            raise ValueError(f"the grid file's entry for {entry.solver} at nfe={entry.nfe} starts at a teleported time "
+                             f"(teleport={entry.options['teleport']:g}): only fewstep.sample and `fewstep sample` "
+                             f"apply the teleport; use a built-in grid or another entry here")
     ts = make_grid(process, steps, grid, solver=solver, nfe=nfe, **grid_options)
     if not isinstance(grid, str) and steps != len(ts) - 1:
         raise ValueError(f"the explicit grid has {len(ts) - 1} steps but the solver needs {steps} for this NFE; "
@@ -130,9 +137,13 @@ def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = Non
     return Schedule(process, ts, alpha, sigma, lam, clean_end)
 
 
+def _is_file(grid: GridSpec | None) -> bool:
+    return isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)
+
+
 def _own_entry(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> Any:
     """The grid file entry tuned for ``solver`` itself at ``nfe`` (None: not a grid file, or another solver's grid)."""
-    if not (isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)):
+    if not _is_file(grid):
         return None
     select_entry(grid, process, steps, solver, nfe)  # a one-line error when the file has no grid for this NFE
     return own_entry(grid, process, steps, solver, nfe)
@@ -144,7 +155,7 @@ def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe
     not the solver: it comes from whichever entry gives the times, also another solver's."""
     entry = _own_entry(grid, process, solver, nfe, steps)
     options = dict(entry.options) if entry is not None and entry.options else {}
-    if entry is None and isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid):
+    if entry is None and _is_file(grid):
         times_from = select_entry(grid, process, steps, solver, nfe)
         if times_from.options and times_from.options.get("teleport") is not None:
             options["teleport"] = times_from.options["teleport"]
@@ -154,7 +165,7 @@ def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe
 def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:
     """``denoiser`` behind the TimeTuner network times of a grid file's entry for ``solver`` at ``nfe``
     (:mod:`fewstep.grids.timetuner`); unchanged for any other grid."""
-    if not (isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)):
+    if not _is_file(grid):
         return denoiser
     entry = select_entry(grid, denoiser.process, steps, solver, nfe)
     if entry.net_times is None or entry.solver != solver:
