@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/teleport.py gmm --n 4000
     PYTHONPATH=src python benchmarks/teleport.py fashion --n 128 --reference-nfe 100 --reference-cache refcache
+    PYTHONPATH=src python benchmarks/teleport.py cond --n 64 --starts 800,700
     PYTHONPATH=src python benchmarks/teleport.py cost --n 64
 
 ``gmm``: the exact 64-d mixture (DDPM linear), its moment-matched Gaussian as the data Gaussian (what
@@ -13,6 +14,12 @@ teleport, started at ``t_max`` (no teleport) or teleported to each ``--starts`` 
 (dpm++3m, ``--reference-nfe``, logSNR grid) of seeds 0..n-1 for the standard solvers on the time-uniform grid from
 each start (``none``: the default grid from ``t_max``), and the teleport alone (the Gaussian's flow to the start,
 then the near-exact solve from there: the floor a start sets).
+
+``cond``: a class-conditional model (``bundled:fashion-cond``) with class ``seed % 10``; each sample teleported by
+its class's Gaussian (``fewstep gaussian --per-class``); RMSE to the near-exact solve of the same guided ODE, for
+plain conditional sampling and CFG 3 with and without a guidance interval (an interval that excludes the teleported
+range makes the class Gaussian's flow the right surrogate there).  ``cost``: the teleport against one network
+evaluation.
 """
 
 from __future__ import annotations
@@ -83,6 +90,39 @@ def fashion(args: argparse.Namespace) -> None:
               f" |  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def cond(args: argparse.Namespace) -> None:
+    """Class-conditional teleport on ``--model`` (default bundled:fashion-cond): each sample's class Gaussian
+    carries it to the start; plain conditional sampling and CFG 3 with and without a guidance interval."""
+    from fewstep.guidance import guide
+    from fewstep.metrics.solution_error import per_sample_rmse
+
+    den = fewstep.load_model(args.model)
+    if args.gaussian:
+        from fewstep.teleport import load_class_gaussians
+
+        den.class_gaussians = load_class_gaussians(args.gaussian)
+    shape = tuple(den.sample_shape)
+    seeds = list(range(args.n))
+    labels = torch.tensor([s % 10 for s in seeds])
+    x_T = fewstep.prior_noise(den.process, shape, fewstep.generators(seeds))
+    cond_ = {"class_labels": labels}
+    nfes = [int(v) for v in args.nfe.split(",")]
+    starts = [None] + [float(v) for v in args.starts.split(",")]
+    configs = [("conditional (w = 1)", None, 1.0, None), ("CFG 3, interval (0.3, 5]", "cfg", 3.0, "0.3,5"),
+               ("CFG 3, everywhere", "cfg", 3.0, None)]
+    print("| guidance | start | " + " | ".join(f"{s} @ {n}" for s in args.solvers.split(",") for n in nfes) +
+          " | teleport + near-exact |\n|---|---|" + "---:|" * (len(nfes) * len(args.solvers.split(",")) + 1))
+    for name, method, scale, interval in configs:
+        g = guide(den, method, scale, interval=interval)
+        ref = fewstep.sample(g, x_T, "dpm++3m", args.reference_nfe, "logsnr", cond=cond_)
+        for t in starts:
+            cells = [f"{float(per_sample_rmse(fewstep.sample(g, x_T, solver, nfe, None if t is None else 'uniform', teleport=t, cond=cond_), ref).mean()):.4f}"
+                     for solver in args.solvers.split(",") for nfe in nfes]
+            floor = "0" if t is None else f"{float(per_sample_rmse(fewstep.sample(g, x_T, 'dpm++3m', args.reference_nfe, 'logsnr', teleport=t, cond=cond_), ref).mean()):.4f}"
+            print(f"| {name} | {'none (default grid)' if t is None else f'{t:g}'} | " + " | ".join(cells) +
+                  f" | {floor} |", flush=True)
+
+
 def cost(args: argparse.Namespace) -> None:
     """Seconds of one teleport against one network evaluation, same batch, median of ``--rounds``."""
     from fewstep.teleport import teleport
@@ -108,7 +148,10 @@ def cost(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=["gmm", "fashion", "cost"])
+    ap.add_argument("mode", choices=["gmm", "fashion", "cond", "cost"])
+    ap.add_argument("--model", default="bundled:fashion-cond", help="cond: a class-conditional model")
+    ap.add_argument("--gaussian", default=None, help="cond: a gaussian.safetensors with per-class Gaussians "
+                                                     "(default: the model's)")
     ap.add_argument("--rounds", type=int, default=7, help="cost: timing rounds")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--nfe", default="5,6")
@@ -120,7 +163,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"gmm": gmm, "fashion": fashion, "cost": cost}[args.mode](args)
+    {"gmm": gmm, "fashion": fashion, "cond": cond, "cost": cost}[args.mode](args)
 
 
 if __name__ == "__main__":

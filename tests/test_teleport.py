@@ -97,6 +97,55 @@ def test_truncation_keeps_mean_and_total_variance_and_storage_round_trips(tmp_pa
         load_gaussian(tmp_path / "nothing")
 
 
+def test_class_conditional_teleport_is_the_exact_conditional_flow(ddpm_linear):
+    """One Gaussian per class: the class's closed-form flow equals a fine numerical solve of the exact conditional
+    ODE (``E[x0 | x_t, c]`` of the class-conditional mixture) down to the teleport time."""
+    from fewstep.exact import ClassConditionalMixture
+
+    per_class = GaussianMixture.random_low_rank(dim=6, components=3, rank=2, floor=0.1, seed=5)
+    mix = ClassConditionalMixture(per_class, [0, 1, 2])
+    den = mix.denoiser(ddpm_linear)
+    x_T = torch.randn(6, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    ours = teleport(x_T, ddpm_linear, 400.0, per_class, labels=labels)
+    grid = make_grid(ddpm_linear, 200, "logsnr", t_min=400.0)
+    solved = fewstep.sample(den, x_T, "dpm++3m", 200, grid, clean_end=False, cond={"class_labels": labels})
+    assert (ours - solved).abs().max() < 1e-5
+    # through fewstep.sample with cond: the same start, then the solver
+    den.class_gaussians = per_class
+    a = fewstep.sample(den, x_T, "unipc", 4, "uniform", teleport=400.0, cond={"class_labels": labels})
+    b = fewstep.sample(den, ours, "unipc", 4, make_grid(ddpm_linear, 4, "uniform", t_max=400.0),
+                       cond={"class_labels": labels})
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="one label in 0..2"):
+        teleport(x_T, ddpm_linear, 400.0, per_class, labels=torch.full((6,), 3))
+    with pytest.raises(ValueError, match="say which carries each sample"):
+        teleport(x_T, ddpm_linear, 400.0, per_class)
+
+
+def test_class_gaussians_from_labelled_data_and_storage(tmp_path):
+    from fewstep.teleport import class_gaussians, load_class_gaussians
+
+    rng = np.random.default_rng(1)
+    images = (rng.random((30, 4, 4)) * 255).astype(np.uint8)
+    labels = np.repeat([0, 1, 2], 10)
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+    g = class_gaussians(str(tmp_path / "d.npz"), (1, 4, 4))
+    x = images.reshape(30, 16).astype(np.float64) / 127.5 - 1
+    for k in range(3):
+        np.testing.assert_allclose(g.means[k].numpy(), x[labels == k].mean(0), atol=1e-6)  # model range is float32
+    assert torch.allclose(g.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
+    low = truncate(g, 4)
+    path = save_gaussian(truncate(GaussianMixture.from_covariances(torch.zeros(1, 16), torch.eye(16)[None]), 4),
+                         tmp_path / "g.safetensors", classes=low)
+    back = load_class_gaussians(path)
+    assert back is not None and torch.allclose(back.means, low.means, atol=1e-6) and back.floor == pytest.approx(low.floor)
+    assert load_class_gaussians(save_gaussian(load_gaussian(path), tmp_path / "plain.safetensors")) is None
+    np.savez(tmp_path / "nolabels.npz", images=images)
+    with pytest.raises(ValueError, match="no labels"):
+        class_gaussians(str(tmp_path / "nolabels.npz"), (1, 4, 4))
+
+
 def test_bundled_fashion_ships_its_data_gaussian():
     den = fewstep.load_model("bundled:fashion")
     g = den.data_gaussian
@@ -125,7 +174,7 @@ def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, dd
         plan_solve(den, "unipc", 5, str(path))  # inversion's plan: no Gaussian start there
     with pytest.raises(ValueError, match="teleported time"):
         make_schedule(ddpm_linear, 5, str(path), solver="unipc", nfe=5)  # diffusers adapter, restoration
-    with pytest.raises(ValueError, match="unconditional data Gaussian"):
+    with pytest.raises(ValueError, match="one data Gaussian per class"):
         fewstep.sample(den, x_T, "unipc", 5, str(path), cond={"class_labels": torch.zeros(3, dtype=torch.long)})
 
 

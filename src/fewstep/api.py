@@ -44,10 +44,7 @@ def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str = "dpm++2m", nfe: in
         raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
     spec, schedule, denoiser, kwargs, teleport = _plan(denoiser, solver, nfe, grid, cond=cond, clean_end=clean_end,
                                                        grid_options=grid_options, teleport=teleport, **options)
-    if teleport is not None and cond:
-        raise ValueError("teleport uses the unconditional data Gaussian and cannot follow conditional sampling "
-                         "(cond=...); sample conditionally from t_max, without teleport")
-    x_T = start_state(denoiser, x_T, schedule, teleport, gaussian)
+    x_T = start_state(denoiser, x_T, schedule, teleport, gaussian, cond)
     if grad:
         return spec.fn(denoiser, x_T, schedule, generator=generator, callback=callback, cond=cond, **kwargs)
     with torch.inference_mode():
@@ -113,14 +110,22 @@ def _check_teleport(process, teleport: Any) -> float:
 
 
 def start_state(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, teleport: float | None = None,
-                gaussian: Any = None) -> Tensor:
+                gaussian: Any = None, cond: Cond = None) -> Tensor:
     """The state the solver starts from: ``x_T``, or with ``teleport`` ``x_T`` (a draw at ``t_max``) carried to the
-    schedule's first time by the data Gaussian's exact flow (:func:`fewstep.teleport.teleport`)."""
+    schedule's first time by the data Gaussian's exact flow (:func:`fewstep.teleport.teleport`); with
+    ``cond={"class_labels": ...}`` by each sample's class Gaussian."""
     if teleport is None:
         return x_T
     from .teleport import resolve_gaussian, teleport as flow
 
-    return flow(x_T, schedule.process, float(schedule.t[0]), resolve_gaussian(denoiser, gaussian))
+    labels = None
+    if cond:
+        if set(cond) != {"class_labels"}:
+            raise ValueError(f"teleport follows unconditional or class-conditional sampling; it cannot follow "
+                             f"conditioning on {', '.join(sorted(set(cond) - {'class_labels'}))}")
+        labels = cond["class_labels"]
+    return flow(x_T, schedule.process, float(schedule.t[0]), resolve_gaussian(denoiser, gaussian, labels is not None),
+                labels=labels)
 
 
 def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list[torch.Generator]:

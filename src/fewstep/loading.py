@@ -83,11 +83,15 @@ def _attach_ems(den: Denoiser, folder: Path) -> None:
 
 def _attach_gaussian(den: Denoiser, folder: Path) -> None:
     """Attach the training data's Gaussian saved as ``<folder>/gaussian.safetensors`` (``fewstep gaussian``) as
-    ``den.data_gaussian``: what ``teleport`` and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
-    from .teleport import GAUSSIAN_FILE, load_gaussian
+    ``den.data_gaussian`` (and its per-class Gaussians, if saved, as ``den.class_gaussians``): what ``teleport``
+    and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
+    from .teleport import GAUSSIAN_FILE, load_class_gaussians, load_gaussian
 
     if (folder / GAUSSIAN_FILE).exists():
         den.data_gaussian = load_gaussian(folder / GAUSSIAN_FILE)  # type: ignore[attr-defined]
+        classes = load_class_gaussians(folder / GAUSSIAN_FILE)
+        if classes is not None:  # `fewstep gaussian --per-class`: class-conditional teleport
+            den.class_gaussians = classes  # type: ignore[attr-defined]
 
 
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:

@@ -26,17 +26,19 @@ from torch import Tensor
 from .exact import GaussianMixture
 from .processes import NoiseProcess
 
-__all__ = ["GAUSSIAN_FILE", "teleport", "data_gaussian", "save_gaussian", "load_gaussian", "find_gaussian",
-           "resolve_gaussian", "truncate"]
+__all__ = ["GAUSSIAN_FILE", "teleport", "data_gaussian", "class_gaussians", "save_gaussian", "load_gaussian",
+           "load_class_gaussians", "find_gaussian", "resolve_gaussian", "truncate"]
 
 GAUSSIAN_FILE = "gaussian.safetensors"
 _FORMAT = "fewstep-data-gaussian"
 
 
 def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMixture,
-             t_from: float | None = None) -> Tensor:
-    """``x`` at ``t_from`` (default ``t_max``) carried to ``t_to`` by the exact flow of ``gaussian``
-    (one component, in the model's data range); same shape, dtype and device as ``x``."""
+             t_from: float | None = None, labels: Tensor | None = None) -> Tensor:
+    """``x`` at ``t_from`` (default ``t_max``) carried to ``t_to`` by the exact flow of ``gaussian`` (in the
+    model's data range); same shape, dtype and device as ``x``.  Unconditional: ``gaussian`` is one Gaussian.
+    Class-conditional: ``gaussian`` has one component per class (:func:`class_gaussians`) and ``labels``
+    (``(batch,)``) picks each sample's: the exact flow of the conditional ODE when each class is Gaussian."""
     t_from = process.t_max if t_from is None else float(t_from)
     process.check_time(float(t_to))
     if float(t_to) > t_from:
@@ -47,7 +49,13 @@ def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMi
     t = torch.tensor([t_from, float(t_to)], dtype=torch.float64)
     a, s = process.alpha(t), process.sigma(t)
     y = x.reshape(len(x), -1).to(device="cpu", dtype=torch.float64) / float(a[0])
-    out = gaussian.flow(y, float(s[0] / a[0]), float(s[1] / a[1])) * float(a[1])
+    if labels is not None:
+        labels = torch.as_tensor(labels).reshape(-1).cpu()
+        if len(gaussian.means) == 1 or labels.shape != (len(x),) or int(labels.max()) >= len(gaussian.means) \
+                or int(labels.min()) < 0:
+            raise ValueError(f"class-conditional teleport needs one Gaussian per class and one label in "
+                             f"0..{len(gaussian.means) - 1} per sample; make them with `fewstep gaussian --per-class`")
+    out = gaussian.flow(y, float(s[0] / a[0]), float(s[1] / a[1]), labels) * float(a[1])
     return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
 
@@ -69,38 +77,65 @@ def data_gaussian(data: str, shape: tuple[int, ...]) -> GaussianMixture:
     return GaussianMixture.from_covariances(mean[None], cov[None])
 
 
+def class_gaussians(data: str, shape: tuple[int, ...]) -> GaussianMixture:
+    """One Gaussian per class of the labelled data set ``data`` (component ``k`` is class ``k``, weighted by the
+    class's frequency), full covariances: the data Gaussian of each class, for class-conditional teleport."""
+    from .data import load_data, to_model_range
+
+    loaded = load_data(data, resolution=shape[-1], channels=shape[0])
+    if loaded.labels is None:
+        raise ValueError(f"data {data!r} has no labels; per-class Gaussians need a labelled set (e.g. fashion-mnist)")
+    labels = loaded.labels
+    means, covs, counts = [], [], []
+    for k in range(int(labels.max()) + 1):
+        rows = to_model_range(loaded.images[labels == k]).reshape(int((labels == k).sum()), -1).to(torch.float64)
+        if len(rows) < 2:
+            raise ValueError(f"class {k} of {data!r} has {len(rows)} image(s); each class needs at least 2")
+        mean = rows.mean(0)
+        means.append(mean)
+        covs.append((rows - mean).T @ (rows - mean) / (len(rows) - 1))
+        counts.append(float(len(rows)))
+    return GaussianMixture.from_covariances(torch.stack(means), torch.stack(covs), torch.tensor(counts))
+
+
 def truncate(gaussian: GaussianMixture, rank: int) -> GaussianMixture:
-    """The top-``rank`` eigen-directions kept exactly, the rest replaced by their mean variance (the floor):
-    same mean and total variance, ``dim x rank`` numbers to store instead of ``dim x dim``."""
-    vals, vecs = gaussian.eigvals[0] + gaussian.floor ** 2, gaussian.eigvecs[0]
-    if not 1 <= rank <= len(vals):
-        raise ValueError(f"rank must be in 1..{len(vals)}, got {rank}")
-    order = torch.argsort(vals, descending=True)
-    top, rest = order[:rank], order[rank:]
-    floor2 = max(float(vals[rest].mean()), 1e-12) if len(rest) else 0.0
-    return GaussianMixture(gaussian.means, vecs[:, top][None], (vals[top] - floor2).clamp(min=0)[None],
-                           floor=floor2 ** 0.5)
+    """Per component, the top-``rank`` eigen-directions kept exactly and the rest replaced by one shared floor
+    (their mean variance over all components): same means, ``dim x rank`` numbers per component to store
+    instead of ``dim x dim``; for one Gaussian the total variance is kept exactly."""
+    vals, vecs = gaussian.eigvals + gaussian.floor ** 2, gaussian.eigvecs
+    if not 1 <= rank <= vals.shape[1]:
+        raise ValueError(f"rank must be in 1..{vals.shape[1]}, got {rank}")
+    order = torch.argsort(vals, dim=1, descending=True)
+    top, rest = order[:, :rank], order[:, rank:]
+    floor2 = max(float(torch.gather(vals, 1, rest).mean()), 1e-12) if rest.shape[1] else 0.0
+    kept = torch.gather(vecs, 2, top[:, None, :].expand(-1, vecs.shape[1], -1))
+    return GaussianMixture(gaussian.means, kept, (torch.gather(vals, 1, top) - floor2).clamp(min=0),
+                           gaussian.weights, floor=floor2 ** 0.5)
 
 
-def save_gaussian(gaussian: GaussianMixture, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``gaussian`` (one component) as safetensors, atomically (float32 vectors, ``meta`` as JSON)."""
+def save_gaussian(gaussian: GaussianMixture, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                  classes: GaussianMixture | None = None) -> Path:
+    """Write ``gaussian`` (one component) and optionally ``classes`` (one component per class) as safetensors,
+    atomically (float32 vectors, ``meta`` as JSON)."""
     from safetensors.torch import save_file
 
     if len(gaussian.means) != 1:
-        raise ValueError("save_gaussian stores one Gaussian")
+        raise ValueError("save_gaussian stores one Gaussian (and the per-class ones as classes=...)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"mean": gaussian.means[0].float().contiguous(), "eigvecs": gaussian.eigvecs[0].float().contiguous(),
-               "eigvals": gaussian.eigvals[0].float().contiguous()}
+    tensors = {"mean": gaussian.means[0], "eigvecs": gaussian.eigvecs[0], "eigvals": gaussian.eigvals[0]}
     info = {"format": _FORMAT, "floor": repr(gaussian.floor), "meta": json.dumps(meta or {}, sort_keys=True)}
+    if classes is not None:
+        tensors.update(class_means=classes.means, class_eigvecs=classes.eigvecs, class_eigvals=classes.eigvals,
+                       class_weights=classes.weights)
+        info["class_floor"] = repr(classes.floor)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=info)
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp), metadata=info)
     os.replace(tmp, path)
     return path
 
 
-def load_gaussian(path: str | os.PathLike) -> GaussianMixture:
-    """Read a Gaussian written by :func:`save_gaussian` (its metadata as ``.meta``)."""
+def _read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor], Path]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -116,9 +151,24 @@ def load_gaussian(path: str | os.PathLike) -> GaussianMixture:
         raise ValueError(f"cannot read {path}: {err}; the file is damaged") from None
     if info.get("format") != _FORMAT or not {"mean", "eigvecs", "eigvals"} <= set(t):
         raise ValueError(f"{path} is not a fewstep data Gaussian (written by `fewstep gaussian`)")
+    return info, t, path
+
+
+def load_gaussian(path: str | os.PathLike) -> GaussianMixture:
+    """The data Gaussian written by :func:`save_gaussian` (its metadata as ``.meta``)."""
+    info, t, _ = _read(path)
     g = GaussianMixture(t["mean"][None], t["eigvecs"][None], t["eigvals"][None], floor=float(info["floor"]))
     g.meta = json.loads(info.get("meta", "{}"))  # type: ignore[attr-defined]
     return g
+
+
+def load_class_gaussians(path: str | os.PathLike) -> GaussianMixture | None:
+    """The per-class Gaussians of a file written by :func:`save_gaussian` (component ``k`` = class ``k``), or None."""
+    info, t, _ = _read(path)
+    if "class_means" not in t:
+        return None
+    return GaussianMixture(t["class_means"], t["class_eigvecs"], t["class_eigvals"], t["class_weights"],
+                           floor=float(info["class_floor"]))
 
 
 def find_gaussian(denoiser: Any) -> GaussianMixture | None:
@@ -129,13 +179,24 @@ def find_gaussian(denoiser: Any) -> GaussianMixture | None:
     return find_attached(denoiser, "data_gaussian")
 
 
-def resolve_gaussian(denoiser: Any, gaussian: GaussianMixture | str | os.PathLike | None) -> GaussianMixture:
-    """``gaussian`` itself, loaded from a path, or (``None``) the one attached to ``denoiser``."""
+def resolve_gaussian(denoiser: Any, gaussian: GaussianMixture | str | os.PathLike | None,
+                     conditional: bool = False) -> GaussianMixture:
+    """``gaussian`` itself, loaded from a path, or (``None``) the one attached to ``denoiser``; ``conditional``:
+    the per-class Gaussians instead (``denoiser.class_gaussians``, or the file's)."""
     if isinstance(gaussian, GaussianMixture):
         return gaussian
     if gaussian is not None:
-        return load_gaussian(gaussian)
-    found = find_gaussian(denoiser)
+        if not conditional:
+            return load_gaussian(gaussian)
+        found = load_class_gaussians(gaussian)
+    else:
+        from .denoisers import find_attached
+
+        found = find_attached(denoiser, "class_gaussians" if conditional else "data_gaussian")
+    if found is None and conditional:
+        raise ValueError("class-conditional teleport needs one data Gaussian per class and this model has none: "
+                         "make them with `fewstep gaussian --model CKPT --data D --per-class`, or sample from t_max "
+                         "without teleport")
     if found is None:
         raise ValueError("teleport needs the training data's Gaussian and this model has none attached: make it "
                          "with `fewstep gaussian --model CKPT --data D` (saved as <checkpoint>/gaussian.safetensors "

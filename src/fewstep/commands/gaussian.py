@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                  ".npz/.npy image array or a folder of images")
     p.add_argument("--rank", type=int, default=128, help="eigen-directions kept exactly (default 128; the image "
                                                         "size for the full covariance)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also one Gaussian per class of the (labelled) data, for class-conditional teleport "
+                        "(`fewstep sample --class C --teleport T`); each kept at --rank as well")
     p.add_argument("--out", default=None, help="output file (default: <checkpoint>/gaussian.safetensors)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -28,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
-    from ..teleport import GAUSSIAN_FILE, data_gaussian, save_gaussian, truncate
+    from ..teleport import GAUSSIAN_FILE, class_gaussians, data_gaussian, save_gaussian, truncate
 
     out = Path(args.out) if args.out else beside_checkpoint(
         args.model, GAUSSIAN_FILE, f"pass --out FILE (then sample with gaussian=FILE, or copy it to a checkpoint's "
@@ -46,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     g = full if args.rank == dim else truncate(full, args.rank)
     total = float(full.eigvals[0].sum())
     kept = float(full.eigvals[0].sort(descending=True).values[:args.rank].sum())
-    save_gaussian(g, out, {"data": args.data, "shape": list(shape), "rank": args.rank})
+    classes = None
+    if args.per_class:
+        classes = class_gaussians(args.data, tuple(int(v) for v in shape))
+        classes = classes if args.rank == dim else truncate(classes, args.rank)
+    save_gaussian(g, out, {"data": args.data, "shape": list(shape), "rank": args.rank}, classes)
+    per_class = f", and one per class ({len(classes.means)} classes)" if classes is not None else ""
     print(f"wrote {out}: mean and covariance of {args.data} at {tuple(shape)}, rank {args.rank} "
-          f"({100 * kept / total:.1f}% of the variance exactly, the rest as a floor)")
+          f"({100 * kept / total:.1f}% of the variance exactly, the rest as a floor){per_class}")
     return 0

@@ -109,24 +109,36 @@ class GaussianMixture(ExactModel):
         low = (resp[..., None] * proj * shrink).reshape(len(y), -1) @ v_flat.T
         return y - (s2 / tau) * (y - resp @ self.means - low)
 
-    def flow(self, y: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
-        """The exact probability-flow ODE map of a single Gaussian from noise level ``sigma_from`` to ``sigma_to``.
+    def flow(self, y: Tensor, sigma_from: float, sigma_to: float, component: Tensor | None = None) -> Tensor:
+        """The exact probability-flow ODE map of one Gaussian from noise level ``sigma_from`` to ``sigma_to``.
 
         In ``y = x / alpha``, ``s = sigma / alpha`` the ODE is ``dy/ds = (y - E[x0 | y]) / s``; for
         ``N(m, C)`` each eigen-direction of ``C`` with variance ``c`` solves to
         ``(y - m)_c(s') = sqrt((c + s'^2) / (c + s^2)) (y - m)_c(s)`` (Wang & Vastola 2024, "The Unreasonable
         Effectiveness of Gaussian Score Approximation for Diffusion Models", eq. 8-9).  The directions outside
-        the low-rank part have variance ``floor^2``.  ``y``: float64 ``(batch, dim)``.
+        the low-rank part have variance ``floor^2``.  ``y``: float64 ``(batch, dim)``.  ``component``: for a
+        mixture, the component whose Gaussian carries each sample (``(batch,)`` indices, e.g. its class when
+        each class is one component); ``None`` needs a single Gaussian.
         """
-        if len(self.means) != 1:
-            raise ValueError(f"the closed-form flow is for one Gaussian; this mixture has {len(self.means)} components")
-        m, v, c = self.means[0], self.eigvecs[0], self.eigvals[0]
+        if component is None:
+            if len(self.means) != 1:
+                raise ValueError(f"the closed-form flow is for one Gaussian; this mixture has {len(self.means)} "
+                                 f"components: say which carries each sample (component=...)")
+            component = torch.zeros(len(y), dtype=torch.long)
+        component = torch.as_tensor(component, dtype=torch.long).reshape(-1).cpu()
+        if component.shape != (len(y),) or int(component.min()) < 0 or int(component.max()) >= len(self.means):
+            raise ValueError(f"component must give one index in 0..{len(self.means) - 1} per sample")
         s0, s1, f2 = float(sigma_from) ** 2, float(sigma_to) ** 2, self.floor ** 2
-        d = y.to(torch.float64) - m
-        proj = d @ v
-        rest = d - proj @ v.T  # the part outside the low-rank span (zero for full covariances)
-        low = (proj * torch.sqrt((c + f2 + s1) / (c + f2 + s0))) @ v.T
-        return m + low + rest * math.sqrt((f2 + s1) / (f2 + s0)) if f2 + s0 > 0 else m + low
+        out = torch.empty(y.shape, dtype=torch.float64)
+        for k in component.unique().tolist():
+            rows = (component == k).nonzero().reshape(-1)
+            m, v, c = self.means[k], self.eigvecs[k], self.eigvals[k]
+            d = y[rows].to(torch.float64) - m
+            proj = d @ v
+            rest = d - proj @ v.T  # the part outside the low-rank span (zero for full covariances)
+            low = (proj * torch.sqrt((c + f2 + s1) / (c + f2 + s0))) @ v.T
+            out[rows] = m + low + rest * math.sqrt((f2 + s1) / (f2 + s0)) if f2 + s0 > 0 else m + low
+        return out
 
     def log_prob(self, y: Tensor, sigma_hat: float | Tensor = 0.0) -> Tensor:
         """Log density of ``y = x0 + sigma_hat eps``."""
