@@ -158,6 +158,23 @@ def test_bundled_fashion_ships_its_data_gaussian():
     assert torch.equal(batch, one_by_one)  # the same seed gives the same start whatever the batch
 
 
+def test_bundled_fashion_cond_ships_one_gaussian_per_class(tmp_path):
+    den = fewstep.load_model("bundled:fashion-cond")
+    g = den.class_gaussians
+    assert g.means.shape == (10, 784) and g.eigvecs.shape == (10, 784, 32)
+    assert float((g.means[1] - g.means[8]).norm()) > 5  # trousers and bags differ in mean
+    out = tmp_path / "c.npz"
+    assert main(["sample", "--model", "bundled:fashion-cond", "--class", "0,1", "--solver", "unipc", "--nfe", "2",
+                 "--teleport", "700", "--n", "2", "--out", str(out), "--no-progress"]) == 0
+    x_T = fewstep.prior_noise(den.process, (1, 28, 28), fewstep.generators([0, 1]))
+    want = fewstep.sample(den, x_T, "unipc", 2, "uniform", fewstep.generators([0, 1]), teleport=700.0,
+                          cond={"class_labels": torch.tensor([0, 1])})
+    from fewstep.imagegrid import to_uint8
+
+    got, expected = np.load(out)["images"].astype(int), np.asarray(to_uint8(want)).astype(int)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1  # the CLI is the library call
+
+
 def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, ddpm_linear):
     den, g = gmm8.denoiser(ddpm_linear), moment_gaussian(gmm8)
     den.data_gaussian = g
