@@ -4,13 +4,15 @@ Wang & Vastola 2024 ("The Unreasonable Effectiveness of Gaussian Score Approxima
 its Applications", TMLR, sec. 4) observe that at high noise a trained network's score is close to the score
 of the Gaussian with the training data's mean and covariance, whose probability-flow ODE is solved in closed
 form (:meth:`fewstep.exact.GaussianMixture.flow`).  A sampler can therefore carry ``x_T`` from ``t_max`` to a
-lower time ``t_start`` at the cost of one ``dim x dim`` matrix product per image and spend all of its network
-evaluations below ``t_start``.  In fewstep this is what a schedule that starts below ``t_max`` means:
-``fewstep.sample(..., teleport=t_start)`` (or a grid file entry tuned with it) teleports, then solves.
+lower time ``t_start`` at the cost of two ``dim x rank`` matrix products per image and spend all of its network
+evaluations below ``t_start``: ``fewstep.sample(..., teleport=t_start)`` (or a grid file entry tuned with it)
+teleports, then solves.  Class-conditional sampling uses one Gaussian per class (:func:`class_gaussians`),
+each sample its own class's flow.
 
 The Gaussian comes from the training data (:func:`data_gaussian`), is saved next to a checkpoint as
-``gaussian.safetensors`` (:func:`save_gaussian`; ``fewstep gaussian``) and attached by ``load_model`` as
-``denoiser.data_gaussian``; ``bundled:fashion`` ships one.
+``gaussian.safetensors`` (:func:`save_gaussian`; ``fewstep gaussian [--per-class]``) and attached by
+``load_model`` as ``denoiser.data_gaussian`` (and ``denoiser.class_gaussians``); ``bundled:fashion`` and
+``bundled:fashion-cond`` ship theirs.
 """
 
 from __future__ import annotations
