@@ -169,7 +169,7 @@ def _describe(e: Any) -> str:
     if e.net_times is not None:
         line += "\n    net   " + " ".join(f"{t:.4g}" for t in e.net_times)
     for k, v in (e.options or {}).items():
-        text = " ".join(f"{r:.4g}" for r in v) if isinstance(v, list) else str(v)
+        text = " ".join(f"{r:.4g}" for r in v) if isinstance(v, list) else f"{v:.4g}" if isinstance(v, float) else str(v)
         line += f"\n    {k:<5} {text}"
     return line
 
