@@ -1,5 +1,7 @@
 """Analytical teleportation: the Gaussian's closed-form flow, teleported sampling, storage, grids, DC, CLI."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,11 @@ def test_cli_gaussian_then_sample_with_teleport(tmp_path, capsys):
     np.save(tmp_path / "data.npy", images)
     assert main(["gaussian", "--model", str(ckpt), "--data", str(tmp_path / "data.npy"), "--rank", "16"]) == 0
     assert "rank 16" in capsys.readouterr().out
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.pop("data")
+    (ckpt / "config.json").write_text(json.dumps(cfg))  # no recorded training data: --data is needed
+    assert main(["gaussian", "--model", str(ckpt), "--rank", "16", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "does not record its training data" in capsys.readouterr().err
     assert fewstep.load_model(ckpt).data_gaussian.eigvecs.shape == (1, 784, 16)
     out = tmp_path / "s.npz"
     assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "600", "--n", "2",

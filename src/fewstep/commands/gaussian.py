@@ -17,8 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "`--cache gaussian:steps=K` use it (Wang & Vastola 2024)."))
     p.add_argument("--model", required=True, help="a checkpoint folder or a run folder (bundled models are read-only: "
                                                   "give --out)")
-    p.add_argument("--data", required=True, help="the training data: fashion-mnist[:train|:test], an idx file, a "
-                                                 ".npz/.npy image array or a folder of images")
+    p.add_argument("--data", default=None, help="the training data: fashion-mnist[:train|:test], an idx file, a "
+                                                ".npz/.npy image array or a folder of images (default: the data the "
+                                                "checkpoint's config records it was trained on)")
     p.add_argument("--rank", type=int, default=128, help="eigen-directions kept exactly (default 128; the image "
                                                         "size for the full covariance)")
     p.add_argument("--per-class", action="store_true",
@@ -45,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         dim *= int(v)
     if not 1 <= args.rank <= dim:
         raise ValueError(f"--rank must be in 1..{dim} (the image size), got {args.rank}")
+    if args.data is None:
+        args.data = ((den.config or {}).get("data") or {}).get("spec")
+        if not args.data:
+            raise ValueError(f"model {args.model} does not record its training data; pass --data D")
     full = data_gaussian(args.data, tuple(int(v) for v in shape))
     g = full if args.rank == dim else truncate(full, args.rank)
     total = float(full.eigvals[0].sum())
