@@ -206,6 +206,23 @@ def test_search_with_teleport_moves_the_start_time_and_lowers_the_error(gmm8, dd
     assert ref.rmse("unipc", 5, times, options={"teleport": float(times[0])}) == pytest.approx(res.score, rel=1e-12)
 
 
+def test_dc_and_timetuner_compose_on_a_teleported_start(tmp_path, gmm8, ddpm_linear):
+    """DC-Solver's ratio search and TimeTuner run on a teleported start; the teleport travels in the entries."""
+    from fewstep.grids.optimize import optimize_grids
+    from fewstep.grids.timetuner import time_tuned
+
+    den = gmm8.denoiser(ddpm_linear)
+    den.data_gaussian = moment_gaussian(gmm8)
+    ref = ReferenceSet(den, (8,), range(3000, 3016), nfe=100)
+    dc = optimize_grids(den, "dc_solver", [5], "dc", reference=ref, shape=(8,), teleport=700.0)[0]
+    assert dc.times[0] == 700.0 and dc.teleport == 700.0 and dc.score <= dc.provenance["start_score"]
+    write_grid_file(tmp_path / "dc.json", ddpm_linear, [dc])
+    tt = optimize_grids(den, "dc_solver", [5], "timetuner", reference=ref, rounds=1, start=str(tmp_path / "dc.json"))[0]
+    assert tt.teleport == 700.0 and tt.score <= tt.provenance["start_score"]
+    rescored = ref.rmse("dc_solver", 5, tt.times, denoiser=time_tuned(den, tt.times, tt.net_times), options=tt.options)
+    assert rescored == pytest.approx(tt.score, rel=1e-9)
+
+
 def test_dc_reference_states_of_a_teleported_grid_are_the_networks_own_solution(gmm8, ddpm_linear):
     from fewstep.solvers.dc import reference_states
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import GRIDS, GridSpec, Schedule, make_schedule, tuned_for, tuned_options
+from .grids import GridSpec, Schedule, make_schedule, tuned_for, tuned_options
 from .solvers._common import Callback, Cond, Generator
 
 __all__ = ["sample", "plan_solve", "start_state", "generators", "prior_noise", "generate"]
@@ -88,8 +88,7 @@ def _plan(denoiser: DenoiserBase, solver: str, nfe: int, grid: GridSpec | None =
     grid_options = dict(grid_options or {})
     if teleport is not None:
         teleport = _check_teleport(denoiser.process, teleport)
-        if grid is None or (isinstance(grid, str) and grid in GRIDS):
-            grid_options.setdefault("t_max", teleport)
+        grid_options.setdefault("t_max", teleport)  # a built-in grid starts there; explicit and file grids keep theirs
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=clean_end, solver=spec.name, nfe=nfe,
                              teleported=True, **grid_options)
     if teleport is not None and abs(float(schedule.t[0]) - teleport) > 1e-6 * max(1.0, abs(teleport)):

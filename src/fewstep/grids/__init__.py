@@ -30,7 +30,8 @@ GridSpec = str | os.PathLike | Sequence[float] | Tensor
 def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *, rho: float = 7.0,
               t_max: float | None = None, t_min: float | None = None, solver: str | None = None,
               nfe: int | None = None) -> Tensor:
-    """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min``.
+    """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min`` (defaults: the process's; they shape the
+    named grids only: explicit times and grid file entries keep their own).
 
     ``kind``: ``"uniform"`` in t; ``"logsnr"`` uniform in lambda (DPM-Solver); ``"quadratic"``
     time-quadratic (DDIM, Song et al. 2021, sec. D.2); ``"karras"`` uniform in
@@ -122,9 +123,9 @@ def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = Non
     refused unless the caller applies the teleport (``teleported=True``, as ``fewstep.sample`` does)."""
     if not teleported and _is_file(grid):
         entry = select_entry(grid, process, steps, solver, nfe)
-        if entry.options and entry.options.get("teleport") is not None:
+        if entry.teleport is not None:
             raise ValueError(f"the grid file's entry for {entry.solver} at nfe={entry.nfe} starts at a teleported time "
-                             f"(teleport={entry.options['teleport']:g}): only fewstep.sample and `fewstep sample` "
+                             f"(teleport={entry.teleport:g}): only fewstep.sample and `fewstep sample` "
                              f"apply the teleport; use a built-in grid or another entry here")
     ts = make_grid(process, steps, grid, solver=solver, nfe=nfe, **grid_options)
     if not isinstance(grid, str) and steps != len(ts) - 1:
@@ -156,9 +157,9 @@ def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe
     entry = _own_entry(grid, process, solver, nfe, steps)
     options = dict(entry.options) if entry is not None and entry.options else {}
     if entry is None and _is_file(grid):
-        times_from = select_entry(grid, process, steps, solver, nfe)
-        if times_from.options and times_from.options.get("teleport") is not None:
-            options["teleport"] = times_from.options["teleport"]
+        teleport = select_entry(grid, process, steps, solver, nfe).teleport
+        if teleport is not None:
+            options["teleport"] = teleport
     return options
 
 

@@ -62,6 +62,13 @@ class GridEntry:
         if self.options is not None and not isinstance(self.options, dict):
             raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: options must be a mapping of solver options")
 
+    @property
+    def teleport(self) -> float | None:
+        """The teleported start the times were tuned with (:mod:`fewstep.teleport`), or None: a property of the
+        times, so it goes with them to any solver that borrows this entry's grid."""
+        t = (self.options or {}).get("teleport")
+        return None if t is None else float(t)
+
 
 @dataclass
 class GridFile:

@@ -51,14 +51,11 @@ def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any, te
         if entry.solver != spec.name and spec.name == DC_SOLVER:
             entry = select_entry(start, process, steps, "unipc", nfe)
         own = entry.solver == spec.name
-        options = entry.options if own else None
-        if not own and entry.options and entry.options.get("teleport") is not None:  # the times' start goes along
-            options = {"teleport": entry.options["teleport"]}
+        options = entry.options if own else ({"teleport": entry.teleport} if entry.teleport is not None else None)
         return _Start(torch.as_tensor(entry.times, dtype=torch.float64), options, entry.net_times if own else None)
     if teleport is None:
         return _Start(make_grid(process, steps, start, solver=spec.name, nfe=nfe))
-    t_max = {"t_max": teleport} if start is None or isinstance(start, str) else {}
-    times = make_grid(process, steps, start, solver=spec.name, nfe=nfe, **t_max)
+    times = make_grid(process, steps, start, solver=spec.name, nfe=nfe, t_max=teleport)  # explicit times keep theirs
     return _Start(times, {"teleport": float(times[0])})
 
 

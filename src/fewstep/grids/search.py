@@ -148,9 +148,8 @@ def search_grid(reference: ReferenceSet, solver: str, nfe: int, start: Any = Non
     steps, _ = spec.steps_for(nfe)
     options = dict(options or {})
     teleported = options.get("teleport") is not None
-    first = make_grid(process, steps, start, solver=spec.name, nfe=nfe,
-                      **({"t_max": float(options["teleport"])} if teleported and isinstance(start, (str, type(None)))
-                         else {}))
+    first = make_grid(process, steps, start, solver=spec.name, nfe=nfe,  # t_max: built-in grids only
+                      **({"t_max": float(options["teleport"])} if teleported else {}))
 
     def score(ts: Tensor) -> float:
         return reference.rmse(spec.name, nfe, ts, options={**options, "teleport": float(ts[0])} if teleported

@@ -211,8 +211,7 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
     if not seeds:
         raise ValueError("search_ratios needs seeds, e.g. range(32)")
     steps, _ = get("dc_solver").steps_for(nfe)
-    schedule = make_schedule(denoiser.process, steps, grid, **({"t_max": teleport} if teleport is not None and
-                                                                (grid is None or isinstance(grid, str)) else {}))
+    schedule = make_schedule(denoiser.process, steps, grid, **({"t_max": teleport} if teleport is not None else {}))
     x_T = prior_noise(denoiser.process, shape, generators(seeds), dtype=dtype, device=device)
     found = [1.0] * steps
 
