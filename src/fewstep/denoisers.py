@@ -22,7 +22,10 @@ from .parametrization import PREDICTION_TYPES, Prediction, alpha_sigma, parametr
 from .processes import NoiseProcess
 
 __all__ = [
+    "wrapper_chain",
+    "innermost",
     "find_attached",
+    "ATTACHMENTS",
     "Prediction",
     "DenoiserBase",
     "Denoiser",
@@ -279,13 +282,32 @@ class DynamicThresholding(DenoiserWrapper):
         return Prediction(x0, (x - a * x0) / sg)
 
 
+def wrapper_chain(denoiser: Any) -> Iterator[Any]:
+    """``denoiser`` and every denoiser it wraps, outermost first (the ``.inner`` chain of :class:`DenoiserWrapper`):
+    the one walk over wrappers that reading attached data, the base model or its fingerprint needs."""
+    d = denoiser
+    while d is not None:
+        yield d
+        d = getattr(d, "inner", None)
+
+
+def innermost(denoiser: Any) -> Any:
+    """The denoiser at the bottom of ``denoiser``'s wrapper chain (the model itself)."""
+    for d in wrapper_chain(denoiser):
+        last = d
+    return last
+
+
+#: Data ``load_model`` attaches beside a model for the samplers (DPM-Solver-v3's statistics, the data Gaussians):
+#: read with :func:`find_attached`; not part of what the denoiser computes, so not of its fingerprint.
+ATTACHMENTS = ("ems", "data_gaussian", "class_gaussians")
+
+
 def find_attached(denoiser: Any, name: str) -> Any:
     """The object attached to ``denoiser`` or to a denoiser it wraps (``.inner`` chain) under attribute ``name``
     (what ``load_model`` attaches next to the network: DPM-Solver-v3's ``ems``, the ``data_gaussian``)."""
-    d = denoiser
-    while d is not None:
+    for d in wrapper_chain(denoiser):
         found = vars(d).get(name) if hasattr(d, "__dict__") else None
         if found is not None:
             return found
-        d = getattr(d, "inner", None)
     return None

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .. import solvers
 from .._io import atomic_write_text
+from ..denoisers import innermost
 from ..metrics.near_exact import ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
@@ -282,10 +283,7 @@ def _tuned_runs(runs: list[tuple[Any, ...]], process: Any) -> tuple[list[tuple[A
 def _is_generator(denoiser: Any) -> bool:
     from ..distill.generator import OneStepGenerator
 
-    inner = denoiser
-    while hasattr(inner, "inner"):
-        inner = inner.inner
-    return isinstance(inner, OneStepGenerator)
+    return isinstance(innermost(denoiser), OneStepGenerator)
 
 
 def _generator_row(spec: str, cfg: ModelBenchConfig, shape: tuple[int, ...], extractor: Any, ref: Any,

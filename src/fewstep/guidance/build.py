@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..denoisers import ClassifierFreeGuidance, DenoiserBase, GuidanceInterval
+from ..denoisers import ClassifierFreeGuidance, DenoiserBase, GuidanceInterval, wrapper_chain
 from .classifier import ClassifierGuidance, NoisyClassifier
 
 __all__ = ["num_classes", "class_labels", "guide", "GUIDANCE_METHODS"]
@@ -17,15 +17,13 @@ GUIDANCE_METHODS = ("cfg", "classifier")
 
 def num_classes(denoiser: DenoiserBase) -> int:
     """The number of classes a denoiser is conditioned on (0 for an unconditional model), read through wrappers."""
-    den: Any = denoiser
-    while den is not None:
+    for den in wrapper_chain(denoiser):
         n = getattr(den, "num_classes", None)
         if n is not None:
             return int(n)
         cfg = getattr(den, "config", None)
         if isinstance(cfg, dict) and isinstance(cfg.get("network"), dict):
             return int(cfg["network"].get("num_classes", 0))
-        den = getattr(den, "inner", None)
     return 0
 
 

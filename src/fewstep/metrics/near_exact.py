@@ -14,7 +14,7 @@ jump to ``sigma = 0`` at the end.
 :class:`NearExact` is that solution as a function ``seeds -> images`` over one seed range, kept
 in ``<cache_dir>/<key>/<start>-<stop>.safetensors`` chunk files (``images`` float32
 ``(stop - start, C, H, W)``; metadata: format, key, the key's description).  The key hashes the
-model (:func:`model_fingerprint`), the sample shape and the solver settings; each chunk is
+model (:func:`fewstep.fingerprint.model_fingerprint`), the sample shape and the solver settings; each chunk is
 written atomically when it is done, so a killed run loses at most one chunk, and a rerun (or
 another seed range overlapping it) reads finished chunks back.  A chunk file that cannot be read
 or does not match is recomputed.
@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_bytes
+from ..fingerprint import model_fingerprint
 
 __all__ = ["FORMAT", "ReferenceSettings", "model_fingerprint", "near_exact_batch", "NearExact",
            "reference_solutions"]
@@ -73,62 +73,6 @@ class ReferenceSettings:
     def describe(self, process: Any) -> dict[str, Any]:
         """The settings with the grid resolved to a name (for keys and reports)."""
         return {**asdict(self), "grid": self.grid or process.default_grid}
-
-
-def _feed(h: "hashlib._Hash", value: Any, depth: int = 0) -> None:
-    """Hash ``value``'s content: plain values, tensors and arrays, containers, and the public
-    attributes of plain objects (networks are skipped: :func:`model_fingerprint` hashes their weights)."""
-    from ..denoisers import NFECounter
-
-    if isinstance(value, (torch.nn.Module, NFECounter)):
-        return
-    if isinstance(value, Tensor):
-        t = value.detach().to("cpu").contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(value, np.ndarray):
-        h.update(f"A{value.dtype}{value.shape}".encode() + np.ascontiguousarray(value).tobytes())
-    elif value is None or isinstance(value, (str, int, float, bool)):
-        h.update(repr(value).encode())
-    elif isinstance(value, (list, tuple)):
-        h.update(b"[")
-        for v in value:
-            _feed(h, v, depth)
-        h.update(b"]")
-    elif isinstance(value, dict):
-        h.update(b"{")
-        for k in sorted(value, key=str):
-            h.update(str(k).encode())
-            _feed(h, value[k], depth)
-        h.update(b"}")
-    elif depth < 4 and hasattr(value, "__dict__"):
-        h.update(type(value).__qualname__.encode())
-        for k in sorted(vars(value)):
-            if not k.startswith("_"):
-                h.update(k.encode())
-                _feed(h, vars(value)[k], depth + 1)
-    else:
-        h.update(type(value).__qualname__.encode())
-
-
-def model_fingerprint(denoiser: Any) -> str:
-    """SHA-256 of what a denoiser computes: its networks' weights and buffers (``_orig_mod.`` of
-    ``torch.compile`` removed), and the plain attributes of the denoiser and its wrappers (process,
-    prediction type, config, an exact model's parameters).  :class:`~fewstep.denoisers.NFECounter`
-    is transparent, so counting evaluations does not change the key."""
-    from ..denoisers import NFECounter
-
-    h = hashlib.sha256()
-    node = denoiser
-    while node is not None:
-        if not isinstance(node, NFECounter):
-            h.update(type(node).__qualname__.encode())
-            _feed(h, {k: v for k, v in vars(node).items() if k != "inner"})
-        node = getattr(node, "inner", None)
-    for net in denoiser.networks():
-        state = {k.replace("_orig_mod.", ""): v for k, v in net.state_dict().items()}
-        _feed(h, state)
-    return h.hexdigest()
 
 
 def near_exact_batch(denoiser: Any, shape: Sequence[int], seeds: Sequence[int], settings: ReferenceSettings,

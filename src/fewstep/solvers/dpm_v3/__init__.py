@@ -5,6 +5,6 @@
 
 from .compute import compute_ems
 from .solver import dpm_v3, resolve_ems
-from .stats import EMS, EMSMismatch, find_ems, model_fingerprint
+from .stats import EMS, EMSMismatch, find_ems
 
-__all__ = ["compute_ems", "EMS", "EMSMismatch", "dpm_v3", "find_ems", "model_fingerprint", "resolve_ems"]
+__all__ = ["compute_ems", "EMS", "EMSMismatch", "dpm_v3", "find_ems", "resolve_ems"]

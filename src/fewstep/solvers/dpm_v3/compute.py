@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 
 from ..._io import atomic_write_bytes, atomic_write_text
-from .stats import EMS, model_fingerprint
+from ...denoisers import innermost
+from ...fingerprint import model_fingerprint
+from .stats import EMS
 
 __all__ = ["compute_ems", "MOMENTS"]
 
@@ -119,7 +121,7 @@ def compute_ems(denoiser: Any, data: Tensor, *, n_lambda: int = 120, n_samples: 
     process = denoiser.process
     lam = _lambda_grid(process, n_lambda)
     lam_range = (float(lam[0]), float(lam[-1]))
-    settings = {"process": process.config(), "fingerprint": model_fingerprint(denoiser), "n_lambda": n_lambda,
+    settings = {"process": process.config(), "fingerprint": model_fingerprint(innermost(denoiser)), "n_lambda": n_lambda,
                 "n_samples": n_samples, "seed": seed, "data_sha256": _data_hash(data), "n_data": len(data),
                 "delta": delta}
     state = Path(state_dir) if state_dir is not None else None

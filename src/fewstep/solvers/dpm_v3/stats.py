@@ -8,10 +8,8 @@ the statistics were computed); nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,62 +18,24 @@ import torch
 from torch import Tensor
 
 from ..._io import atomic_write_bytes, atomic_write_text
+from ...denoisers import find_attached, innermost
+from ...fingerprint import model_fingerprint
 
-__all__ = ["EMS", "EMSMismatch", "model_fingerprint", "find_ems", "FORMAT"]
+__all__ = ["EMS", "EMSMismatch", "find_ems", "FORMAT"]
 
 FORMAT = "fewstep-ems"
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
 class EMSMismatch(ValueError):
     """The statistics were computed for another model or another noise process."""
 
 
-def _innermost(denoiser: Any) -> Any:
-    while hasattr(denoiser, "inner"):
-        denoiser = denoiser.inner
-    return denoiser
-
-
-def model_fingerprint(denoiser: Any) -> str:
-    """sha256 of the model's config (JSON, sorted keys) and every tensor that defines it.
-
-    The tensors are the weights of each network (``state_dict``, sorted by name) or, for an exact model
-    (``denoiser.model``), its tensor attributes.  Memoised per denoiser object.
-    """
-    inner = _innermost(denoiser)
-    try:
-        cached = _FINGERPRINTS.get(inner)
-    except TypeError:
-        cached = None
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
-    h.update(json.dumps(getattr(inner, "config", None) or {}, sort_keys=True, default=str).encode())
-    tensors: list[tuple[str, Tensor]] = []
-    for k, net in enumerate(inner.networks()):
-        tensors += [(f"net{k}.{n}", v) for n, v in sorted(net.state_dict().items())]
-    model = getattr(inner, "model", None)
-    if not tensors and model is not None:
-        tensors = [(n, v) for n, v in sorted(vars(model).items()) if isinstance(v, Tensor)]
-        h.update(json.dumps({n: v for n, v in sorted(vars(model).items()) if isinstance(v, (int, float, str))}).encode())
-    for name, value in tensors:
-        h.update(name.encode())
-        h.update(str(tuple(value.shape)).encode())
-        h.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest = h.hexdigest()
-    try:
-        _FINGERPRINTS[inner] = digest
-    except TypeError:
-        pass
-    return digest
-
-
 @dataclass
 class EMS:
     """``l(lambda), s(lambda), b(lambda)`` per element, on the uniform grid ``lam`` (Zheng et al. 2023, eq. 9-11).
 
-    ``meta`` records ``process`` (its config), ``fingerprint`` (:func:`model_fingerprint`), ``n_samples``,
+    ``meta`` records ``process`` (its config), ``fingerprint`` (:func:`~fewstep.fingerprint.model_fingerprint` of
+    the model, :func:`~fewstep.denoisers.innermost`), ``n_samples``,
     ``seed`` and the data it was computed from.
     """
 
@@ -116,7 +76,7 @@ class EMS:
             raise EMSMismatch(f"these DPM-Solver-v3 statistics were computed under the process {self.meta.get('process')} "
                               f"but the model uses {proc}; recompute them with `fewstep ems`")
         want = self.meta.get("fingerprint")
-        have = model_fingerprint(denoiser)
+        have = model_fingerprint(innermost(denoiser))  # the model's statistics hold under any wrapper
         if want != have:
             raise EMSMismatch(f"these DPM-Solver-v3 statistics belong to another model (fingerprint {str(want)[:12]}, "
                               f"this model {have[:12]}); recompute them with `fewstep ems`")
@@ -156,6 +116,4 @@ class EMS:
 
 def find_ems(denoiser: Any) -> EMS | None:
     """The statistics attached to ``denoiser`` or to a denoiser it wraps (``.ems``, set by ``load_model``)."""
-    from ...denoisers import find_attached
-
     return find_attached(denoiser, "ems")
