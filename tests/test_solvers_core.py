@@ -128,3 +128,26 @@ def test_nan_reports_step_and_time(ddpm_linear):
     den = Denoiser(net, ddpm_linear, "eps")
     with pytest.raises(NonFiniteError, match=r"at step \d+ of 10 \(from t=\d+"):
         fewstep.sample(den, torch.randn(2, 3), "dpm++2m", 10, "uniform")
+
+
+def test_ddim_step_with_eta_one_is_the_ddpm_posterior(ddpm_linear):
+    """The one DDIM step (ddim solver, restoration, inversion): eta = 1 gives the mean and variance of DDPM's
+    posterior q(x_t | x_s, x0) (Ho et al. 2020, eq. 6-7), eta = 0 the deterministic DDIM update (eq. 12)."""
+    from fewstep.parametrization import Prediction
+    from fewstep.solvers.ddim import ddim_mean, ddim_step
+
+    sched = make_schedule(ddpm_linear, 5, "uniform", clean_end=False)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    i = 2
+    a_s, s_s, a_t, s_t = (float(v) for v in (sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]))
+    x_s = a_s * x0 + s_s * eps
+    p = Prediction(x0, eps)
+    a_st, var_st = a_s / a_t, s_s**2 - (a_s / a_t) ** 2 * s_t**2  # q(x_s | x_t)
+    want_mean = a_st * s_t**2 / s_s**2 * x_s + a_t * var_st / s_s**2 * x0
+    mean, c = ddim_mean(p, sched, i, 1.0)
+    torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
+    assert c**2 == pytest.approx(var_st * s_t**2 / s_s**2, rel=1e-10)
+    z = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ddim_step(p, sched, i, 1.0, noise=z), want_mean + c * z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ddim_step(p, sched, i), a_t * x0 + s_t * eps, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ from .denoisers import DenoiserBase
 from .grids import GridSpec, Schedule, make_schedule
 from .solvers import available, get
 from .solvers._common import Callback, Cond, Generator, randn_like, step_done
-from .solvers._expint import ddim_noise_split
+from .solvers.ddim import ddim_mean, ddim_step
 
 __all__ = ["ddim_invert", "ddim_reconstruct", "invertible_solvers", "check_invertible", "EditFriendly", "edit_friendly_invert",
            "edit_friendly_sample"]
@@ -134,13 +134,6 @@ class EditFriendly:
         return self.schedule.steps
 
 
-def _posterior(schedule: Schedule, i: int) -> tuple[float, float, float]:
-    """``(alpha_{i+1}, keep, c)`` of the DDPM posterior step ``i`` (DDIM eq. 12 and 16 with ``eta = 1``)."""
-    a, s, lam = schedule.alpha, schedule.sigma, schedule.lam
-    keep, c = ddim_noise_split(float(s[i + 1]), float(lam[i + 1] - lam[i]), 1.0)
-    return float(a[i + 1]), keep, c
-
-
 def edit_friendly_invert(denoiser: DenoiserBase, x0: Tensor, nfe: int = 50, grid: GridSpec | None = None, *,
                          cond: Cond = None, generator: Generator = None,
                          seeds: Sequence[int] | None = None) -> EditFriendly:
@@ -164,9 +157,8 @@ def edit_friendly_invert(denoiser: DenoiserBase, x0: Tensor, nfe: int = 50, grid
     zs = []
     with torch.inference_mode():
         for i in range(steps):
-            a_next, keep, c = _posterior(schedule, i)
             p = model.predict(xs[i], float(schedule.t[i]), i)
-            mu = a_next * p.x0 + keep * p.eps
+            mu, c = ddim_mean(p, schedule, i, 1.0)  # the DDPM posterior step's mean and noise scale
             zs.append((xs[i + 1] - mu) / c)  # Alg. 1 line 5
     return EditFriendly(torch.stack(xs).clone(), torch.stack(zs).clone(), schedule, cond)
 
@@ -191,8 +183,7 @@ def edit_friendly_sample(denoiser: DenoiserBase, inversion: EditFriendly, *, con
     x = inversion.xs[skip]
     with torch.inference_mode():
         for i in range(skip, n):
-            a_next, keep, c = _posterior(schedule, i)
             p = model.predict(x, float(schedule.t[i]), i)
-            x = a_next * p.x0 + keep * p.eps + c * inversion.zs[i]
+            x = ddim_step(p, schedule, i, 1.0, noise=inversion.zs[i])
             step_done(i, schedule, x, p.x0, callback)
     return x.clone()

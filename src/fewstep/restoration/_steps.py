@@ -1,4 +1,5 @@
-"""Maths shared by the restoration methods: the DDPM ancestral step and forward noising between levels."""
+"""Maths shared by the restoration methods: forward noising between levels (their DDPM step is
+:func:`fewstep.solvers.ddim.ddim_step` with ``eta = 1``)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,9 @@ import math
 from torch import Tensor
 
 from ..grids import Schedule
-from ..parametrization import Prediction
 from ..solvers._common import Generator, randn_like
-from ..solvers._expint import ddim_noise_split
 
-__all__ = ["ancestral_step", "renoise", "noised"]
-
-
-def ancestral_step(p: Prediction, schedule: Schedule, i: int, generator: Generator) -> Tensor:
-    """DDPM's step from point ``i`` to ``i + 1``: a draw of ``q(x_{i+1} | x_i, x0_hat)`` (Ho et al. 2020, eq. 6-7;
-    DDIM with ``eta = 1``)."""
-    keep, c = ddim_noise_split(float(schedule.sigma[i + 1]), float(schedule.lam[i + 1] - schedule.lam[i]), 1.0)
-    x = float(schedule.alpha[i + 1]) * p.x0 + keep * p.eps
-    return x + c * randn_like(x, generator) if c > 0 else x
+__all__ = ["renoise", "noised"]
 
 
 def renoise(x: Tensor, schedule: Schedule, src: int, dst: int, generator: Generator) -> Tensor:

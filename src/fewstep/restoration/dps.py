@@ -10,7 +10,7 @@ from ..denoisers import DenoiserBase
 from ..grids import Schedule
 from ..parametrization import Prediction
 from ..solvers._common import Callback, Cond, Generator, step_done
-from ._steps import ancestral_step
+from ..solvers.ddim import ddim_step
 
 __all__ = ["dps", "dps_gradient"]
 
@@ -42,7 +42,7 @@ def dps(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, y: Tensor, operat
     ts = schedule.t.tolist()
     for i in range(schedule.steps):
         p, grad, norm = dps_gradient(model, x, ts[i], i, y, operator)
-        x = ancestral_step(p, schedule, i, generator)
+        x = ddim_step(p, schedule, i, 1.0, generator)  # DDPM's ancestral step
         if zeta > 0:
             scale = zeta / norm.clamp_min(torch.finfo(norm.dtype).tiny)
             x = x - scale.reshape((-1,) + (1,) * (x.ndim - 1)).to(x.dtype) * grad

@@ -8,7 +8,8 @@ from ..context import bind
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
 from ..solvers._common import Callback, Cond, Generator, step_done
-from ._steps import ancestral_step, noised, renoise
+from ..solvers.ddim import ddim_step
+from ._steps import noised, renoise
 
 __all__ = ["repaint", "repaint_nfe"]
 
@@ -45,7 +46,7 @@ def repaint(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, y: Tensor, op
     i = 0
     while i < schedule.steps:
         p = model.predict(x, ts[i], i)
-        unknown = ancestral_step(p, schedule, i, generator)
+        unknown = ddim_step(p, schedule, i, 1.0, generator)  # DDPM's ancestral step
         x = m * noised(y, schedule, i + 1, generator) + (1 - m) * unknown
         step_done(i, schedule, x, p.x0, callback)
         i += 1

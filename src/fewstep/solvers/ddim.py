@@ -1,15 +1,36 @@
-"""DDIM and DDPM ancestral sampling."""
+"""DDIM and DDPM ancestral sampling, and the one DDIM step that restoration and inversion share."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from ..context import bind
 from ..denoisers import DenoiserBase
 from ..grids import Schedule
-from ..context import bind
+from ..parametrization import Prediction
 from ._common import Callback, Cond, Generator, randn_like, step_done
 from ._expint import ddim_noise_split
 from .registry import register
+
+__all__ = ["ddim", "ddpm", "ddim_mean", "ddim_step"]
+
+
+def ddim_mean(p: Prediction, schedule: Schedule, i: int, eta: float = 0.0) -> tuple[Tensor, float]:
+    """The DDIM step from point ``i`` to ``i + 1`` without its fresh noise, and that noise's scale:
+    ``(alpha_{i+1} x0 + sqrt(sigma_{i+1}^2 - c^2) eps, c)`` with ``c = eta sigma_{i+1} sqrt(1 - e^{-2h})``
+    (Song et al. 2021, eq. 12 and 16; ``eta = 1`` is the mean of DDPM's posterior ``q(x_{i+1} | x_i, x0_hat)``)."""
+    keep, c = ddim_noise_split(float(schedule.sigma[i + 1]), float(schedule.lam[i + 1] - schedule.lam[i]), eta)
+    return float(schedule.alpha[i + 1]) * p.x0 + keep * p.eps, c
+
+
+def ddim_step(p: Prediction, schedule: Schedule, i: int, eta: float = 0.0, generator: Generator = None,
+              noise: Tensor | None = None) -> Tensor:
+    """``x_{i+1}`` of DDIM from the prediction ``p`` at point ``i``: :func:`ddim_mean` plus ``c z``, ``z`` the given
+    ``noise`` or a draw from ``generator`` (none when ``c = 0``: ``eta = 0``, or a step onto clean data)."""
+    mean, c = ddim_mean(p, schedule, i, eta)
+    if c == 0:
+        return mean
+    return mean + c * (noise if noise is not None else randn_like(mean, generator))
 
 
 @register("ddim", order=1, paper="Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, eq. 12")
@@ -20,14 +41,11 @@ def ddim(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Ge
     With ``eta = 0`` this is the first-order exponential integrator (DPM-Solver-1) and also
     Euler's method on ``x/alpha`` against ``sigma/alpha`` (Karras et al. 2022, sec. 4).
     """
-    ts, a, s, lam = schedule.t.tolist(), schedule.alpha.tolist(), schedule.sigma.tolist(), schedule.lam.tolist()
+    ts = schedule.t.tolist()
     model = bind(denoiser, schedule, cond)
     for i in range(schedule.steps):
         p = model.predict(x, ts[i], i)
-        keep, c = ddim_noise_split(s[i + 1], lam[i + 1] - lam[i], eta)
-        x = a[i + 1] * p.x0 + keep * p.eps
-        if c > 0:
-            x = x + c * randn_like(x, generator)
+        x = ddim_step(p, schedule, i, eta, generator)
         step_done(i, schedule, x, p.x0, callback)
     return x
 
