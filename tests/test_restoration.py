@@ -96,7 +96,7 @@ def test_bad_inputs_get_clear_errors(process):
         restore(den, y, super_resolution(2), [0, 1], "repaint", 10)
     with pytest.raises(ValueError, match="unknown restoration method 'ddrm'"):
         restore(den, y, super_resolution(2), [0, 1], "ddrm", 10)
-    with pytest.raises(ValueError, match="dps has no option zetta; its options: zeta=1.0"):
+    with pytest.raises(ValueError, match=r"restoration method 'dps' has no option 'zetta' \(did you mean 'zeta'\?\); its options: zeta=1.0"):
         restore(den, y, super_resolution(2), [0, 1], "dps", 10, zetta=1.0)
     with pytest.raises(ValueError, match="2 measurements but 3 seeds"):
         restore(den, y, super_resolution(2), [0, 1, 2], "dps", 10)
@@ -310,7 +310,7 @@ def test_restore_command_writes_grid_and_folder(tiny16, capsys):
     (["--task", "inpaint", "--mask", "ring"], "unknown --mask ring; valid masks: box, random, half"),
     (["--task", "sr", "--factor", "3"], "factor 3 does not divide the resolution 16x16"),
     (["--task", "inpaint", "--method", "dps", "--opt", "zeta"], "--opt zeta: expected KEY=VALUE"),
-    (["--task", "inpaint", "--method", "dps", "--opt", "jump=2"], "dps has no option jump; its options: zeta=1.0"),
+    (["--task", "inpaint", "--method", "dps", "--opt", "jump=2"], "restoration method 'dps' has no option 'jump'; its options: zeta=1.0"),
     (["--task", "inpaint", "--method", "ddrm"], "unknown restoration method 'ddrm'"),
     (["--task", "inpaint", "--n", "7"], "holds 6 images; --first 0 --n 7 asks for more"),
     (["--task", "inpaint", "--out", "x.npz"], "restore writes a grid image or a folder"),

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, ClassVar
 
+from ..options import OptionSpec
 from .dps import dps
 from .reddiff import reddiff
 from .repaint import repaint, repaint_nfe
@@ -14,29 +14,17 @@ __all__ = ["MethodSpec", "METHODS", "get_method"]
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(OptionSpec):
     """A method: its function, paper, whether it only inpaints, whether its schedule lands on clean data, and
-    whether it differentiates through the network."""
+    whether it differentiates through the network.  Its options and their check are
+    :class:`~fewstep.options.OptionSpec`'s."""
 
-    name: str
-    fn: Callable[..., Any]
     paper: str
     inpaint_only: bool
     clean_end: bool
     backprop: bool
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """Keyword options and their defaults, read from the function's signature."""
-        skip = {"generator", "callback", "cond"}
-        return {k: p.default for k, p in inspect.signature(self.fn).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and k not in skip}
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        bad = sorted(set(options) - set(self.options))
-        if bad:
-            valid = ", ".join(f"{k}={v}" for k, v in self.options.items()) or "none"
-            raise ValueError(f"{self.name} has no option {', '.join(bad)}; its options: {valid}")
+    kind: ClassVar[str] = "restoration method"
 
     def plan(self, nfe: int, options: dict[str, Any]) -> tuple[int, int]:
         """``(steps, nfe_used)``: the grid steps that spend at most ``nfe`` evaluations, and what they spend."""

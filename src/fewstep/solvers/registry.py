@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
+
+from ..options import OptionSpec
 
 __all__ = ["SolverSpec", "register", "get", "available", "specs"]
 
@@ -19,16 +19,15 @@ def one_step_per_eval(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class SolverSpec:
+class SolverSpec(OptionSpec):
     """What the registry knows of a solver.
 
     ``fn(denoiser, x, schedule, *, generator=None, callback=None, **options) -> x`` is the
     stateless solver; ``plan(nfe, clean_end) -> (steps, options)`` turns an NFE budget into a
-    number of grid steps and the options that make the solver spend exactly that budget.
+    number of grid steps and the options that make the solver spend exactly that budget.  Its options
+    and their check are :class:`~fewstep.options.OptionSpec`'s.
     """
 
-    name: str
-    fn: Callable[..., Any]
     order: int
     nfe_per_step: float
     stochastic: bool
@@ -38,31 +37,19 @@ class SolverSpec:
     fixed_nfe: bool = True
     aliases: tuple[str, ...] = field(default=())
 
-    @cached_property
-    def options(self) -> dict[str, Any]:
-        """The solver's own options and their defaults (keyword arguments other than generator, callback, cond)."""
-        params = inspect.signature(self.fn).parameters.values()
-        return {p.name: p.default for p in params
-                if p.kind is p.KEYWORD_ONLY and p.name not in ("generator", "callback", "cond")}
+    kind: ClassVar[str] = "solver"
+    fixed_reason: ClassVar[str] = ("is set from nfe so that it spends exactly nfe evaluations; choose nfe instead "
+                                   "(or call the solver function directly)")
 
     @cached_property
     def planned_options(self) -> frozenset[str]:
         """Options the NFE plan sets so that the solver spends exactly its budget."""
         return frozenset(self.plan(max(self.min_nfe, 6), True)[1])
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Refuse unknown options (naming the valid ones) and options that would override the NFE plan."""
-        for name in options:
-            if name not in self.options:
-                valid = sorted(set(self.options) - self.planned_options) if self.fixed_nfe else sorted(self.options)
-                close = difflib.get_close_matches(name, valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                cond = " Conditioning goes in cond={...}." if not close else ""
-                raise ValueError(f"solver {self.name!r} has no option {name!r}{hint}; its options: "
-                                 f"{', '.join(valid) or 'none'}.{cond}")
-            if self.fixed_nfe and name in self.planned_options:
-                raise ValueError(f"option {name!r} of solver {self.name!r} is set from nfe so that it spends exactly "
-                                 f"nfe evaluations; choose nfe instead (or call the solver function directly)")
+    @property
+    def fixed_options(self) -> frozenset[str]:
+        """The planned options, for a solver with a fixed NFE (an adaptive one takes them all)."""
+        return self.planned_options if self.fixed_nfe else frozenset()
 
     def steps_for(self, nfe: int, clean_end: bool = True) -> tuple[int, dict[str, Any]]:
         if not isinstance(nfe, int) or isinstance(nfe, bool):
