@@ -21,7 +21,8 @@ import fewstep
 from fewstep.bench.gmm import bench_mixture
 from fewstep.exact import reference_solution
 from fewstep.processes import VPDiscrete
-from fewstep.solvers.dpm_v3 import EMS, compute_ems
+from fewstep.solvers.dpm_v3 import EMS
+from fewstep.tuning import compute_ems
 from solvers_vs_diffusers import frechet  # the shared FD-or-inf helper (benchmarks/ is on sys.path)
 
 NFES = (5, 6, 8, 10)

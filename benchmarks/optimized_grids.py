@@ -21,8 +21,7 @@ import torch
 
 import fewstep
 from fewstep.grids import GRIDS
-from fewstep.grids.optimize import optimize_grids
-from fewstep.grids.search import ReferenceSet
+from fewstep.tuning import ReferenceSet, optimize_grids
 
 BUILTIN = GRIDS
 
@@ -33,7 +32,7 @@ def gmm(args: argparse.Namespace) -> None:
     from fewstep.metrics import frechet_distance_to_moments
     from fewstep.processes import VPDiscrete
 
-    from fewstep.grids.timetuner import time_tuned
+    from fewstep.nettimes import time_tuned
 
     gm = bench_mixture()
     den = gm.denoiser(VPDiscrete.linear())

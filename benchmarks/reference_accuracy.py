@@ -4,7 +4,7 @@
 
 For each reference setting (``--solver``, ``--grid``) and NFE in ``--nfes`` (N, 2N, 4N, ...), the
 near-exact solution ``x0_hat(x(t_min), t_min)`` of seeds ``0 .. --seeds - 1``
-(:func:`fewstep.metrics.near_exact.near_exact_batch`, nothing cached), then the RMSE
+(:func:`fewstep.tuning.near_exact_batch`, nothing cached), then the RMSE
 (:mod:`fewstep.metrics.solution_error`) between consecutive NFEs and to the finest one, and the
 RMSE of a few-step solver (``--check``) to the finest, for scale.  The reference's own error is
 about its change from N to 2N (less for higher-order convergence).
@@ -18,7 +18,7 @@ import torch
 
 import fewstep
 from fewstep.metrics.models import load_denoiser, sample_shape
-from fewstep.metrics.near_exact import ReferenceSettings, near_exact_batch
+from fewstep.tuning import ReferenceSettings, near_exact_batch
 from fewstep.metrics.solution_error import per_sample_rmse
 
 

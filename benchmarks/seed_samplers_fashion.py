@@ -109,7 +109,7 @@ def parse_config(spec: str) -> tuple[str, str, dict[str, float]]:
 def time_shift(args: argparse.Namespace) -> None:
     """RMSE to the near-exact solution of ts-ddim / ts-unipc over window x cutoff, against their bases."""
     from fewstep.metrics.models import load_denoiser
-    from fewstep.metrics.near_exact import NearExact, ReferenceSettings
+    from fewstep.tuning import NearExact, ReferenceSettings
     from fewstep.metrics.solution_error import per_sample_rmse
     import fewstep
 

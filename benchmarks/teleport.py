@@ -62,7 +62,7 @@ def gmm(args: argparse.Namespace) -> None:
 
 def fashion(args: argparse.Namespace) -> None:
     from fewstep.metrics.models import load_denoiser
-    from fewstep.metrics.near_exact import NearExact, ReferenceSettings
+    from fewstep.tuning import NearExact, ReferenceSettings
     from fewstep.metrics.solution_error import per_sample_rmse
 
     den = load_denoiser("bundled:fashion", "cpu")  # load_model attaches the shipped data Gaussian

@@ -25,7 +25,8 @@ from fewstep.metrics.evaluate import evaluate
 from fewstep.metrics.extractors import get_extractor
 from fewstep.metrics.models import load_denoiser, reference_stats
 from fewstep.metrics.sampling import solver_sample_fn
-from fewstep.solvers.dc import RatioTable, fit_cpr, search_table
+from fewstep.solvers.dc import RatioTable, fit_cpr
+from fewstep.tuning import search_table
 
 RATIOS = Path(__file__).parent / "results" / "dc_fashion_ratios.json"
 

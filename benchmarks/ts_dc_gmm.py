@@ -18,7 +18,7 @@ from fewstep.bench.gmm import bench_mixture
 from fewstep.exact import reference_solution
 from fewstep.metrics import frechet_distance_to_moments
 from fewstep.processes import VPDiscrete
-from fewstep.solvers.dc import search_ratios
+from fewstep.tuning import search_ratios
 
 GRIDS = ("logsnr", "quadratic")
 BASES = ("ddim", "dpm++2m", "unipc", "ipndm")

@@ -10,7 +10,8 @@ from fewstep.denoisers import NFECounter
 from fewstep.exact import reference_solution
 from fewstep.grids import make_schedule
 from fewstep.solvers._expint import lagrange_weights
-from fewstep.solvers.dc import RatioTable, fit_cpr, predict_cpr, search_ratios
+from fewstep.solvers.dc import RatioTable, fit_cpr, predict_cpr
+from fewstep.tuning import search_ratios
 from fewstep.solvers.unipc import _compensate, _Grid
 
 from conftest import seeded_noise

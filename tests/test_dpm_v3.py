@@ -15,8 +15,9 @@ from fewstep.denoisers import NFECounter
 from fewstep.exact import GaussianMixture, reference_solution
 from fewstep.grids import make_schedule
 from fewstep.processes import VPDiscrete, VPLinear
-from fewstep.solvers.dpm_v3 import EMS, EMSMismatch, compute_ems, dpm_v3
-from fewstep.solvers.dpm_v3 import compute as compute_module
+from fewstep.solvers.dpm_v3 import EMS, EMSMismatch, dpm_v3
+from fewstep.tuning import compute_ems
+from fewstep.tuning import ems as compute_module
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from fewstep import solvers
 from fewstep.cli import main
 from fewstep.grids import make_grid, make_schedule
 from fewstep.grids.files import GridEntry, read_grid_file, write_grid_file
-from fewstep.grids.gaussian import analytic_grid, gaussian_error, gaussian_spectrum
-from fewstep.grids.search import ReferenceSet, search_grid
-from fewstep.grids.timetuner import TimeTunedDenoiser, tune_net_times
+from fewstep.nettimes import TimeTunedDenoiser
+from fewstep.tuning import (ReferenceSet, analytic_grid, gaussian_error, gaussian_spectrum, search_grid,
+                            tune_net_times)
 from fewstep.processes import EDM, VPDiscrete, VPLinear
 
 MULTISTEP = ["dpm++2m", "dpm++3m", "unipc", "ipndm", "deis"]
@@ -205,7 +205,7 @@ def test_grid_file_options_apply_to_their_own_solver_only(tmp_path, gmm8, ddpm_l
 
 
 def test_dc_ratios_on_a_searched_grid_and_timetuner_on_top(tmp_path, reference8, ddpm_linear):
-    from fewstep.grids.optimize import optimize_grids
+    from fewstep.tuning import optimize_grids
 
     den = reference8.denoiser
     base = [GridEntry("unipc", 6, 6, make_grid(ddpm_linear, 6, "logsnr").tolist(), "search")]
@@ -232,14 +232,16 @@ def test_dc_ratios_on_a_searched_grid_and_timetuner_on_top(tmp_path, reference8,
 
 
 def test_cached_reference_is_the_near_exact_solution_and_is_reused(tmp_path, gmm8, ddpm_linear, monkeypatch):
-    from fewstep.metrics import near_exact
-    from fewstep.metrics.near_exact import ReferenceSettings, near_exact_batch
+    from fewstep.tuning import reference_cache
+    from fewstep.tuning.reference import ReferenceSettings, near_exact_batch
 
     den = gmm8.denoiser(ddpm_linear)
     ref = ReferenceSet(den, (8,), range(5, 21), nfe=50, cache_dir=str(tmp_path))
     want = near_exact_batch(den, (8,), list(range(5, 21)), ReferenceSettings("dpm++3m", 50, "logsnr"))
     assert torch.equal(ref.reference, want) and list(tmp_path.rglob("*.safetensors"))
-    monkeypatch.setattr(near_exact, "near_exact_batch", lambda *a, **k: pytest.fail("recomputed"))
+    # one computation: the uncached reference set is the same solution (no float32 storage in between here)
+    assert torch.equal(ReferenceSet(den, (8,), range(5, 21), nfe=50, batch_size=5).reference, want)
+    monkeypatch.setattr(reference_cache, "near_exact_batch", lambda *a, **k: pytest.fail("recomputed"))
     again = ReferenceSet(den, (8,), range(5, 21), nfe=50, cache_dir=str(tmp_path))
     assert torch.equal(again.reference, want)
     with pytest.raises(ValueError, match="contiguous"):
@@ -257,7 +259,7 @@ def test_bench_model_runs_a_grid_file_only_for_the_solvers_and_nfes_it_was_tuned
 
 
 def test_the_grids_shipped_with_bundled_fashion_resolve_by_name():
-    from fewstep.grids.timetuner import time_tuned
+    from fewstep.nettimes import time_tuned
 
     den = fewstep.load_model("bundled:fashion")
     shipped = read_grid_file("bundled:fashion")

@@ -12,7 +12,8 @@ from fewstep.exact import reference_solution
 from fewstep.metrics import get_extractor
 from fewstep.metrics.evaluate import evaluate, sample_stats
 from fewstep.metrics.models import reference_stats
-from fewstep.metrics.near_exact import NearExact, ReferenceSettings, model_fingerprint, reference_solutions
+from fewstep.fingerprint import model_fingerprint
+from fewstep.tuning import NearExact, ReferenceSettings, reference_solutions
 from fewstep.metrics.sampling import solver_sample_fn
 from fewstep.metrics.solution_error import per_sample_rmse, psnr, summarize_errors
 

@@ -12,7 +12,7 @@ from fewstep.cli import main
 from fewstep.exact import GaussianMixture, reference_solution
 from fewstep.grids import make_grid, make_schedule
 from fewstep.grids.files import GridEntry, write_grid_file
-from fewstep.grids.search import ReferenceSet, search_grid
+from fewstep.tuning import ReferenceSet, search_grid
 from fewstep.teleport import load_gaussian, save_gaussian, teleport, truncate
 
 
@@ -208,8 +208,8 @@ def test_search_with_teleport_moves_the_start_time_and_lowers_the_error(gmm8, dd
 
 def test_dc_and_timetuner_compose_on_a_teleported_start(tmp_path, gmm8, ddpm_linear):
     """DC-Solver's ratio search and TimeTuner run on a teleported start; the teleport travels in the entries."""
-    from fewstep.grids.optimize import optimize_grids
-    from fewstep.grids.timetuner import time_tuned
+    from fewstep.tuning import optimize_grids
+    from fewstep.nettimes import time_tuned
 
     den = gmm8.denoiser(ddpm_linear)
     den.data_gaussian = moment_gaussian(gmm8)
@@ -223,17 +223,20 @@ def test_dc_and_timetuner_compose_on_a_teleported_start(tmp_path, gmm8, ddpm_lin
     assert rescored == pytest.approx(tt.score, rel=1e-9)
 
 
-def test_dc_reference_states_of_a_teleported_grid_are_the_networks_own_solution(gmm8, ddpm_linear):
-    from fewstep.solvers.dc import reference_states
+def test_reference_path_through_a_teleported_grid_is_the_networks_own_solution(gmm8, ddpm_linear):
+    """What DC-Solver's search compares each step with: the near-exact states at a teleported grid's times, solved
+    from t_max (the first state, at the teleport time, dropped), the last one the data prediction at t_min."""
+    from fewstep.tuning import ReferenceSettings, near_exact_path
 
     den = gmm8.denoiser(ddpm_linear)
     x_T = torch.randn(4, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    sched = make_schedule(ddpm_linear, 4, "uniform", t_max=600.0)
-    states = reference_states(den, x_T, sched, 400, teleported=True)
-    exact = [reference_solution(den, x_T, t_end=float(t), rtol=1e-11, atol=1e-11) for t in sched.t[1:-1]]
+    sched = make_schedule(ddpm_linear, 4, "uniform", t_max=600.0, clean_end=False)
+    states = near_exact_path(den, x_T, [ddpm_linear.t_max, *sched.t.tolist()], ReferenceSettings(nfe=400))[1:]
+    exact = [reference_solution(den, x_T, t_end=float(t), rtol=1e-11, atol=1e-11) for t in sched.t[1:]]
     assert len(states) == 4
     for s, e in zip(states[:-1], exact):
         assert (s - e).abs().max() < 1e-4
+    assert (states[-1] - den.predict(exact[-1], float(sched.t[-1])).x0).abs().max() < 1e-4
 
 
 def test_cli_gaussian_then_sample_with_teleport(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """``model_fingerprint``: one SHA-256 of what a denoiser computes, the identity every saved result is keyed by.
 
-The near-exact reference cache (:mod:`fewstep.tuning.near_exact`) keys its files by the fingerprint of the
+The near-exact reference cache (:mod:`fewstep.tuning.reference_cache`) keys its files by the fingerprint of the
 denoiser it solved with (wrappers included: guidance changes the ODE), DPM-Solver-v3's statistics record the
 fingerprint of the model they were computed for (:class:`fewstep.solvers.dpm_v3.EMS`; checked against
 ``model_fingerprint(innermost(denoiser))``, the model under any counting, caching or guidance wrapper).

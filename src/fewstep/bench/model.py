@@ -2,7 +2,7 @@
 
 For every grid x solver x NFE: ``n`` samples from the same seeds, their FID (plus KID and
 precision/recall) against reference statistics, their error (RMSE, PSNR) to the near-exact ODE
-solution from the same seeds (:mod:`fewstep.metrics.near_exact`, cached on disk; on by default),
+solution from the same seeds (:mod:`fewstep.tuning.reference_cache`, cached on disk; on by default),
 and the sampling wall time.  Writes a text/markdown table, CSV, JSON, PNG plots of FID and of the
 error against NFE and against wall time, and a self-contained HTML report with a sample grid for
 each configuration.
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import solvers
 from .._io import atomic_write_text
 from ..denoisers import innermost
-from ..metrics.near_exact import ReferenceSettings
+from ..tuning import ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table", "pareto_front", "pareto_table"]
@@ -140,7 +140,7 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     from ..metrics.evaluate import DivergedError, evaluate
     from ..metrics.extractors import get_extractor
     from ..metrics.models import load_denoiser, reference_stats, sample_shape
-    from ..metrics.near_exact import NearExact
+    from ..tuning import NearExact
     from ..metrics.resume import EvalStore, evaluation_key, finished
     from ..metrics.sampling import KeepFirst, solver_sample_fn
 

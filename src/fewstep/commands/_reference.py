@@ -26,8 +26,8 @@ def add_reference_args(p: argparse.ArgumentParser, *, on_by_default: bool) -> No
 
 
 def reference_settings(args: argparse.Namespace) -> Any:
-    """The :class:`~fewstep.metrics.near_exact.ReferenceSettings` the options ask for (unset ones: its defaults)."""
-    from ..metrics.near_exact import ReferenceSettings
+    """The :class:`~fewstep.tuning.ReferenceSettings` the options ask for (unset ones: its defaults)."""
+    from ..tuning import ReferenceSettings
 
     grid = ReferenceSettings.grid if args.reference_grid is None else args.reference_grid
     return ReferenceSettings(args.reference_solver or ReferenceSettings.solver,
@@ -36,13 +36,13 @@ def reference_settings(args: argparse.Namespace) -> Any:
 
 
 def near_exact_from_args(args: argparse.Namespace, denoiser: Any, shape: Any, device: Any) -> Any:
-    """``eval``'s :class:`~fewstep.metrics.near_exact.NearExact` for seeds ``--seed .. --seed + --n - 1``,
+    """``eval``'s :class:`~fewstep.tuning.NearExact` for seeds ``--seed .. --seed + --n - 1``,
     computed (or read back) now, before any timed sampling; cached in ``--reference-cache``, else
     ``reference-cache/`` beside ``--out`` (or in the current folder)."""
     from pathlib import Path
 
     from ..metrics.distributed import default_batch_size, shard, world
-    from ..metrics.near_exact import NearExact
+    from ..tuning import NearExact
 
     cache = args.reference_cache or str((Path(args.out).parent if args.out else Path(".")) / "reference-cache")
     seeds = range(args.seed, args.seed + args.n)

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..loading import load_model
-    from ..solvers.dc import search_table
+    from ..tuning import search_table
 
     try:
         nfes = [int(v) for v in args.nfe.split(",") if v.strip()]

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_data, to_model_range
     from ..devices import resolve_device
     from ..loading import load_model
-    from ..solvers.dpm_v3 import compute_ems
+    from ..tuning import compute_ems
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -108,8 +108,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
     from .. import __version__, solvers
     from ..grids.files import GridEntry, check_process, read_grid_file, write_grid_file
-    from ..grids.gaussian import DEFAULT_DATA_STD
-    from ..grids.optimize import expected_evaluations, optimize_grids
+    from ..tuning.gaussian import DEFAULT_DATA_STD
+    from ..tuning.optimize import expected_evaluations, optimize_grids
 
     spec = solvers.get(args.solver)
     for nfe in args.nfe:

@@ -165,12 +165,12 @@ def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe
 
 def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:
     """``denoiser`` behind the TimeTuner network times of a grid file's entry for ``solver`` at ``nfe``
-    (:mod:`fewstep.grids.timetuner`); unchanged for any other grid."""
+    (:mod:`fewstep.nettimes`); unchanged for any other grid."""
     if not _is_file(grid):
         return denoiser
     entry = select_entry(grid, denoiser.process, steps, solver, nfe)
     if entry.net_times is None or entry.solver != solver:
         return denoiser
-    from .timetuner import time_tuned
+    from ..nettimes import time_tuned
 
     return time_tuned(denoiser, entry.times, entry.net_times)

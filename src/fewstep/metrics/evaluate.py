@@ -5,7 +5,7 @@
 made batch by batch from per-sample seeds ``seed .. seed + n - 1``, so the numbers do not depend
 on the batch size, and are quantised to 8 bits like stored images before feature extraction.
 Only the running statistics (and a capped feature sample) are kept.  Given ``reference`` images
-for the same seeds (e.g. :class:`~fewstep.metrics.near_exact.NearExact`, the near-exact ODE
+for the same seeds (e.g. :class:`~fewstep.tuning.NearExact`, the near-exact ODE
 solution), each sample's error to its reference (:mod:`.solution_error`, before quantisation)
 is accumulated alongside.
 """
@@ -36,7 +36,7 @@ __all__ = ["quantize", "images_stats", "SampleRun", "sample_stats", "compare", "
 
 Reference = Union[Tensor, Callable[[list[int]], Tensor]]
 """Reference images per seed: a tensor whose image ``i`` belongs to seed ``seed + i``, or a function
-``seeds -> images`` (e.g. :class:`~fewstep.metrics.near_exact.NearExact`)."""
+``seeds -> images`` (e.g. :class:`~fewstep.tuning.NearExact`)."""
 
 
 def _reference_images(reference: Reference, seeds: list[int], first_seed: int) -> Tensor:

@@ -14,14 +14,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..solvers import DivergedError
+
 __all__ = ["SampleFn", "SolverSampleFn", "solver_sample_fn", "KeepFirst", "DivergedError"]
 
 SampleFn = Callable[[list[int]], Tensor]
 """``sample_fn(seeds) -> images`` in ``[-1, 1]``, shape ``(len(seeds), C, H, W)``."""
-
-
-class DivergedError(ValueError):
-    """A sampler produced NaN or infinite samples."""
 
 
 class SolverSampleFn:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..grids import Schedule
 
-__all__ = ["Generator", "Cond", "randn_like", "NonFiniteError", "step_done", "Callback", "multistep_order", "two_stage_plan"]
+__all__ = ["Generator", "Cond", "randn_like", "NonFiniteError", "DivergedError", "step_done", "Callback", "multistep_order", "two_stage_plan"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict[str, Any]], None] | None
@@ -20,6 +20,10 @@ Cond = dict[str, Any] | None
 
 class NonFiniteError(FloatingPointError):
     """NaN or inf appeared in the sample during solving."""
+
+
+class DivergedError(ValueError):
+    """A sampler produced NaN or infinite samples (what evaluation and the near-exact reference report)."""
 
 
 def randn_like(x: Tensor, generator: Generator = None) -> Tensor:

@@ -1,5 +1,8 @@
 """Computing DPM-Solver-v3's empirical model statistics by Jacobian-vector products (Zheng et al. 2023, sec. 3.2).
 
+The statistics are stored by :class:`fewstep.solvers.dpm_v3.EMS` and used by the ``dpm_v3`` solver; computing them
+from data is tuning, here.
+
 Write ``y = x / alpha`` and ``x0 = x0_theta(y, lam)`` (the denoiser's data prediction).  The ODE is
 ``dy/dlam = x0 - y = -l y - f`` with ``f = (1 - l) y - x0`` (the paper's ``f_theta = (sigma eps - l x) / alpha``,
 eq. 6, rewritten through the data prediction).
@@ -28,10 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..._io import atomic_write_bytes, atomic_write_text
-from ...denoisers import innermost
-from ...fingerprint import model_fingerprint
-from .stats import EMS
+from .._io import atomic_write_bytes, atomic_write_text
+from ..denoisers import innermost
+from ..fingerprint import model_fingerprint
+from ..solvers.dpm_v3.stats import EMS
 
 __all__ = ["compute_ems", "MOMENTS"]
 
@@ -78,7 +81,7 @@ def _finish(lam: Tensor, sums: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor,
     from scipy.interpolate import CubicSpline
 
     l = 1.0 - m["hutch"]  # noqa: E741
-    # l' of the natural cubic spline through l: the very function the solver integrates (coefficients.py)
+    # l' of the natural cubic spline through l: the very function the solver integrates (dpm_v3/coefficients.py)
     dl = torch.from_numpy(CubicSpline(lam.numpy(), l.numpy(), axis=0, bc_type="natural")(lam.numpy(), 1))
     a = 1.0 - l
     ef = a * m["y"] - m["x0"]

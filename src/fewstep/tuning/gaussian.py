@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from .. import solvers
+from ..api import sample
+from ..exact import ExactDenoiser
 from ..processes import NoiseProcess
 
 __all__ = ["gaussian_spectrum", "gaussian_error", "analytic_grid", "lte_weights", "DEFAULT_DATA_STD"]
@@ -56,9 +58,6 @@ class _Gaussian:
 
 def gaussian_error(process: NoiseProcess, solver: str, nfe: int, stds: Tensor) -> Callable[[Tensor], float]:
     """``score(times)``: the solver's exact mean squared error on ``N(0, diag(stds^2))`` (eq. above)."""
-    from ..api import sample
-    from ..exact import ExactDenoiser
-
     den = ExactDenoiser(_Gaussian(stds), process)  # type: ignore[arg-type]
     t_max = process.t_max
     a, s = float(process.alpha(t_max)), float(process.sigma(t_max))

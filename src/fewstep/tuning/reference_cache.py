@@ -1,15 +1,7 @@
-"""Near-exact solutions of a model's probability-flow ODE for given seeds, cached on disk.
+"""The near-exact solutions of a model's probability-flow ODE for given seeds, cached on disk.
 
-The point every deterministic solver converges to as its NFE grows, from the same ``x_T`` that
-:func:`fewstep.generate` draws for a seed: with a clean end, a solver's last evaluation is at
-the grid point just above ``t_min`` and lands on its data prediction, so the limit is
-
-    x_ref = x0_hat( x(t_min), t_min ),   x(t_min) the exact ODE solution from x_T at t_max.
-
-:func:`near_exact_batch` computes it with a high-order solver stopping at ``t_min``
-(``fewstep.generate(..., clean_end=False)`` with ``nfe - 1`` evaluations) plus one data
-prediction at ``t_min``: the solver's own order holds over the whole interval, no first-order
-jump to ``sigma = 0`` at the end.
+The solution is :func:`fewstep.tuning.reference.near_exact_batch` (``x0_hat(x(t_min), t_min)`` from the
+``x_T`` that :func:`fewstep.generate` draws for a seed; see :mod:`fewstep.tuning.reference`).
 
 :class:`NearExact` is that solution as a function ``seeds -> images`` over one seed range, kept
 in ``<cache_dir>/<key>/<start>-<stop>.safetensors`` chunk files (``images`` float32
@@ -27,7 +19,6 @@ import json
 import re
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -37,65 +28,11 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_bytes
 from ..fingerprint import model_fingerprint
+from .reference import ReferenceSettings, near_exact_batch
 
-__all__ = ["FORMAT", "ReferenceSettings", "model_fingerprint", "near_exact_batch", "NearExact",
-           "reference_solutions"]
+__all__ = ["FORMAT", "NearExact", "reference_solutions"]
 
 FORMAT = "fewstep-near-exact-1"
-
-
-@dataclass(frozen=True)
-class ReferenceSettings:
-    """How the near-exact solution is computed: ``solver`` at ``nfe`` evaluations on ``grid``
-    (``None``: the process's default grid), in ``dtype`` (the dtype of ``x_T``).
-
-    The defaults (DPM-Solver++(3M), 200 NFE, logSNR grid) change by about 4e-4 RMSE from 200 to
-    400 NFE on ``bundled:fashion``, where 5-10 NFE solvers are 0.05-0.15 away
-    (``benchmarks/reference_accuracy.py``; docs/evaluation.md, "Error to the near-exact solution")."""
-
-    solver: str = "dpm++3m"
-    nfe: int = 200
-    grid: str | None = "logsnr"
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        from .. import solvers
-
-        spec = solvers.get(self.solver)  # raises with the valid names
-        if spec.stochastic or not spec.fixed_nfe:
-            raise ValueError(f"the near-exact reference needs a deterministic fixed-NFE solver, not {self.solver!r} "
-                             f"(e.g. dpm++3m or dpm++2m)")
-        if not isinstance(self.nfe, int) or self.nfe < 2:
-            raise ValueError(f"the near-exact reference needs at least 2 evaluations, got nfe={self.nfe!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"reference dtype must be float32 or float64, got {self.dtype!r}")
-
-    def describe(self, process: Any) -> dict[str, Any]:
-        """The settings with the grid resolved to a name (for keys and reports)."""
-        return {**asdict(self), "grid": self.grid or process.default_grid}
-
-
-def near_exact_batch(denoiser: Any, shape: Sequence[int], seeds: Sequence[int], settings: ReferenceSettings,
-                     device: str | torch.device = "cpu") -> Tensor:
-    """``x0_hat(x(t_min), t_min)`` for ``seeds``: ``settings.nfe - 1`` solver evaluations from the
-    ``x_T`` of :func:`fewstep.generate` to ``t_min``, plus one data prediction there (float32, CPU)."""
-    from ..api import generate
-    from ..solvers._common import NonFiniteError
-    from .sampling import DivergedError
-
-    dtype = getattr(torch, settings.dtype)
-    what = f"the near-exact reference ({settings.solver}, {settings.nfe} NFE)"
-    try:
-        x = generate(denoiser, shape, seeds, settings.solver, settings.nfe - 1, settings.grid, device=device,
-                     dtype=dtype, clean_end=False)
-    except NonFiniteError as err:
-        raise DivergedError(f"{what} diverged: {err}") from err
-    with torch.inference_mode():
-        x0 = denoiser.predict(x, float(denoiser.process.t_min)).x0
-    if not bool(torch.isfinite(x0).all()):
-        raise DivergedError(f"{what} is not finite (seeds {seeds[0]}..{seeds[-1]})")
-    return x0.detach().to("cpu", torch.float32).clone()
-
 
 _CHUNK_NAME = re.compile(r"^(-?\d+)-(-?\d+)\.safetensors$")
 

@@ -12,10 +12,13 @@ import torch
 from torch import Tensor
 
 from .. import solvers
-from . import GRIDS
-from .files import GridEntry
+from ..grids import GRIDS, make_grid
+from ..grids.files import GridEntry, is_grid_file, select_entry
+from ..nettimes import time_tuned
+from .dc import search_ratios
 from .gaussian import DEFAULT_DATA_STD, analytic_grid
-from .search import ReferenceSet, search_grid
+from .reference import ReferenceSet
+from .search import search_grid
 from .timetuner import tune_net_times
 
 __all__ = ["METHODS", "optimize_grids", "expected_evaluations"]
@@ -43,9 +46,6 @@ def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any, te
     """Times of a grid name or explicit times; a grid file's entry for the solver with its options and network
     times (DC-Solver, which is UniPC's loop, starts from UniPC's entry when the file has none of its own).
     ``teleport``: a grid name starts at that time, and the start carries the option."""
-    from . import make_grid
-    from .files import is_grid_file, select_entry
-
     if isinstance(start, (str, os.PathLike)) and str(start) not in GRIDS and is_grid_file(start):
         entry = select_entry(start, process, steps, spec.name, nfe)
         if entry.solver != spec.name and spec.name == DC_SOLVER:
@@ -60,8 +60,6 @@ def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any, te
 
 
 def _score(reference: ReferenceSet, solver: str, nfe: int, s: _Start) -> float:
-    from .timetuner import time_tuned
-
     return reference.rmse(solver, nfe, s.times, time_tuned(reference.denoiser, s.times.tolist(), s.net_times),
                            s.options)
 
@@ -75,10 +73,8 @@ def _best_start(reference: ReferenceSet, solver: str, nfe: int, starts: Sequence
 
 def _dc_ratios(reference: ReferenceSet, nfe: int, first: _Start, first_score: float, reference_nfe: int,
                shape: Sequence[int]) -> tuple[dict[str, Any] | None, float, int]:
-    """DC-Solver's ratios searched on ``first``'s grid (:func:`fewstep.solvers.dc.search_ratios`) against a
+    """DC-Solver's ratios searched on ``first``'s grid (:func:`fewstep.tuning.dc.search_ratios`) against a
     ``reference_nfe`` solve of the reference seeds; kept only when they lower the RMSE to the reference."""
-    from ..solvers.dc import search_ratios
-
     ratios = search_ratios(reference.denoiser, shape, nfe, reference.seeds, reference_nfe=reference_nfe,
                            grid=first.times, dtype=reference.x_T.dtype, device=reference.x_T.device,
                            teleport=(first.options or {}).get("teleport"))
@@ -95,13 +91,13 @@ def optimize_grids(denoiser: Any, solver: str, nfes: Sequence[int], method: str 
                    reference_cache: str | None = None, teleport: float | None = None) -> list[GridEntry]:
     """One :class:`GridEntry` per NFE.
 
-    ``analytic`` needs no network evaluation (:mod:`fewstep.grids.gaussian`); ``search`` moves the
-    interior times to lower the RMSE to a near-exact solve of ``seeds`` (:mod:`fewstep.grids.search`),
+    ``analytic`` needs no network evaluation (:mod:`fewstep.tuning.gaussian`); ``search`` moves the
+    interior times to lower the RMSE to a near-exact solve of ``seeds`` (:mod:`fewstep.tuning.search`),
     from the best of ``start`` (default: the process's default grid, logSNR and the analytic grid);
     ``timetuner`` keeps that best start grid and tunes the network's time inputs instead
-    (:mod:`fewstep.grids.timetuner`; pass a searched grid file as ``start`` to tune on it).
+    (:mod:`fewstep.tuning.timetuner`; pass a searched grid file as ``start`` to tune on it).
     ``dc`` (solver ``dc_solver``) keeps the start grid (a grid file's UniPC entry when it has no DC-Solver
-    entry) and searches DC-Solver's compensation ratios on it (:func:`fewstep.solvers.dc.search_ratios`,
+    entry) and searches DC-Solver's compensation ratios on it (:func:`fewstep.tuning.dc.search_ratios`,
     against a ``reference_nfe`` solve of ``seeds``); they travel in the entry's ``options``, and a later
     ``timetuner`` run with that file as ``start`` tunes network times on top of them.
     ``reference_cache``: a folder caching the near-exact reference (see :class:`ReferenceSet`).
