@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .api import generators
 from .context import StepContext
+from .data import to_model_range
 from .denoisers import DenoiserBase
 from .grids import Schedule
 from .solvers._common import Cond, randn_like
@@ -125,8 +126,6 @@ def dataset_features(denoiser: DenoiserBase | None, images: Tensor, t: float, ta
     Image ``i`` is noised with seed ``seed + i``; ``labels`` (if given) condition a class-conditional model.
     ``denoiser`` may be ``None`` when the only tap is ``"pixels"``.
     """
-    from .data import to_model_range
-
     taps = [taps] if isinstance(taps, str) else list(taps)
     if denoiser is None and any(name != PIXELS for name in taps):
         raise ValueError("a model is needed for taps other than 'pixels'")

@@ -12,26 +12,17 @@ from typing import Any
 
 import torch
 
+from .bundled import BUNDLED, resolve_bundled
+from .checkpoint import latest_checkpoint, read_config
 from .denoisers import Denoiser, DenoiserBase
-from .processes import NoiseProcess, VPDiscrete
+from .nets import build_net
+from .onestep import OneStepGenerator
+from .processes import NoiseProcess, VPDiscrete, process_from_config
+from .quant.io import load_quantized
+from .solvers.dpm_v3.stats import EMS
+from .teleport import GAUSSIAN_FILE, load_class_gaussians, load_gaussian
 
 __all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
-
-BUNDLED = {"fashion": "fashion", "fashion-cond": "fashion-cond", "fashion-sid": "fashion-sid"}
-
-
-def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = "model") -> Path:
-    """The asset folder of ``bundled:<name>`` shipped inside the package (``table``: name -> folder)."""
-    from importlib.resources import files
-
-    table = BUNDLED if table is None else table
-    key = name.split(":", 1)[1] if name.startswith("bundled:") else name
-    if key not in table:
-        raise ValueError(f"unknown bundled {what} {name!r}; available: {', '.join('bundled:' + k for k in table)}")
-    path = Path(str(files("fewstep") / "assets" / table[key]))
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"the bundled model {name} is missing from this installation ({path}); reinstall fewstep")
-    return path
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
@@ -56,8 +47,6 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     if not folder.is_dir():
         raise ValueError(f"model {spec} is a file; pass the folder that holds config.json and the .safetensors weights")
     if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
-        from .checkpoint import latest_checkpoint
-
         latest = latest_checkpoint(folder)
         if latest is None:
             raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
@@ -76,8 +65,6 @@ def _attach_ems(den: Denoiser, folder: Path) -> None:
     They are checked against the model (fingerprint and process) when the ``dpm_v3`` solver uses them.
     """
     if (folder / "ems" / "ems.json").exists():
-        from .solvers.dpm_v3.stats import EMS
-
         den.ems = EMS.load(folder / "ems")  # type: ignore[attr-defined]
 
 
@@ -85,8 +72,6 @@ def _attach_gaussian(den: Denoiser, folder: Path) -> None:
     """Attach the training data's Gaussian saved as ``<folder>/gaussian.safetensors`` (``fewstep gaussian``) as
     ``den.data_gaussian`` (and its per-class Gaussians, if saved, as ``den.class_gaussians``): what ``teleport``
     and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
-    from .teleport import GAUSSIAN_FILE, load_class_gaussians, load_gaussian
-
     if (folder / GAUSSIAN_FILE).exists():
         den.data_gaussian = load_gaussian(folder / GAUSSIAN_FILE)  # type: ignore[attr-defined]
         classes = load_class_gaussians(folder / GAUSSIAN_FILE)
@@ -97,17 +82,11 @@ def _attach_gaussian(den: Denoiser, folder: Path) -> None:
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
     from safetensors.torch import load_file
 
-    from .nets import build_net
-    from .processes import process_from_config
-    from .checkpoint import read_config
-
     cfg = read_config(folder)
     for key in ("network", "process", "prediction"):
         if key not in cfg:
             raise ValueError(f"{folder / 'config.json'} lacks {key!r}; the checkpoint is damaged")
     if "quantization" in cfg:  # an int8 model written by fewstep.quant (docs/quantization.md)
-        from .quant.io import load_quantized
-
         if not ema:
             raise ValueError(f"{folder} is a quantized model with one set of weights; it has no raw (non-EMA) weights")
         net = load_quantized(folder, cfg, _load_state)
@@ -125,8 +104,6 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
     n = cfg["network"]
     shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))
     if "generator" in cfg:  # a one-step generator (fewstep distill --method sid/sida): sample it with nfe=1
-        from .distill.generator import OneStepGenerator
-
         gen = cfg["generator"]
         if not isinstance(gen, dict) or not isinstance(gen.get("sigma_init"), (int, float)):
             raise ValueError(f"{folder / 'config.json'}: generator must be {{\"sigma_init\": <float>}}, got {gen!r}")

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .processes import NoiseProcess
 
-__all__ = ["Prediction", "Parametrization", "PREDICTION_TYPES", "parametrization", "alpha_sigma", "edm_coefficients"]
+__all__ = ["Prediction", "Parametrization", "PREDICTION_TYPES", "parametrization", "network_output", "alpha_sigma",
+           "edm_coefficients"]
 
 Coef = float | Tensor
 TimeLike = float | Tensor
@@ -230,3 +231,11 @@ def parametrization(prediction: str, process: NoiseProcess, sigma_data: float = 
     if prediction not in _TYPES:
         raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTION_TYPES)}")
     return _TYPES[prediction](process, sigma_data)
+
+
+def network_output(net: Callable[..., Tensor], param: Parametrization, x_t: Tensor, t: Tensor,
+                   cond: dict[str, Any] | None = None) -> Tensor:
+    """Call ``net`` at ``(x_t, t)`` exactly as :class:`fewstep.Denoiser` does (the parametrization's input): what
+    the training loss and the distilled generators evaluate."""
+    x_in, t_in = param.net_input(x_t, t)
+    return net(x_in, t_in, **(cond or {}))

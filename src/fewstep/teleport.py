@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .data import load_data, to_model_range
+from .denoisers import find_attached
 from .exact import GaussianMixture
 from .processes import NoiseProcess
 
@@ -64,8 +66,6 @@ def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMi
 def data_gaussian(data: str, shape: tuple[int, ...]) -> GaussianMixture:
     """The Gaussian with the mean and covariance of data set ``data`` (a ``fewstep train --data`` spec,
     images in the model's ``[-1, 1]`` range) as a one-component, full-covariance :class:`GaussianMixture`."""
-    from .data import load_data, to_model_range
-
     images = load_data(data, resolution=shape[-1], channels=shape[0]).images
     if tuple(images.shape[1:]) != tuple(shape):
         raise ValueError(f"data {data!r} has images of {tuple(images.shape[1:])}, the model samples {tuple(shape)}")
@@ -82,8 +82,6 @@ def data_gaussian(data: str, shape: tuple[int, ...]) -> GaussianMixture:
 def class_gaussians(data: str, shape: tuple[int, ...]) -> GaussianMixture:
     """One Gaussian per class of the labelled data set ``data`` (component ``k`` is class ``k``, weighted by the
     class's frequency), full covariances: the data Gaussian of each class, for class-conditional teleport."""
-    from .data import load_data, to_model_range
-
     loaded = load_data(data, resolution=shape[-1], channels=shape[0])
     if loaded.labels is None:
         raise ValueError(f"data {data!r} has no labels; per-class Gaussians need a labelled set (e.g. fashion-mnist)")
@@ -176,8 +174,6 @@ def load_class_gaussians(path: str | os.PathLike) -> GaussianMixture | None:
 def find_gaussian(denoiser: Any) -> GaussianMixture | None:
     """The data Gaussian attached to ``denoiser`` or to a denoiser it wraps (``.data_gaussian``, set by
     ``load_model`` from ``<checkpoint>/gaussian.safetensors``)."""
-    from .denoisers import find_attached
-
     return find_attached(denoiser, "data_gaussian")
 
 
@@ -192,8 +188,6 @@ def resolve_gaussian(denoiser: Any, gaussian: GaussianMixture | str | os.PathLik
             return load_gaussian(gaussian)
         found = load_class_gaussians(gaussian)
     else:
-        from .denoisers import find_attached
-
         found = find_attached(denoiser, "class_gaussians" if conditional else "data_gaussian")
     if found is None and conditional:
         raise ValueError("class-conditional teleport needs one data Gaussian per class and this model has none: "

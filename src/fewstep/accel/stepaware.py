@@ -27,6 +27,7 @@ from torch import Tensor
 from ..context import StepContext
 from ..denoisers import DenoiserBase, DenoiserWrapper
 from ..parametrization import Prediction
+from ..teleport import data_gaussian as compute, resolve_gaussian
 
 __all__ = ["StepSchedule", "GaussianSteps", "gaussian_steps", "data_gaussian"]
 
@@ -77,8 +78,6 @@ class StepSchedule(DenoiserWrapper):
 @lru_cache(maxsize=4)
 def data_gaussian(data: str, shape: tuple[int, ...]) -> Any:
     """:func:`fewstep.teleport.data_gaussian`, computed once per process."""
-    from ..teleport import data_gaussian as compute
-
     return compute(data, shape)
 
 
@@ -108,8 +107,6 @@ class GaussianSteps(StepSchedule):
         if shape is None:
             raise ValueError("gaussian steps need the model's sample shape; load it with fewstep.load_model")
         if self.data is None:
-            from ..teleport import resolve_gaussian
-
             return resolve_gaussian(self.inner, None).denoiser(self.inner.process)
         return data_gaussian(self.data, tuple(int(v) for v in shape)).denoiser(self.inner.process)
 

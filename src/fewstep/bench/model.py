@@ -35,8 +35,19 @@ from tqdm.auto import tqdm
 
 from .. import solvers
 from .._io import atomic_write_text
+from ..accel import parse_cache
+from ..compiling import compile_denoiser
 from ..denoisers import innermost
-from ..tuning import ReferenceSettings
+from ..grids import GRIDS
+from ..grids.files import is_grid_file, own_entry
+from ..metrics.distributed import default_batch_size, default_device, shard, world
+from ..metrics.evaluate import DivergedError, evaluate
+from ..metrics.extractors import get_extractor
+from ..metrics.models import load_denoiser, reference_stats, sample_shape
+from ..metrics.resume import EvalStore, evaluation_key, finished
+from ..metrics.sampling import KeepFirst, solver_sample_fn
+from ..onestep import OneStepGenerator
+from ..tuning import NearExact, ReferenceSettings
 from .report import image_grid_png, write_html_report, write_png
 
 __all__ = ["ModelBenchConfig", "run_model_bench", "format_table", "pareto_front", "pareto_table"]
@@ -87,8 +98,6 @@ Run = tuple[str, str, int, str, str]  # solver, grid, nfe, model ("" = the main 
 
 def _variants(cfg: ModelBenchConfig) -> list[tuple[str, str]]:
     """``(model, cache)`` of each variant; specs are parsed (and so checked) here, before any model loads."""
-    from ..accel import parse_cache
-
     out: list[tuple[str, str]] = []
     for spec in cfg.caches:
         parsed = parse_cache(spec)
@@ -104,9 +113,7 @@ def _plan(cfg: ModelBenchConfig) -> tuple[list[Run], list[str]]:
         raise ValueError(f"n must be at least 2, got {cfg.n}")
     if not cfg.nfes or min(cfg.nfes) < 1:
         raise ValueError(f"NFE values must be positive integers, got {cfg.nfes}")
-    from ..grids import GRIDS
 
-    from ..grids.files import is_grid_file
 
     bad = [g for g in cfg.grids if g not in GRIDS and g != "default" and not is_grid_file(g)]
     if bad:
@@ -136,14 +143,6 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
     Every configuration goes through :func:`fewstep.metrics.evaluate.evaluate`; finished ones are
     saved in ``<out>/evaluations.json`` (:class:`~fewstep.metrics.resume.EvalStore`) and read back by a rerun.
     """
-    from ..metrics.distributed import default_batch_size, default_device, shard, world
-    from ..metrics.evaluate import DivergedError, evaluate
-    from ..metrics.extractors import get_extractor
-    from ..metrics.models import load_denoiser, reference_stats, sample_shape
-    from ..tuning import NearExact
-    from ..metrics.resume import EvalStore, evaluation_key, finished
-    from ..metrics.sampling import KeepFirst, solver_sample_fn
-
     runs, skipped = _plan(cfg)
     device = cfg.device or default_device()
     extractor = get_extractor(cfg.extractor, cfg.inception, device)
@@ -169,8 +168,6 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
                          ReferenceSettings(cfg.reference_solver, cfg.reference_nfe, cfg.reference_grid),
                          cache_dir=cache, batch_size=batch_size, device=device, progress=progress and rank0)
     if cfg.compile:
-        from ..compiling import compile_denoiser
-
         compile_denoiser(denoiser)
     t0 = time.perf_counter()
     store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
@@ -266,9 +263,6 @@ STORE_FILE = "evaluations.json"
 def _tuned_runs(runs: list[tuple[Any, ...]], process: Any) -> tuple[list[tuple[Any, ...]], list[str]]:
     """Keep the runs on a grid file only where the file holds a grid optimized for that solver at that NFE
     (a tuned configuration; other solvers' grids are not benchmarked under its name)."""
-    from ..grids import GRIDS
-    from ..grids.files import is_grid_file, own_entry
-
     kept, skipped = [], []
     for run in runs:  # (solver, grid, nfe, ...)
         name, grid, nfe = run[:3]
@@ -281,19 +275,12 @@ def _tuned_runs(runs: list[tuple[Any, ...]], process: Any) -> tuple[list[tuple[A
 
 
 def _is_generator(denoiser: Any) -> bool:
-    from ..distill.generator import OneStepGenerator
-
     return isinstance(innermost(denoiser), OneStepGenerator)
 
 
 def _generator_row(spec: str, cfg: ModelBenchConfig, shape: tuple[int, ...], extractor: Any, ref: Any,
                    batch_size: int, device: Any, store: Any, grids: dict, progress: bool) -> dict[str, Any]:
     """Score the one-step model ``spec`` on the sweep's seeds (one step from ``t_max``): a row beside the solvers."""
-    from ..metrics.evaluate import evaluate
-    from ..metrics.models import load_denoiser
-    from ..metrics.resume import evaluation_key, finished
-    from ..metrics.sampling import KeepFirst, solver_sample_fn
-
     gen = load_denoiser(spec, device)
     if not _is_generator(gen):
         raise ValueError(f"--generators {spec} is not a one-step generator (a `fewstep distill --method sid` run); "

@@ -10,7 +10,7 @@ Importing this package registers the objectives (``"objective": {"kind": "sid"}`
 """
 
 from .config import METHODS, distill_config
-from .generator import OneStepGenerator, generate_x0, generator_time
+from ..onestep import OneStepGenerator, generate_x0, generator_time
 from .mmd import MMDObjective, MMDSettings, mmd2_unbiased
 from .sid import SiDObjective, SiDSettings, fake_score_loss, sid_generator_loss, sid_times
 from .sida import SiDAObjective, SiDASettings

@@ -10,11 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from ..data import ImageData
-from ..parametrization import Parametrization, parametrization
+from ..denoisers import Denoiser
+from ..imagegrid import save_image_grid
+from ..loading import load_model
+from ..parametrization import Parametrization, network_output, parametrization
 from ..processes import process_from_config
 from ..training.config import check_type
 from ..training.denoising import DenoisingObjective
-from ..training.losses import network_output
 from ..training.objective import Objective
 from .tracking import FIDTracker
 
@@ -31,9 +33,6 @@ def x0_of(net: Callable[..., Tensor], param: Parametrization, x: Tensor, t: Tens
 
 def load_teacher(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     """The network and config of the teacher ``spec`` (a fewstep checkpoint or ``bundled:...``), EMA weights."""
-    from ..denoisers import Denoiser
-    from ..loading import load_model
-
     den = load_model(spec)
     cfg = den.config or {}
     if not isinstance(den, Denoiser) or not isinstance(den.net, nn.Module) or "network" not in cfg:
@@ -89,8 +88,6 @@ class DistillObjective(Objective):
     @torch.no_grad()
     def preview(self, trainer: "Trainer"):
         """Sample grid of the EMA student, its FID (logged with the images seen) and ``fid_vs_images.png``."""
-        from ..imagegrid import save_image_grid
-
         fn = self.tracked_sample_fn(trainer)
         for m in trainer.emas.values():
             m.eval()

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from .base import load_teacher
-from .generator import DEFAULT_SIGMA_INIT
+from ..onestep import DEFAULT_SIGMA_INIT
 
 __all__ = ["METHODS", "distill_config"]
 

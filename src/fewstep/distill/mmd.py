@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import solvers
+from ..api import generate, sample
 from ..context import StepContext
 from ..data import ImageData, to_model_range
+from ..denoisers import Denoiser
 from ..training.config import check_positive
 from ..training.objective import CheckpointFiles, Phase, register_objective
 from .base import DistillObjective
@@ -76,8 +79,6 @@ class MMDSettings:
     fid_ref: str = ""
 
     def check(self) -> None:
-        from .. import solvers
-
         spec = solvers.get(self.solver)
         if self.nfe < spec.min_nfe:
             raise ValueError(f"objective.nfe {self.nfe} is below {self.solver}'s minimum {spec.min_nfe}")
@@ -135,9 +136,6 @@ class MMDObjective(DistillObjective):
         return torch.cat([h.mean(2), h.std(2)], dim=1)
 
     def sample(self, net: Callable[..., Tensor], z: Tensor, grad: bool) -> Tensor:
-        from ..api import sample
-        from ..denoisers import Denoiser
-
         den = Denoiser(net, self.process, self.prediction, self.sigma_data)
         return sample(den, self.process.prior_std * z, self.settings.solver, self.settings.nfe, grad=grad)
 
@@ -150,9 +148,6 @@ class MMDObjective(DistillObjective):
         return mmd2_unbiased(f_fake, f_real, self.settings.kernel).expand(len(fake))
 
     def tracked_sample_fn(self, trainer: "Trainer") -> Callable[[list[int]], Tensor]:
-        from ..api import generate
-        from ..denoisers import Denoiser
-
         den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
         s = self.settings
         return lambda seeds: generate(den, self.shape, seeds, s.solver, s.nfe, device=trainer.device)

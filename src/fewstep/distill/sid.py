@@ -23,18 +23,22 @@ Everything is written in data predictions ``x0`` obtained through the process's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from ..api import generate
+from ..checkpoint import latest_checkpoint, load_tensors
 from ..data import ImageData, to_model_range
+from ..loading import load_model
+from ..onestep import DEFAULT_SIGMA_INIT, OneStepGenerator, generate_x0, generator_time
 from ..processes import NoiseProcess
 from ..training.config import check_positive, check_type
 from ..training.losses import diffusion_loss, sample_t_lognormal
 from ..training.objective import CheckpointFiles, Phase, register_objective
 from .base import DistillObjective, x0_of
-from .generator import DEFAULT_SIGMA_INIT, OneStepGenerator, generate_x0, generator_time
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -140,10 +144,6 @@ class SiDObjective(DistillObjective):
 
     def init_from(self, source: str) -> None:
         """Start from a SiD run: its EMA generator, and its fake score where the checkpoint holds one."""
-        from ..checkpoint import latest_checkpoint, load_tensors
-        from ..loading import load_model
-        from pathlib import Path
-
         den = load_model(source)
         if not isinstance(den, OneStepGenerator):
             raise ValueError(f"init_from {source} is not a one-step generator (a `fewstep distill --method sid` run)")
@@ -218,7 +218,5 @@ class SiDObjective(DistillObjective):
                                 sample_shape=self.shape)
 
     def tracked_sample_fn(self, trainer: "Trainer") -> Callable[[list[int]], Tensor]:
-        from ..api import generate
-
         den = self.one_step(trainer.emas["generator"])
         return lambda seeds: generate(den, self.shape, seeds, "ddim", 1, device=trainer.device)

@@ -14,6 +14,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .._io import atomic_write_bytes
+from ..metrics.evaluate import evaluate
+from ..metrics.extractors import get_extractor
+from ..metrics.models import reference_stats
 from ..training import runlog
 
 __all__ = ["FIDTracker", "plot_fid_curve"]
@@ -29,15 +33,10 @@ class FIDTracker:
 
     def _setup(self, device: torch.device) -> None:
         if self._extractor is None:
-            from ..metrics.extractors import get_extractor
-            from ..metrics.models import reference_stats
-
             self._extractor = get_extractor(self.extractor_name, None, device)
             self._stats = reference_stats(self.ref, self._extractor)
 
     def __call__(self, sample_fn: Callable[[list[int]], Tensor], device: torch.device) -> dict[str, float]:
-        from ..metrics.evaluate import evaluate
-
         self._setup(device)
         t0 = time.perf_counter()
         out = evaluate(sample_fn, self.n, self._extractor, self._stats, seed=self.seed, batch_size=250,
@@ -63,7 +62,6 @@ def plot_fid_curve(out_dir: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:  # plotting is optional; the numbers are in log.jsonl
         return None
-    from .._io import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([r["images_seen"] for r in recs], [r["fid"] for r in recs], marker="o", ms=3)

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from ._base import ExactDenoiser
@@ -27,6 +26,8 @@ def reference_solution(denoiser: ExactDenoiser, x_T: Tensor, *, t_end: float | N
 
     Returns float64 samples shaped like ``x_T``; solves each sample independently of the batch.
     """
+    from scipy.integrate import solve_ivp  # scipy loads in about a second: only exact references need it
+
     process, model = denoiser.process, denoiser.model
     lam0 = float(process.lam(process.t_max))
     lam1 = lam_clean if t_end is None else float(process.lam(t_end))

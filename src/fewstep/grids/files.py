@@ -90,7 +90,7 @@ def grid_file_path(spec: str | os.PathLike) -> Path:
     """The file a grid-file spec names: a path, or ``bundled:<model>`` for the tuned grids shipped with a
     bundled model (``fewstep/assets/<model>/grids.json``)."""
     if isinstance(spec, str) and spec.startswith("bundled:"):
-        from ..loading import resolve_bundled
+        from ..bundled import resolve_bundled
 
         path = resolve_bundled(spec) / BUNDLED_GRIDS
         if not path.is_file():

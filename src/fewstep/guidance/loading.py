@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..bundled import resolve_bundled
+from ..checkpoint import latest_checkpoint, read_config
 from ..nets.classifier import NoisyClassifierNet
 
 __all__ = ["BUNDLED_CLASSIFIERS", "NetworkClassifier", "load_classifier"]
@@ -35,8 +37,6 @@ def load_classifier(path: str | os.PathLike, *, ema: bool = True, device: str | 
     ``bundled:fashion-noisy-classifier``, in eval mode."""
     from safetensors.torch import load_file
 
-    from ..checkpoint import latest_checkpoint, read_config
-    from ..loading import resolve_bundled
     from ..training.classifier import classifier_config
 
     if str(path).startswith("bundled:"):

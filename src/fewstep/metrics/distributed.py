@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..devices import resolve_device
 from .stats import FeatureStats
 
 __all__ = ["world", "setup", "shard", "merge_all", "gather_stats", "gather_list", "default_device"]
@@ -26,8 +27,6 @@ def default_device(spec: str | None = None) -> torch.device:
     """The device ``spec`` names, checked by :func:`fewstep.devices.resolve_device`; without one,
     ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
     if spec:
-        from ..devices import resolve_device
-
         return resolve_device(spec)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..denoisers import DenoiserBase
+from ..loading import load_model
 from .fashion_classifier import asset_dir
 from .features import FeatureExtractor
 from .stats import FeatureStats
@@ -21,10 +23,7 @@ def load_denoiser(model: Any, device: Any = None) -> Any:
     """A denoiser object as is, or a model name/path through ``fewstep.loading.load_model``; its
     networks (``denoiser.networks()``, through any wrappers) are moved to ``device`` and put in eval mode."""
     if isinstance(model, str):
-        from ..loading import load_model
-
         model = load_model(model)
-    from ..denoisers import DenoiserBase
 
     if not isinstance(model, DenoiserBase):
         raise TypeError(f"expected a model path or a fewstep denoiser, got {type(model).__name__}")

@@ -14,7 +14,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..accel import apply_cache, parse_cache
+from ..api import generate
+from ..denoisers import NFECounter
 from ..solvers import DivergedError
+from ..solvers._common import NonFiniteError
 
 __all__ = ["SampleFn", "SolverSampleFn", "solver_sample_fn", "KeepFirst", "DivergedError"]
 
@@ -34,9 +38,6 @@ class SolverSampleFn:
 
     def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10,
                  grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, **options: Any):
-        from ..accel import apply_cache, parse_cache
-        from ..denoisers import NFECounter
-
         self.cache = parse_cache(cache)
         self.cached = apply_cache(denoiser, self.cache) if self.cache is not None else None
         self.counter = NFECounter(self.cached if self.cached is not None else denoiser)
@@ -67,9 +68,6 @@ class SolverSampleFn:
         return {"full_evals": self.cached.full_evals / self.calls, "cached_evals": self.cached.cached_evals / self.calls}
 
     def __call__(self, seeds: list[int]) -> Tensor:
-        from ..api import generate
-        from ..solvers._common import NonFiniteError
-
         self.calls += 1
         try:
             return generate(self.counter, self.shape, seeds, self.solver, self.nfe, self.grid, device=self.device,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..api import generate
 from ..context import StepContext
 from ..denoisers import accepts_context
 from ..nets._layers import broadcast_time
@@ -122,8 +123,6 @@ def calibrate(denoiser: Any, layers: dict[str, nn.Module], settings: Calibration
               device: str | torch.device = "cpu", progress: bool = False) -> Calibration:
     """Sample ``settings.n`` calibration trajectories with the float ``denoiser`` and choose each layer's
     input clipping range per timestep group.  ``layers`` are modules inside the denoiser's network."""
-    from ..api import generate
-
     shape = denoiser.sample_shape
     if shape is None:
         raise ValueError("calibration needs the model's sample shape; load it with fewstep.load_model")

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from .._io import atomic_dir
 from ..checkpoint import FORMAT, FORMAT_VERSION, load_tensors
+from ..nets import build_net
 from .network import QuantizedNetwork
 from .quantize import build_quantized, single_network
 
@@ -54,8 +55,6 @@ def save_quantized(denoiser: Any, out: str | os.PathLike, extra: dict[str, Any] 
 def load_quantized(folder: Path, config: dict[str, Any], load_state: Any) -> torch.nn.Module:
     """The :class:`QuantizedNetwork` stored in ``folder`` (``config`` already read and checked);
     ``load_state(net, tensors, path)`` loads a state dict with the loader's error messages."""
-    from ..nets import build_net
-
     info = config["quantization"]
     for key in ("bits", "quantized_layers", "levels", "level_groups", "ranges"):
         if key not in info:

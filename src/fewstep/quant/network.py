@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..context import StepContext
 from ..denoisers import accepts_context
+from ..nets import DiT, UNet
 from ..nets._layers import broadcast_time
 from .layers import KERNELS, GroupSelector, QuantConv2d, QuantLayer, QuantLinear
 
@@ -37,8 +38,6 @@ def is_time_path(name: str) -> bool:
 
 def check_supported(net: Any) -> None:
     """Raise a one-line TypeError unless ``net`` is a fewstep UNet or DiT."""
-    from ..nets import DiT, UNet
-
     if isinstance(net, QuantizedNetwork):
         raise TypeError("this model is already quantized; quantize its float checkpoint instead")
     if not isinstance(net, (UNet, DiT)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from torch import Tensor
 
 __all__ = ["phi", "data_step", "ddim_noise_split", "taylor_matrix", "taylor_factors", "expint_weights", "exp_combine",
@@ -63,8 +64,6 @@ def taylor_matrix(nodes: list[float]) -> list[list[float]]:
 
     Solves the Vandermonde system ``value_j = sum_k u_j^k / k! P^{(k)}(0)`` in float64.
     """
-    import numpy as np
-
     u = np.asarray(nodes, dtype=np.float64)
     n = len(u)
     vander = np.stack([u**k / math.factorial(k) for k in range(n)], axis=1)  # (j, k)
@@ -120,8 +119,6 @@ def lagrange_integral(nodes_v: list[float], v_of_lam, lam_s: float, lam_t: float
     DEIS's tAB, ``v = lam`` for its rho/log-rho AB; Zhang & Chen 2023, eq. 14); Gauss-Legendre in ``lam``.
     With ``v = lam`` this equals ``expint_weights`` of the nodes ``(v_j - lam_s) / h``.
     """
-    import numpy as np
-
     g, gw = np.polynomial.legendre.leggauss(points)
     lam = lam_s + (g + 1) / 2 * (lam_t - lam_s)
     wq = gw * (lam_t - lam_s) / 2 * (np.exp(-(lam_t - lam)) if data else np.exp(lam_t - lam))
@@ -159,8 +156,6 @@ def unipc_rhs(h: float, order: int, variant: str, *, data: bool) -> list[float]:
 
 def solve_vandermonde(rks: list[float], rhs: list[float]) -> list[float]:
     """Solve ``sum_m a_m r_m^{i-1} = rhs_i`` for ``a`` (UniPC's ``R a = b``)."""
-    import numpy as np
-
     r = np.asarray(rks, dtype=np.float64)
     mat = np.stack([r**i for i in range(len(rks))])
     return np.linalg.solve(mat, np.asarray(rhs, dtype=np.float64)).tolist()

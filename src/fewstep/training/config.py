@@ -13,6 +13,9 @@ import types
 import typing
 from typing import Any, Iterable, Mapping, TypeVar
 
+from .. import processes as P
+from ..nets import NET_KINDS
+
 __all__ = ["CHECKPOINT_KEYS", "check_keys", "check_type", "settings_from_dict", "check_network", "check_process",
            "check_data", "check_positive", "check_non_negative"]
 
@@ -109,8 +112,6 @@ def check_non_negative(path: str, value: float | int | None) -> None:
 
 def check_network(cfg: Any, path: str = "network") -> None:
     """Keys and types of a :func:`fewstep.nets.build_net` config."""
-    from ..nets import NET_KINDS
-
     if not isinstance(cfg, Mapping):
         raise ValueError(f"config {path} must be a JSON object, got {_show(cfg)}")
     kind = cfg.get("kind")
@@ -126,8 +127,6 @@ def _parameters(fn: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
 
 
 def _process_fields(cfg: Mapping[str, Any], path: str) -> dict[str, Any]:
-    from .. import processes as P
-
     kind = cfg.get("kind")
     if kind == "vp_discrete":
         factories = {"linear": P.VPDiscrete.linear, "scaled_linear": P.VPDiscrete.scaled_linear,

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..api import generate
 from ..data import ImageData
-from ..denoisers import PREDICTION_TYPES
+from ..denoisers import PREDICTION_TYPES, Denoiser
+from ..imagegrid import save_image_grid
 from ..nets import build_net
 from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
@@ -147,10 +149,6 @@ class DenoisingObjective(Objective):
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:
         """Sample ``n`` images from the EMA model (DPM-Solver++(2M), ``sample_nfe`` steps) into ``samples/``."""
-        from ..api import generate
-        from ..denoisers import Denoiser
-        from ..imagegrid import save_image_grid
-
         c, r = int(self.data.images.shape[1]), int(self.data.images.shape[-1])
         den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
         cond = None

@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..parametrization import Parametrization, parametrization
+from ..data import to_model_range
+from ..parametrization import network_output, parametrization
 from ..processes import NoiseProcess
 
 __all__ = ["sample_t_uniform", "sample_t_lognormal", "weight_uniform", "weight_min_snr", "weight_edm",
@@ -69,13 +70,6 @@ def weight_edm(prediction: str, process: NoiseProcess, t: Tensor, *, sigma_data:
 WEIGHTINGS: dict[str, Callable[..., Tensor]] = {"uniform": weight_uniform, "min_snr": weight_min_snr, "edm": weight_edm}
 
 
-def network_output(net: Callable[..., Tensor], param: Parametrization, x_t: Tensor, t: Tensor,
-                   cond: dict[str, Any] | None = None) -> Tensor:
-    """Call ``net`` at ``(x_t, t)`` exactly as :class:`fewstep.Denoiser` does (the parametrization's input)."""
-    x_in, t_in = param.net_input(x_t, t)
-    return net(x_in, t_in, **(cond or {}))
-
-
 def diffusion_loss(net: Callable[..., Tensor], prediction: str, process: NoiseProcess, x0: Tensor, t: Tensor,
                    eps: Tensor, *, weighting: str = "uniform", cond: dict[str, Any] | None = None,
                    sigma_data: float = 0.5, **weight_options: Any) -> Tensor:
@@ -97,8 +91,6 @@ def draw_noising(process: Any, images: Tensor, generator: torch.Generator, *, hf
     """One training batch's ``(x0, t, eps)``: uint8 ``images`` in [-1, 1] (each flipped left-right with
     probability 1/2 when ``hflip``), times from ``TIME_SAMPLERS[time_sampling]`` and Gaussian noise, all
     drawn from ``generator`` in that order (a step's batch is a function of its seed alone)."""
-    from ..data import to_model_range
-
     x0 = to_model_range(images)
     if hflip:
         flip = torch.rand(len(x0), generator=generator) < 0.5

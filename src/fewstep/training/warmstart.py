@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..loading import load_model
+
 __all__ = ["warm_start"]
 
 _ZERO_INIT_SUFFIXES = ("embed.classes.weight",)
@@ -25,8 +27,6 @@ def warm_start(net: nn.Module, source: str, config: Mapping[str, Any]) -> list[s
     (a network trained for another process or parametrisation predicts something else).
     Returns the names of the parameters that were zero-initialised instead of copied.
     """
-    from ..loading import load_model
-
     den = load_model(source)
     src_cfg = den.config or {}
     for key in ("process", "prediction"):

@@ -1,8 +1,8 @@
 """Tuning: what fewstep fits to a model before sampling it, above the sampling layer.
 
 * ``reference`` - the near-exact ODE solution every tuner and the evaluation measure against (one
-  computation: :func:`near_exact_path`), and :class:`ReferenceSet` (fixed seeds, their reference, an RMSE);
-  ``reference_cache`` - its on-disk cache (:class:`NearExact`).
+  computation: :func:`near_exact_path`); ``reference_cache`` - its on-disk cache (:class:`NearExact`);
+  ``reference_set`` - :class:`ReferenceSet` (fixed seeds, their reference, the RMSE of a solve to it).
 * ``search`` - model-based grid search (Align Your Steps-style), the teleported start time as one more
   coordinate; ``descent`` - the coordinate descent behind it and TimeTuner.
 * ``gaussian`` - analytic grids from a Gaussian data model (no network evaluation).
@@ -21,7 +21,8 @@ from .ems import compute_ems
 from .gaussian import DEFAULT_DATA_STD, analytic_grid, gaussian_error, gaussian_spectrum, lte_weights
 from .reference_cache import NearExact, reference_solutions
 from .optimize import METHODS, expected_evaluations, optimize_grids
-from .reference import ReferenceSet, ReferenceSettings, near_exact, near_exact_batch, near_exact_path
+from .reference import ReferenceSettings, near_exact, near_exact_batch, near_exact_path
+from .reference_set import ReferenceSet
 from .search import descend_grid, interior_lams, search_grid, times_from_lams
 from .timetuner import tune_net_times
 

@@ -22,6 +22,7 @@ pass per ``lam`` and saved atomically, so an interrupted computation resumes at 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -97,8 +98,6 @@ def _finish(lam: Tensor, sums: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor,
 
 
 def _data_hash(data: Tensor) -> str:
-    import hashlib
-
     return hashlib.sha256(data.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 

@@ -17,7 +17,7 @@ from ..grids.files import GridEntry, is_grid_file, select_entry
 from ..nettimes import time_tuned
 from .dc import search_ratios
 from .gaussian import DEFAULT_DATA_STD, analytic_grid
-from .reference import ReferenceSet
+from .reference_set import ReferenceSet
 from .search import search_grid
 from .timetuner import tune_net_times
 

@@ -11,14 +11,15 @@ grid by default) stopping at ``t_min`` with ``nfe - 1`` evaluations, plus one da
 solver's own order holds over the whole interval, no first-order jump to ``sigma = 0`` at the end.  Passing
 through given times it also returns the states there (each interval refined alike), what DC-Solver's ratio
 search compares each step with.  Every user calls it: the evaluation's error to the near-exact solution and
-its on-disk cache (:mod:`fewstep.tuning.reference_cache`), the grid search and TimeTuner (:class:`ReferenceSet`),
+its on-disk cache (:mod:`fewstep.tuning.reference_cache`), the grid search and TimeTuner
+(:class:`~fewstep.tuning.reference_set.ReferenceSet`),
 DC-Solver's ratio search (:mod:`fewstep.tuning.dc`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from ..grids import make_grid
 from ..solvers import DivergedError, NonFiniteError
 from ..solvers._common import Cond
 
-__all__ = ["ReferenceSettings", "near_exact_path", "near_exact", "near_exact_batch", "ReferenceSet"]
+__all__ = ["ReferenceSettings", "near_exact_path", "near_exact", "near_exact_batch"]
 
 
 @dataclass(frozen=True)
@@ -128,68 +129,3 @@ def near_exact_batch(denoiser: Any, shape: Sequence[int], seeds: Sequence[int], 
     except DivergedError as err:
         raise DivergedError(f"{err} (seeds {seeds[0]}..{seeds[-1]})") from err
     return x0.detach().to("cpu", torch.float32).clone()
-
-
-class ReferenceSet:
-    """Prior noise of fixed ``seeds`` and the near-exact solution from it, computed once: what grid search,
-    TimeTuner and DC-Solver's tuning score candidates against.
-
-    The reference is :func:`near_exact` with ``solver`` at ``nfe`` evaluations on ``grid`` (dpm++3m at 200 NFE
-    on the logSNR grid by default); :meth:`rmse` scores any deterministic few-step solve against it.  With
-    ``cache_dir`` (a contiguous seed range, no ``cond``) it is read from or written to the evaluation's
-    on-disk cache (:class:`fewstep.tuning.NearExact`), so repeated optimizations (other solvers, NFEs, methods)
-    and ``fewstep bench model --reference-cache`` share one computation.
-    """
-
-    def __init__(self, denoiser: Any, shape: Sequence[int], seeds: Iterable[int], *, solver: str = "dpm++3m",
-                 nfe: int = 200, grid: str | None = "logsnr", batch_size: int = 64, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", cond: dict[str, Any] | None = None,
-                 cache_dir: str | None = None, progress: bool = False):
-        self.denoiser, self.seeds, self.batch_size, self.cond = denoiser, list(seeds), batch_size, cond
-        if not self.seeds:
-            raise ValueError("a reference set needs at least one seed")
-        if grid is not None and not isinstance(grid, str):
-            raise ValueError("the near-exact reference takes a named grid (e.g. logsnr), not explicit times")
-        self.settings = ReferenceSettings(solver, nfe, grid, str(dtype).removeprefix("torch."))
-        self.x_T = prior_noise(denoiser.process, shape, generators(self.seeds), dtype=dtype, device=device)
-        self.description = {"solver": solver, "nfe": nfe, "grid": grid, "seeds": [self.seeds[0], self.seeds[-1] + 1]}
-        if cache_dir is not None:
-            self.reference = self._cached(shape, cache_dir, device, progress)
-            self.description["near_exact"] = True
-        else:
-            self.reference = torch.cat([near_exact(denoiser, x, self.settings, cond=c) for x, c in self._batches()])
-
-    def _cached(self, shape: Sequence[int], cache_dir: str, device: Any, progress: bool) -> Tensor:
-        """The near-exact solutions of the seeds, through the on-disk cache."""
-        from .reference_cache import reference_solutions
-
-        if self.cond:
-            raise ValueError("a cached reference (cache_dir) does not take conditioning; leave cache_dir unset")
-        if self.seeds != list(range(self.seeds[0], self.seeds[0] + len(self.seeds))):
-            raise ValueError("a cached reference needs a contiguous seed range (e.g. 10000:10064)")
-        ref = reference_solutions(self.denoiser, shape, self.seeds, self.settings, cache_dir=cache_dir,
-                                  batch_size=self.batch_size, device=device, progress=progress)
-        return ref.to(self.x_T.device, self.x_T.dtype)
-
-    def _batches(self) -> list[tuple[Tensor, Cond]]:
-        """``(x_T, cond)`` batch by batch, the conditioning cut to each batch's samples."""
-        out = []
-        for a in range(0, len(self.x_T), self.batch_size):
-            b = a + self.batch_size
-            cond = {k: v[a:b] if isinstance(v, Tensor) else v for k, v in self.cond.items()} if self.cond else None
-            out.append((self.x_T[a:b], cond))
-        return out
-
-    def solve(self, solver: str, nfe: int, grid: Any, denoiser: Any = None,
-              options: dict[str, Any] | None = None) -> Tensor:
-        """The few-step solve of every seed (optionally through another ``denoiser``, e.g. a TimeTuner,
-        with solver ``options``, e.g. DC-Solver's ratios)."""
-        den = self.denoiser if denoiser is None else denoiser
-        return torch.cat([sample(den, x, solver, nfe, grid, cond=c, **(options or {})) for x, c in self._batches()])
-
-    def rmse(self, solver: str, nfe: int, grid: Any, denoiser: Any = None,
-             options: dict[str, Any] | None = None) -> float:
-        """RMS distance of the few-step solve to the reference (inf when it diverges)."""
-        out = self.solve(solver, nfe, grid, denoiser, options)
-        err = float((out.double() - self.reference.double()).pow(2).mean().sqrt())
-        return err if err == err else float("inf")

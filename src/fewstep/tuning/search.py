@@ -20,7 +20,7 @@ from .. import solvers
 from ..grids import make_grid
 from ..processes import NoiseProcess
 from .descent import DescentResult, coordinate_descent
-from .reference import ReferenceSet
+from .reference_set import ReferenceSet
 
 __all__ = ["times_from_lams", "interior_lams", "descend_grid", "search_grid"]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..nettimes import TimeTunedDenoiser
 from .descent import DescentResult, coordinate_descent
-from .reference import ReferenceSet
+from .reference_set import ReferenceSet
 
 __all__ = ["tune_net_times"]
 

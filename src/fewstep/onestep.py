@@ -1,4 +1,4 @@
-"""One-step generators distilled from a diffusion model, and how fewstep samples them.
+"""One-step generators distilled from a diffusion model (:mod:`fewstep.distill`), and how fewstep samples them.
 
 A Score identity Distillation generator (Zhou et al. 2024, sec. 3) is a copy of the teacher's
 network evaluated at one fixed noise level: ``x_g = f_theta(sigma_init z, sigma_init)`` in EDM
@@ -23,11 +23,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..context import StepContext
-from ..denoisers import DenoiserBase, NetworkTransform
-from ..parametrization import Parametrization, Prediction, parametrization
-from ..processes import NoiseProcess
-from ..training.losses import network_output
+from .context import StepContext
+from .denoisers import DenoiserBase, NetworkTransform
+from .parametrization import Parametrization, Prediction, network_output, parametrization
+from .processes import NoiseProcess
 
 __all__ = ["generator_time", "generate_x0", "OneStepGenerator", "DEFAULT_SIGMA_INIT"]
 

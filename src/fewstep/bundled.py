@@ -1,0 +1,22 @@
+"""``bundled:<name>``: the models and data shipped inside the package (``fewstep/assets/``)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+__all__ = ["BUNDLED", "resolve_bundled"]
+
+BUNDLED = {"fashion": "fashion", "fashion-cond": "fashion-cond", "fashion-sid": "fashion-sid"}
+
+
+def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = "model") -> Path:
+    """The asset folder of ``bundled:<name>`` shipped inside the package (``table``: name -> folder)."""
+    table = BUNDLED if table is None else table
+    key = name.split(":", 1)[1] if name.startswith("bundled:") else name
+    if key not in table:
+        raise ValueError(f"unknown bundled {what} {name!r}; available: {', '.join('bundled:' + k for k in table)}")
+    path = Path(str(files("fewstep") / "assets" / table[key]))
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the bundled model {name} is missing from this installation ({path}); reinstall fewstep")
+    return path
