@@ -23,7 +23,7 @@ from torch import nn
 from ._io import atomic_dir
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointDamaged", "write_checkpoint", "save_checkpoint",
-           "latest_checkpoint", "list_checkpoints", "newest_readable_config", "remove_stale_temporaries",
+           "latest_checkpoint", "checkpoint_folder", "list_checkpoints", "newest_readable_config", "remove_stale_temporaries",
            "read_config", "read_json", "load_tensors", "load_optimizer_state", "optimizer_tensors", "export_ema"]
 
 FORMAT = "fewstep-checkpoint"
@@ -103,6 +103,17 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def checkpoint_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` itself, or for a run folder (``checkpoints/`` and no ``config.json``) its newest checkpoint."""
+    folder = Path(folder)
+    if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
+        return latest
+    return folder
 
 
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .bundled import BUNDLED, resolve_bundled
-from .checkpoint import latest_checkpoint, read_config
+from .checkpoint import checkpoint_folder, read_config
 from .denoisers import Denoiser, DenoiserBase
 from .nets import build_net
 from .onestep import OneStepGenerator
@@ -46,11 +46,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
                                 f"UNet2DModel folder or bundled:fashion)")
     if not folder.is_dir():
         raise ValueError(f"model {spec} is a file; pass the folder that holds config.json and the .safetensors weights")
-    if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
-        latest = latest_checkpoint(folder)
-        if latest is None:
-            raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
-        folder = latest
+    folder = checkpoint_folder(folder)
     den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..bundled import resolve_bundled
-from ..checkpoint import latest_checkpoint, read_config
+from ..checkpoint import checkpoint_folder, read_config
 from ..nets.classifier import NoisyClassifierNet
 
 __all__ = ["BUNDLED_CLASSIFIERS", "NetworkClassifier", "load_classifier"]
@@ -45,11 +45,7 @@ def load_classifier(path: str | os.PathLike, *, ema: bool = True, device: str | 
     if not folder.is_dir():
         raise FileNotFoundError(f"classifier {path} not found (give the run folder or checkpoint folder of "
                                 f"`fewstep train --config fashion-noisy-classifier`)")
-    if (folder / "checkpoints").is_dir() and not (folder / "config.json").exists():
-        latest = latest_checkpoint(folder)
-        if latest is None:
-            raise FileNotFoundError(f"run folder {folder} holds no complete checkpoint yet")
-        folder = latest
+    folder = checkpoint_folder(folder)
     cfg = read_config(folder)
     if "classifier" not in cfg:
         raise ValueError(f"{folder} is not a classifier checkpoint (its config has no 'classifier' section; a "
