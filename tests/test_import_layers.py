@@ -26,7 +26,7 @@ LAYERS = [
     ("solvers", {"solvers"}),
     ("sampling", {"api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features"}),
     ("tuning", {"tuning"}),
-    ("evaluation", {"metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
+    ("applications", {"metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 
