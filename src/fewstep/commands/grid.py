@@ -168,6 +168,8 @@ def _describe(e: Any) -> str:
         " ".join(f"{t:.4g}" for t in e.times)
     if e.net_times is not None:
         line += "\n    net   " + " ".join(f"{t:.4g}" for t in e.net_times)
+    if e.teleport is not None:
+        line += f"\n    teleport {e.teleport:.4f} (start: the data Gaussian's exact flow from t_max)"
     for k, v in (e.options or {}).items():
         text = " ".join(f"{r:.4g}" for r in v) if isinstance(v, list) else f"{v:.4g}" if isinstance(v, float) else str(v)
         line += f"\n    {k:<5} {text}"

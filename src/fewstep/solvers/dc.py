@@ -204,7 +204,8 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
     Gaussian's exact flow (:mod:`fewstep.teleport`).  Costs about ``nfe * (iterations + 4)`` evaluations of ``len(seeds)`` samples plus
     the reference solve.
     """
-    from ..api import generators, prior_noise, start_state
+    from ..api import generators, prior_noise
+    from ..teleport import teleported_start
     from . import get
 
     seeds = list(seeds)
@@ -226,7 +227,7 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
 
     with torch.inference_mode():
         ref = reference_states(denoiser, x_T, schedule, reference_nfe, cond, teleported=teleport is not None)
-        _unipc(denoiser, start_state(denoiser, x_T, schedule, teleport), schedule, order=order, variant=variant, prediction=prediction, corrector=True,
+        _unipc(denoiser, x_T if teleport is None else teleported_start(denoiser, x_T, float(schedule.t[0])), schedule, order=order, variant=variant, prediction=prediction, corrector=True,
                disable_corrector=(), lower_order_final=True, callback=None, cond=cond, dc_order=dc_order,
                search=search)
     return found
