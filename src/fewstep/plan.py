@@ -16,6 +16,7 @@ explicit choice (``borrow="ipndm"``) and never carries that entry's start unless
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -129,6 +130,38 @@ class SamplingPlan:
             raise ValueError(f"{where} needs a solver with a fixed number of evaluations; {self.solver!r} chooses its "
                              f"steps from the data")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """What rebuilds this plan (:meth:`from_dict`): solver, NFE, times, start time and kind, network times and
+        the full solver options; JSON-ready (a diffusers scheduler config keeps it).  A start whose Gaussian is an
+        object, or options that are not plain data, cannot be stored and are refused."""
+        options = {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in self.options.items()}
+        try:
+            json.dumps(options)
+        except TypeError:
+            raise ValueError(f"the plan's solver options ({', '.join(sorted(self.options))}) hold objects; a stored "
+                             f"plan keeps plain numbers and lists only") from None
+        return {"solver": self.solver, "nfe": self.nfe, "times": [float(t) for t in self.times.tolist()],
+                "start": {"t": self.start.t, "kind": self.start.kind}, "options": options,
+                "net_times": None if self.net_times is None else list(self.net_times), "clean_end": self.clean_end,
+                "grid": self.grid}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], gaussian: Any = None) -> "SamplingPlan":
+        """The plan :meth:`to_dict` stored (``gaussian``: the data Gaussian of a teleported start)."""
+        missing = [k for k in ("solver", "nfe", "times", "start", "options") if k not in d]
+        if missing:
+            raise ValueError(f"a stored sampling plan lacks {', '.join(missing)}")
+        spec = solvers.get(d["solver"])
+        times = torch.tensor(d["times"], dtype=torch.float64)
+        steps, _ = spec.steps_for(int(d["nfe"]), bool(d.get("clean_end", True)))
+        if len(times) != steps + 1:
+            raise ValueError(f"a stored plan for {spec.name} at nfe={d['nfe']} has {len(times) - 1} steps; it takes {steps}")
+        start = Start(float(d["start"]["t"]), d["start"].get("kind", "prior"), gaussian, "stored plan")
+        net = d.get("net_times")
+        return cls(spec.name, int(d["nfe"]), times, start, dict(d["options"]), bool(d.get("clean_end", True)),
+                   None if net is None else tuple(float(t) for t in net), d.get("grid"), None,
+                   {"times": "stored plan"})
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of the resolved plan (manifests, eval/bench JSON, reports)."""
