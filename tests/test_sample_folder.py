@@ -42,7 +42,12 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
                         "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
-                        "sample_shape": [1, 8, 8], "fewstep_version": manifest["fewstep_version"]}
+                        "sample_shape": [1, 8, 8], "plan": manifest["plan"], "fewstep_version": manifest["fewstep_version"]}
+    # the resolved plan: start, times and where they came from
+    plan = manifest["plan"]
+    assert plan["solver"] == "dpm++2m" and plan["nfe"] == 2 and plan["grid"] == "uniform"
+    assert plan["start"] == {"t": 999.0, "kind": "prior", "source": "process start"}
+    assert len(plan["times"]) == 3 and plan["times"][0] == 999.0 and plan["times"][-1] == 0.0 and plan["clean_end"]
     import fewstep
     assert manifest["fewstep_version"] == fewstep.__version__
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .attachments import attach_from
 from .denoisers import Denoiser, DenoiserBase
 from .processes import NoiseProcess, VPDiscrete
 
@@ -41,9 +42,9 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
-    ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
-    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``, the data Gaussian of
-    ``<checkpoint>/gaussian.safetensors`` (:mod:`fewstep.teleport`) as ``denoiser.data_gaussian``.  A quantized folder (``fewstep
+    ``ema=False`` loads the raw training weights of a checkpoint.  The declared attachments found beside the
+    checkpoint (:mod:`fewstep.attachments`: DPM-Solver-v3's ``ems``, the ``data_gaussian`` and
+    ``class_gaussians`` of :mod:`fewstep.teleport`, tuned plans as ``plan_file``) are attached.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
     gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
@@ -65,33 +66,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()
-    _attach_ems(den, folder)
-    _attach_gaussian(den, folder)
+    attach_from(den, folder)
     return den
-
-
-def _attach_ems(den: Denoiser, folder: Path) -> None:
-    """Attach DPM-Solver-v3's statistics saved in ``<folder>/ems/`` (``fewstep ems``) as ``den.ems``.
-
-    They are checked against the model (fingerprint and process) when the ``dpm_v3`` solver uses them.
-    """
-    if (folder / "ems" / "ems.json").exists():
-        from .solvers.dpm_v3.stats import EMS
-
-        den.ems = EMS.load(folder / "ems")  # type: ignore[attr-defined]
-
-
-def _attach_gaussian(den: Denoiser, folder: Path) -> None:
-    """Attach the training data's Gaussian saved as ``<folder>/gaussian.safetensors`` (``fewstep gaussian``) as
-    ``den.data_gaussian`` (and its per-class Gaussians, if saved, as ``den.class_gaussians``): what ``teleport``
-    and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
-    from .teleport import GAUSSIAN_FILE, load_class_gaussians, load_gaussian
-
-    if (folder / GAUSSIAN_FILE).exists():
-        den.data_gaussian = load_gaussian(folder / GAUSSIAN_FILE)  # type: ignore[attr-defined]
-        classes = load_class_gaussians(folder / GAUSSIAN_FILE)
-        if classes is not None:  # `fewstep gaussian --per-class`: class-conditional teleport
-            den.class_gaussians = classes  # type: ignore[attr-defined]
 
 
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:

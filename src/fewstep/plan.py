@@ -31,7 +31,10 @@ from .grids import GRIDS, GridSpec, Schedule, make_grid, make_schedule
 from .grids.files import GridEntry, grid_entry, is_grid_file
 from .grids.timetuner import time_tuned
 
-__all__ = ["Start", "SamplingPlan", "make_plan", "start_time"]
+__all__ = ["Start", "SamplingPlan", "make_plan", "start_time", "TUNED"]
+
+TUNED = "tuned"
+"""``grid="tuned"``: the plan file attached to the model (``plans.json`` beside its checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class SamplingPlan:
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of the resolved plan (manifests, eval/bench JSON, reports)."""
         out: dict[str, Any] = {"solver": self.solver, "nfe": self.nfe, "grid": self.grid,
-                               "start": self.start.describe(), "times": [_num(t) for t in self.times.tolist()]}
+                               "start": self.start.describe(), "times": [_num(t) for t in self.times.tolist()],
+                               "clean_end": self.clean_end}
         if self.net_times is not None:
             out["net_times"] = [_num(t) for t in self.net_times]
         tuned = {k: v for k, v in self.options.items() if k in self.sources.get("options_keys", "").split(",")}
@@ -214,8 +218,8 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
               **options: Any) -> SamplingPlan:
     """Resolve a :class:`SamplingPlan` for ``denoiser`` (its process) once, every argument checked.
 
-    ``grid``: a name from ``fewstep.grids.GRIDS``, an explicit decreasing list of times, a plan (grid) file or
-    ``bundled:<model>`` (its entry for exactly this solver and NFE: times, start, network times, tuned options), or
+    ``grid``: a name from ``fewstep.grids.GRIDS``, an explicit decreasing list of times, a plan (grid) file,
+    ``"tuned"`` (the model's own plan file, attached by ``load_model``) or ``bundled:<model>`` (its entry for exactly this solver and NFE: times, start, network times, tuned options), or
     ``None`` for the process's ``default_grid``.  ``borrow``: with a plan file, use that solver's entry's *times*
     for this solver (its network times and options stay with it; its teleported start only when ``teleport`` asks
     for the same time).  ``teleport``: start at that time, reached from ``t_max`` by the data Gaussian's exact flow
@@ -226,6 +230,16 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
     process = denoiser.process
     spec = solvers.get(solver)
     spec.check_options(options)
+    tuned_file = None
+    if isinstance(grid, str) and grid == TUNED:
+        from .attachments import attached
+
+        tuned_file = attached(denoiser, "plan_file")
+        if tuned_file is None:
+            raise ValueError("grid='tuned' (--plan tuned) uses the plans tuned for this model, and it has none: write "
+                             "them with `fewstep tune --model M --data D --out <checkpoint>/plans.json`, or pass a plan "
+                             "file")
+        grid = str(tuned_file)
     steps, planned = spec.steps_for(nfe, clean_end)
     sources: dict[str, str] = {}
     grid_options = dict(grid_options or {})
@@ -284,6 +298,8 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
     sources["options_keys"] = ",".join(sorted(tuned))
     desc_grid = str(grid) if isinstance(grid, (str, os.PathLike)) else ("explicit" if grid is not None
                                                                           else process.default_grid)
+    if tuned_file is not None:
+        desc_grid = f"tuned ({tuned_file})"
     entry_desc = None if entry is None else {"solver": entry.solver, "nfe": entry.nfe, "method": entry.method,
                                              "borrowed": entry.solver != spec.name}
     return SamplingPlan(spec.name, int(nfe), times, start, kwargs, clean_end, net_times, desc_grid, entry_desc, sources)

@@ -207,6 +207,9 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         name, grid, nfe, model, cache = run
         label = {"solver": name, "grid": grid, "nfe": nfe, **({"model": model} if model else {}),
                  **({"cache": cache} if cache else {})}
+        plan = sampler(run).plan  # the resolved plan each row records: start, times and where they came from
+        label["start"] = f"t={plan.start.t:g} ({plan.start.kind})"
+        label["times_from"] = plan.sources["times"]
         png_path = Path(cfg.out) / "samples" / _grid_name(*run) if cfg.out else None
         if cfg.limit_nfe > 0 and (name, nfe, model, cache) == (LIMIT_SOLVER, cfg.limit_nfe, "", ""):
             label["role"] = "ODE limit"

@@ -39,7 +39,7 @@ def _read(folder: Path) -> dict[str, Any] | None:
     return data
 
 
-_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None}
+_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None}
 """Settings added after manifests were first written, with the value an older manifest implies."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._destination import Destination, check_writable, parse_destination
 from ._samplefolder import MANIFEST, check_manifest, image_name, is_valid_png, write_manifest
+from ._plan import add_plan_args, plan_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,16 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "or bundled:fashion")
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=20)
-    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic, karras or a grid file "
-                                                   "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
-                                                   "that model; default: the process's, "
-                                                   "time-uniform for VP models, karras for EDM)")
-    p.add_argument("--teleport", type=float, default=None, metavar="T",
-                   help="start the solve at time T below t_max, reached by the training data Gaussian's exact flow "
-                        "(all NFE spent below T; the model needs a gaussian.safetensors: `fewstep gaussian`; "
-                        "bundled:fashion has one; with --class one per class, `--per-class`, as bundled:fashion-cond has). "
-                        "About 700 at 5-6 NFE, 900 at 8-10 (docs/solvers.md). A grid file entry tuned with teleport "
-                        "carries its own T")
+    add_plan_args(p)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -162,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..devices import resolve_device
     from ..grids import GRIDS
+    from ..plan import TUNED, make_plan
     from ..solvers import get as get_solver
 
     if args.n < 1 or args.batch_size < 1 or args.nfe < 1:
@@ -169,11 +162,13 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without the model is checked first: a mistake costs a second.
     solver = get_solver(args.solver)
     solver.steps_for(args.nfe)
+    grid, plan_kwargs = plan_from_args(args)
+    args.grid = grid
     from ..accel import parse_cache
 
     cache = parse_cache(args.cache)
     args.cache = None if cache is None else str(cache)
-    if args.grid is not None and args.grid not in GRIDS:
+    if args.grid is not None and args.grid not in GRIDS and args.grid != TUNED:
         from ..grids.files import is_grid_file, read_grid_file
 
         if not is_grid_file(args.grid):
@@ -196,12 +191,14 @@ def run(args: argparse.Namespace) -> int:
 
     den = load_model(model_path, ema=not args.raw, device=device)
     shape = tuple(den.sample_shape)
+    plan = make_plan(den, solver.name, args.nfe, args.grid, **plan_kwargs)
     seeds = list(range(args.seed, args.seed + args.n))
     todo = seeds
     if dest.kind == "folder":
-        settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape)}
+        settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape),
+                    "plan": plan.describe()}
         keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "class_label", "guidance", "sample_shape",
-                "fewstep_version")
+                "plan", "fewstep_version")
         settings = {key: settings[key] for key in keys}
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
@@ -220,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         classes = num_classes(den) or (classifier.num_classes if classifier is not None else 0)
         labels = class_labels(args.class_label, len(seeds), classes)
     den = _guided(den, args, classifier)
-    images = _draw(den, shape, todo, args, device, dest, labels)
+    images = _draw(den, shape, todo, args, device, dest, labels, plan)
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
     if cache is not None and todo:
@@ -231,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
-          dest: Destination, labels: Any = None) -> list[Any]:
+          dest: Destination, labels: Any = None, plan: Any = None) -> list[Any]:
     """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned.
 
     ``labels[i]`` is the class of seed ``args.seed + i`` (whatever the batch it falls in)."""
@@ -252,8 +249,7 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
             if labels is not None:
                 cond["class_labels"] = labels[[s - args.seed for s in chunk]].to(device)
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
-            x = generate(den, shape, chunk, args.solver, args.nfe, args.grid, device=device, callback=step, cond=cond,
-                         teleport=args.teleport)
+            x = generate(den, shape, chunk, plan, device=device, callback=step, cond=cond)
             if dest.kind == "folder":
                 for s, img in zip(chunk, to_uint8(x)):
                     save_png(img, dest.path / image_name(s))

@@ -29,7 +29,8 @@ class SolverSampleFn:
 
     ``nfe_used`` is the mean number of network evaluations per call (per batch), counted by
     :class:`fewstep.denoisers.NFECounter`; it differs from ``nfe`` only for adaptive solvers.
-    ``description`` is what identifies the sampler in saved results.  ``cache`` (a spec string such
+    ``description`` is what identifies the sampler in saved results; ``plan`` the resolved
+    :class:`~fewstep.plan.SamplingPlan` it runs (``plan.describe()`` is what results record).  ``cache`` (a spec string such
     as ``"deepcache:3"``, see :mod:`fewstep.accel`) wraps the denoiser in a feature cache; the
     description then records it and :attr:`evals_used` what the evaluations really cost.
     """
@@ -42,9 +43,12 @@ class SolverSampleFn:
         self.cache = parse_cache(cache)
         self.cached = apply_cache(denoiser, self.cache) if self.cache is not None else None
         self.counter = NFECounter(self.cached if self.cached is not None else denoiser)
+        from ..plan import make_plan
+
         self.shape = tuple(int(v) for v in shape)
         self.solver, self.nfe, self.device, self.options = solver, int(nfe), torch.device(device), options
         self.grid = denoiser.process.default_grid if grid is None else grid
+        self.plan = make_plan(denoiser, solver, self.nfe, grid, **options)  # resolved once, checked before any work
         self.calls = 0
 
     @property
@@ -74,8 +78,7 @@ class SolverSampleFn:
 
         self.calls += 1
         try:
-            return generate(self.counter, self.shape, seeds, self.solver, self.nfe, self.grid, device=self.device,
-                            **self.options)
+            return generate(self.counter, self.shape, seeds, self.plan, device=self.device)
         except NonFiniteError as err:
             raise DivergedError(f"{self.solver} at nfe={self.nfe} diverged: {err}") from err
 

@@ -159,3 +159,8 @@ def find_ems(denoiser: Any) -> EMS | None:
     from ...denoisers import find_attached
 
     return find_attached(denoiser, "ems")
+
+
+def load_ems_file(path: str | os.PathLike) -> EMS:
+    """The statistics whose ``ems.json`` is ``path`` (the model attachment ``ems``, :mod:`fewstep.attachments`)."""
+    return EMS.load(Path(path).parent)
