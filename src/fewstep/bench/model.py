@@ -167,10 +167,10 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         near = NearExact(denoiser, shape, range(cfg.seed, cfg.seed + cfg.n),
                          ReferenceSettings(cfg.reference_solver, cfg.reference_nfe, cfg.reference_grid),
                          cache_dir=cache, batch_size=batch_size, device=device, progress=progress and rank0)
-    if cfg.compile:
-        from ..compiling import compile_denoiser
+    if cfg.compile:  # composed as every command composes (fewstep.compose); caches in the sample functions
+        from ..compose import compose_sampler
 
-        compile_denoiser(denoiser)
+        compose_sampler(denoiser, compile=True)
     t0 = time.perf_counter()
     store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .stats import add_extractor_args
+from ._compose import add_guidance_args, check_guidance_args, guidance_from_args
 from ._plan import add_plan_args, plan_from_args
 
 
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=10)
     add_plan_args(p)
+    add_guidance_args(p)
     p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
     grid, plan_kwargs = plan_from_args(args)
+    check_guidance_args(args)
+    if args.class_label is not None and args.class_label.strip().lstrip("-").isdigit():
+        args.class_label = int(args.class_label)
     cache = parse_cache(args.cache)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from ._reference import near_exact_from_args
 
     near = near_exact_from_args(args, denoiser, shape, device) if args.reference else None  # before compiling
-    if args.compile:
-        from ..compiling import compile_denoiser
+    if args.compile:  # composed as every command composes (fewstep.compose); cache and guidance in the sample function
+        from ..compose import compose_sampler
 
-        compile_denoiser(denoiser)
-    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, grid, device, cache=cache, **plan_kwargs)
+        compose_sampler(denoiser, compile=True)
+    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, grid, device, cache=cache,
+                                 guidance=guidance_from_args(args, device), class_label=args.class_label,
+                                 first_seed=args.seed, **plan_kwargs)
     batch_size = args.batch_size or default_batch_size(device)
     if world()[0] == 0:
         print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "

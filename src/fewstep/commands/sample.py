@@ -8,6 +8,7 @@ from typing import Any
 
 from ._destination import Destination, check_writable, parse_destination
 from ._samplefolder import MANIFEST, check_manifest, image_name, is_valid_png, write_manifest
+from ._compose import add_guidance_args, check_guidance_args, guidance_from_args, guidance_settings
 from ._plan import add_plan_args, plan_from_args
 
 
@@ -25,24 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--class", "--class-label", dest="class_label", default=None, metavar="C",
-                   help="class(es) to condition on: a number, a comma-separated list cycled over the seeds, or 'all' "
-                        "(class-conditional models, or any model with --guidance classifier)")
-    p.add_argument("--guidance", choices=["cfg", "classifier"], default=None,
-                   help="cfg: classifier-free guidance (a model trained with label dropout, e.g. bundled:fashion-cond); "
-                        "classifier: guidance by a noise-aware classifier (--classifier); docs/guidance.md")
-    p.add_argument("--guidance-scale", type=float, default=None, metavar="W",
-                   help="guidance scale (cfg: 1 = conditional, 0 = unconditional; classifier: 0 = none)")
-    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
-                   help="guide only where the noise level sigma/alpha lies in (LO, HI] (Kynkaanniemi et al. 2024), "
-                        "e.g. 0.3,5; HI may be inf")
-    p.add_argument("--classifier", default=None, metavar="PATH",
-                   help="noise-aware classifier for --guidance classifier (a run or checkpoint folder of "
-                        "`fewstep train --config fashion-noisy-classifier`)")
-    p.add_argument("--calibration", default=None, metavar="FILE",
-                   help="per-noise-level temperatures for the classifier (calibrated guidance, EluCD; docs/guidance.md)")
-    p.add_argument("--joint-temperature", type=float, default=1.0, help=argparse.SUPPRESS)
-    p.add_argument("--marginal-temperature", type=float, default=1.0, help=argparse.SUPPRESS)
+    add_guidance_args(p)
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights of a checkpoint")
     p.add_argument("--out", required=True, help="grid.png (.jpg, .jpeg, .webp), file.npz, or a folder (no suffix)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
@@ -77,64 +61,8 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
         settings["grid"] = args.grid
     settings["teleport"] = args.teleport
     settings["cache"] = args.cache
-    settings.update(class_label=args.class_label, guidance=_guidance_settings(args), fewstep_version=__version__)
+    settings.update(class_label=args.class_label, guidance=guidance_settings(args), fewstep_version=__version__)
     return settings
-
-
-def _guidance_settings(args: argparse.Namespace) -> dict[str, Any] | None:
-    """What the manifest records about guidance (None without)."""
-    if args.guidance is None:
-        return None
-    out: dict[str, Any] = {"method": args.guidance, "scale": args.guidance_scale, "interval": args.guidance_interval}
-    if args.guidance == "classifier":
-        out.update(classifier=str(Path(args.classifier).resolve()),
-                   calibration=str(Path(args.calibration).resolve()) if args.calibration else None,
-                   joint_temperature=args.joint_temperature, marginal_temperature=args.marginal_temperature)
-    return out
-
-
-def _check_guidance_args(args: argparse.Namespace) -> None:
-    """Flag combinations that are wrong whatever the model, refused before it loads."""
-    from ..denoisers import GuidanceInterval
-
-    if args.guidance is None:
-        extra = [f for f, v in (("--guidance-scale", args.guidance_scale), ("--guidance-interval", args.guidance_interval),
-                                ("--classifier", args.classifier), ("--calibration", args.calibration)) if v is not None]
-        if extra:
-            raise ValueError(f"{extra[0]} needs --guidance cfg or --guidance classifier")
-        return
-    if args.guidance_scale is None:
-        raise ValueError(f"--guidance {args.guidance} needs --guidance-scale W (e.g. 2)")
-    if args.class_label is None:
-        raise ValueError(f"--guidance {args.guidance} needs --class C (a class, a list, or all)")
-    GuidanceInterval.parse(args.guidance_interval)
-    if args.guidance == "classifier" and args.classifier is None:
-        raise ValueError("--guidance classifier needs --classifier PATH (a noise-aware classifier trained with "
-                         "`fewstep train --config fashion-noisy-classifier`)")
-    if args.guidance == "cfg" and (args.classifier or args.calibration):
-        raise ValueError("--classifier and --calibration belong to --guidance classifier, not cfg")
-
-
-def _guiding_classifier(args: argparse.Namespace, device: Any) -> Any:
-    """The (calibrated) noise-aware classifier of ``--guidance classifier``, else None."""
-    if args.guidance != "classifier":
-        return None
-    from ..guidance import load_calibration, load_classifier
-
-    classifier = load_classifier(args.classifier, device=device)
-    return load_calibration(args.calibration, classifier) if args.calibration else classifier
-
-
-def _guided(den: Any, args: argparse.Namespace, classifier: Any) -> Any:
-    """The model with the requested guidance (a thin layer over fewstep.guidance.guide)."""
-    from ..guidance import guide
-
-    if args.guidance is None:
-        return den
-    options = {} if classifier is None else {"joint_temperature": args.joint_temperature,
-                                             "marginal_temperature": args.marginal_temperature}
-    return guide(den, args.guidance, args.guidance_scale, interval=args.guidance_interval, classifier=classifier,
-                 **options)
 
 
 def _folder_todo(folder: Path, seeds: list[int], shape: tuple[int, ...]) -> list[int]:
@@ -176,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         read_grid_file(args.grid)  # a missing or broken file fails before the model loads
     if args.class_label is not None and args.class_label.strip().lstrip("-").isdigit():
         args.class_label = int(args.class_label)  # one class: recorded as a number, as before lists existed
-    _check_guidance_args(args)
+    check_guidance_args(args)
     dest = parse_destination(args.out)
     check_writable(dest)
     device = resolve_device(args.device)
@@ -203,25 +131,23 @@ def run(args: argparse.Namespace) -> int:
         if not check_manifest(dest.path, settings):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
-    if args.compile and todo:
-        from ..compiling import compile_denoiser
+    from ..compose import compose_sampler
 
-        compile_denoiser(den)
-    if cache is not None:
-        den = cache.apply(den)
-    classifier = _guiding_classifier(args, device)
+    guidance = guidance_from_args(args, device)
     labels = None
     if args.class_label is not None:
         from ..guidance import class_labels, num_classes
 
-        classes = num_classes(den) or (classifier.num_classes if classifier is not None else 0)
+        classes = num_classes(den) or (guidance.classifier.num_classes if guidance is not None and
+                                       guidance.classifier is not None else 0)
         labels = class_labels(args.class_label, len(seeds), classes)
-    den = _guided(den, args, classifier)
+    composed = compose_sampler(den, compile=bool(args.compile and todo), cache=cache, guidance=guidance)
+    den = composed.denoiser
     images = _draw(den, shape, todo, args, device, dest, labels, plan)
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
-    if cache is not None and todo:
-        print(f"{cache}: {den.full_evals} full and {den.cached_evals} cached network evaluations "
+    if composed.cache is not None and todo:
+        print(f"{cache}: {composed.cache.full_evals} full and {composed.cache.cached_evals} cached network evaluations "
               f"in {-(-len(todo) // args.batch_size)} batches")
     print(f"wrote {dest.path}")
     return 0
