@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
+    if args.out:
+        from ._destination import check_output
+
+        check_output(args.out)  # before any sampling: the metrics are never lost to a bad --out
     cache = parse_cache(args.cache)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,82 @@
+"""Rough edges a user of a serious library trips over: each is refused (or recovered) with one clear line."""
+
+import os
+
+import numpy as np
+import pytest
+
+from fewstep.cli import main
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+# --- 1. --out is checked before the work, and the result is printed as well as written ---------------------------
+
+def _lock(monkeypatch, folder):
+    """Make ``folder`` unwritable as far as fewstep's checks can tell (the tests may run as root)."""
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(folder) else real(p, mode, **kw))
+
+
+def _never(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} ran before --out was checked")
+    return fail
+
+
+@pytest.mark.parametrize("argv, work", [
+    (["eval", "--model", "bundled:fashion", "--n", "4", "--extractor", "fashion", "--out", "{}/m.json"],
+     "fewstep.metrics.models.load_denoiser"),
+    (["stats", "--data", "x.npz", "--extractor", "fashion", "--out", "{}/ref.npz"], "fewstep.metrics.data.load_images"),
+    (["quantize", "--model", "bundled:fashion", "--out", "{}/q"], "fewstep.loading.load_model"),
+    (["grid", "optimize", "--model", "exact:gmm8", "--nfe", "5", "--out", "{}/g.json"],
+     "fewstep.commands.grid.load_for_grids"),
+    (["bench", "gmm", "--solvers", "ddim", "--nfe", "4", "--out", "{}/b"], "fewstep.bench.gmm.run_gmm_bench"),
+    (["bench", "model", "--solvers", "ddim", "--nfe", "4", "--out", "{}/b"], "fewstep.bench.model.run_model_bench"),
+])
+def test_an_unwritable_out_fails_before_the_work(argv, work, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    _lock(monkeypatch, locked)
+    monkeypatch.setattr(work, _never(work))
+    assert main([a.format(locked) for a in argv]) == 1
+    err = _one_line_error(capsys)
+    assert f"cannot write to {locked}" in err and str(locked) in err
+    assert list(locked.iterdir()) == []
+
+
+def test_an_out_that_is_a_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    (tmp_path / "m.json").mkdir()
+    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", _never("load_denoiser"))
+    assert main(["eval", "--n", "4", "--extractor", "fashion", "--out", str(tmp_path / "m.json")]) == 1
+    assert "is a folder; give a file name" in _one_line_error(capsys)
+
+
+def test_grid_optimize_prints_its_result_when_the_write_fails(tmp_path, monkeypatch, capsys):
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("fewstep.grids.files.write_grid_file", disk_full)
+    assert main(["grid", "optimize", "--model", "exact:gmm8", "--solver", "dpm++2m", "--nfe", "5",
+                 "--out", str(tmp_path / "g.json")]) == 1
+    out, err = capsys.readouterr()
+    assert "No space left on device" in err
+    assert "dpm++2m nfe=5" in out and "times" in out  # the computed grid is on screen
+
+
+def test_stats_prints_its_summary_before_writing(tmp_path, monkeypatch, capsys):
+    images = (np.random.default_rng(0).random((8, 28, 28)) * 255).astype(np.uint8)
+    np.save(tmp_path / "data.npy", images)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("fewstep.metrics.stats.FeatureStats.save", disk_full)
+    assert main(["stats", "--data", str(tmp_path / "data.npy"), "--out", str(tmp_path / "ref.npz"),
+                 "--extractor", "fashion", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "stats: 8 images, fashion-classifier-v1" in out
