@@ -189,6 +189,8 @@ class Trainer:
                 opts[name] = (stem.with_name(stem.name + ".safetensors"),
                               load_tensors(stem.with_name(stem.name + ".safetensors")),
                               read_json(stem.with_name(stem.name + ".json")))
+        for path, state in [*weights.values(), *emas.values()]:
+            _check_finite(state, path)
         rng = load_tensors(folder / "rng.safetensors").get("torch")
         if rng is None:
             raise CheckpointDamaged(f"{folder / 'rng.safetensors'} lacks the torch RNG state; the checkpoint is damaged")
@@ -322,7 +324,7 @@ class Trainer:
             if not math.isfinite(value):
                 opt.zero_grad(set_to_none=True)
                 last = latest_checkpoint(self.out_dir)
-                kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+                kept = f"the newest checkpoint {last} is kept" if last else "no checkpoint had been written yet"
                 what = "the loss" if len(self.phases) == 1 else f"the {ph.label} loss"
                 raise TrainingDiverged(f"{what} became {value} at step {self.step}; training stopped and {kept}. "
                                        f"Lower training.lr, set training.grad_clip, or use precision fp32, then --resume.")
@@ -409,6 +411,15 @@ def _load_module(module: nn.Module, state: dict[str, Tensor], path: Path) -> Non
     except RuntimeError as err:
         raise CheckpointDamaged(f"{path} does not fit the module ({str(err).splitlines()[0]}); the file is damaged "
                                 f"or from another run") from None
+
+
+def _check_finite(state: dict[str, Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (what damage behind a valid header may leave in a checkpoint written
+    before checksums were recorded): training never saves them, since a non-finite loss stops it first."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointDamaged(f"{path} holds NaN or infinite values ({len(bad)} tensor{'s' if len(bad) != 1 else ''}, "
+                                f"e.g. {bad[0]}); the file is damaged")
 
 
 def _param_groups(module: nn.Module, scales: Mapping[str, float]) -> list[dict[str, Any]]:
