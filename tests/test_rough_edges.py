@@ -136,3 +136,49 @@ def test_a_quantized_folder_records_and_checks_its_checksum(tmp_path):
 
     with pytest.raises(ValueError, match="int8.safetensors does not match the sha256"):
         fewstep.load_model(out)
+
+
+# --- 3. a corrupt or empty --data array names the file and what is wrong -------------------------------------------
+
+def _array_files(folder):
+    """``{name: (path, expected message)}`` of broken array files."""
+    good = folder / "good.npz"
+    np.savez(good, images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4))
+    raw = good.read_bytes()
+    files = {
+        "empty.npz": (b"", "is empty (0 bytes)"),
+        "truncated.npz": (raw[: len(raw) // 2], "is damaged: not a complete .npz (zip) archive"),
+        "garbage.npz": (b"hello world" * 10, "is not a NumPy array file"),
+        "crc.npz": (raw[:100] + b"\xff" * 40 + raw[140:], "is damaged: its array 'images' cannot be read (Bad CRC-32"),
+    }
+    out = {}
+    for name, (data, msg) in files.items():
+        (folder / name).write_bytes(data)
+        out[name] = (folder / name, msg)
+    np.save(folder / "full.npy", np.zeros((4, 8, 8), np.uint8))
+    (folder / "truncated.npy").write_bytes((folder / "full.npy").read_bytes()[:150])
+    out["truncated.npy"] = (folder / "truncated.npy", "is damaged: not a complete .npy array")
+    np.savez(folder / "none.npz", images=np.zeros((0, 8, 8), np.uint8))
+    out["none.npz"] = (folder / "none.npz", "holds no images (its array has shape (0, 8, 8))")
+    np.savez(folder / "objects.npz", images=np.array([1, "a"], dtype=object))
+    out["objects.npz"] = (folder / "objects.npz", "holds pickled Python objects, which fewstep never loads")
+    return out
+
+
+def test_a_broken_array_file_names_the_file_and_the_problem(tmp_path):
+    from fewstep.data import load_array
+
+    for name, (path, msg) in _array_files(tmp_path).items():
+        with pytest.raises(ValueError) as err:
+            load_array(path)
+        assert str(err.value).startswith(str(path)) and msg in str(err.value), (name, str(err.value))
+    assert load_array(tmp_path / "good.npz").images.shape == (4, 1, 8, 8)
+
+
+def test_train_with_a_truncated_data_file_is_one_line(tmp_path, capsys):
+    files = _array_files(tmp_path)
+    path = files["truncated.npz"][0]
+    assert main(["train", "--data", str(path), "--config", "fashion-unet", "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-progress"]) == 1
+    err = _one_line_error(capsys)
+    assert str(path) in err and "is damaged" in err
