@@ -182,3 +182,64 @@ def test_train_with_a_truncated_data_file_is_one_line(tmp_path, capsys):
                  "--device", "cpu", "--no-progress"]) == 1
     err = _one_line_error(capsys)
     assert str(path) in err and "is damaged" in err
+
+
+# --- 4. solver options have declared ranges ------------------------------------------------------------------------
+
+def _numeric_options(spec):
+    """Options a caller may set whose default is a number (booleans and plan-set options aside)."""
+    return [k for k, v in spec.options.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not (spec.fixed_nfe and k in spec.planned_options)]
+
+
+def test_every_numeric_solver_option_declares_a_range_that_holds_its_default():
+    from fewstep import solvers
+
+    for spec in solvers.specs():
+        for name in _numeric_options(spec):
+            assert name in spec.ranges, (spec.name, name)
+        for name, interval in spec.ranges.items():
+            default = spec.options[name]
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                assert interval.holds(default), (spec.name, name, default)
+                spec.check_options({name: default})  # the defaults are valid
+
+
+@pytest.mark.parametrize("solver, options, message", [
+    ("ddim", {"eta": 1e6}, "solver 'ddim': eta=1000000.0 is out of range; valid: 0 <= eta <= 1"),
+    ("ddim", {"eta": -0.1}, "valid: 0 <= eta <= 1"),
+    ("ts-ddim", {"eta": 2.0}, "valid: 0 <= eta <= 1"),
+    ("dpm_adaptive", {"atol": 1e9}, "atol=1000000000.0 is out of range; valid: 0 < atol <= 1"),
+    ("dpm_adaptive", {"theta": float("nan")}, "theta=nan is out of range; valid: 0 < theta <= 1"),
+    ("dpm_adaptive", {"h_init": float("inf")}, "valid: h_init > 0"),
+    ("dpm_adaptive", {"order": 4}, "valid: 2 <= order <= 3"),
+    ("heun", {"s_churn": -1.0}, "valid: s_churn >= 0"),
+    ("euler_a", {"s_noise": float("nan")}, "valid: s_noise >= 0"),
+    ("unipc", {"order": 2.5}, "solver 'unipc': order must be an integer (1 <= order <= 3), got 2.5"),
+    ("unipc", {"order": 7}, "valid: 1 <= order <= 3"),
+    ("ipndm", {"max_order": 0}, "valid: 1 <= max_order <= 4"),
+    ("dpm2", {"r1": 1.0}, "valid: 0 < r1 < 1"),
+    ("dpm++2s", {"r": 0}, "valid: 0 < r <= 1"),
+    ("ts-unipc", {"cutoff": 1.5}, "valid: 0 <= cutoff <= 1"),
+    ("ts-ddpm", {"data_var": -1.0}, "valid: data_var >= 0"),
+    ("ddim", {"eta": "half"}, "solver 'ddim': eta must be a number (0 <= eta <= 1), got 'half'"),
+    ("ddim", {"eta": True}, "eta must be a number"),
+])
+def test_out_of_range_solver_options_are_refused_naming_the_range(solver, options, message, gmm8, ddpm_linear):
+    import fewstep
+
+    den = gmm8.denoiser(ddpm_linear)
+    x_T = fewstep.prior_noise(ddpm_linear, (8,), fewstep.generators(range(2)))
+    with pytest.raises(ValueError) as err:
+        fewstep.sample(den, x_T, solver, 6, **options)
+    assert message in str(err.value)
+
+
+def test_in_range_values_pass_and_infinite_ends_only_where_declared(gmm8, ddpm_linear):
+    from fewstep import solvers
+
+    solvers.get("heun").check_options({"s_tmax": float("inf"), "s_churn": 40.0})
+    solvers.get("ts-ddim").check_options({"data_var": "predicted", "eta": 1})
+    solvers.get("ddim").check_options({"eta": np.float64(0.5)})
+    with pytest.raises(ValueError, match=r"s_churn=inf is out of range; valid: s_churn >= 0"):
+        solvers.get("heun").check_options({"s_churn": float("inf")})
