@@ -243,3 +243,40 @@ def test_in_range_values_pass_and_infinite_ends_only_where_declared(gmm8, ddpm_l
     solvers.get("ddim").check_options({"eta": np.float64(0.5)})
     with pytest.raises(ValueError, match=r"s_churn=inf is out of range; valid: s_churn >= 0"):
         solvers.get("heun").check_options({"s_churn": float("inf")})
+
+
+# --- 5. train --resume --config other.json is refused, naming the keys that differ ---------------------------------
+
+def test_resume_refuses_a_different_config_and_accepts_the_same(tmp_path, capsys):
+    import json
+
+    from conftest import tiny_config, tiny_images
+
+    np.savez(tmp_path / "data.npz", images=tiny_images().numpy())
+    cfg = tiny_config(steps=1)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    base = ["train", "--data", str(tmp_path / "data.npz"), "--out", str(run), "--no-progress", "--device", "cpu"]
+    assert main(base + ["--config", str(tmp_path / "cfg.json")]) == 0
+    other = json.loads(json.dumps(cfg))
+    other["training"]["lr"] = 5e-4
+    other["network"]["channels"] = 16
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert main(base + ["--resume", "--config", str(tmp_path / "other.json"), "--steps", "2"]) == 1
+    err = _one_line_error(capsys)
+    assert "differs from it in 2 keys" in err and "network.channels: 8 in the checkpoint, 16 in" in err
+    assert "training.lr: 0.001 in the checkpoint, 0.0005 in" in err and "drop --config" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]  # nothing trained
+    # the same config (and a flag applied to both) resumes
+    assert main(base + ["--resume", "--config", str(tmp_path / "cfg.json"), "--steps", "2"]) == 0
+    assert "resumed from step 1" in capsys.readouterr().out
+    # a config file that spells out a default the checkpoint holds is the same config
+    same = json.loads(json.dumps(cfg))
+    same["training"]["steps"] = 3
+    same["training"]["seed"] = json.loads((run / "checkpoints" / "step-00000002" / "config.json").read_text())[
+        "training"]["seed"]
+    (tmp_path / "same.json").write_text(json.dumps(same))
+    assert main(base + ["--resume", "--config", str(tmp_path / "same.json")]) == 1  # steps 3 vs 2: differs
+    assert "training.steps: 2 in the checkpoint, 3 in" in _one_line_error(capsys)
+    assert main(base + ["--resume", "--config", str(tmp_path / "same.json"), "--steps", "3"]) == 0
