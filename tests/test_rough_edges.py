@@ -280,3 +280,27 @@ def test_resume_refuses_a_different_config_and_accepts_the_same(tmp_path, capsys
     assert main(base + ["--resume", "--config", str(tmp_path / "same.json")]) == 1  # steps 3 vs 2: differs
     assert "training.steps: 2 in the checkpoint, 3 in" in _one_line_error(capsys)
     assert main(base + ["--resume", "--config", str(tmp_path / "same.json"), "--steps", "3"]) == 0
+
+
+# --- 6. non-finite reference statistics are refused when loaded ----------------------------------------------------
+
+@pytest.mark.parametrize("field", ["mu", "sigma", "features"])
+def test_non_finite_reference_statistics_are_refused_naming_the_file(field, tmp_path, monkeypatch, capsys):
+    from fewstep.metrics import FeatureStats
+
+    rng = np.random.default_rng(0)
+    stats = FeatureStats("fashion-classifier-v1", "abc", 4, 8).update(rng.normal(size=(8, 4)))
+    stats.save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[field] = arrays[field].copy()
+    arrays[field].flat[0] = np.nan
+    np.savez(tmp_path / "ref.npz", **arrays)
+    FeatureStats.load(tmp_path / "ok.npz")
+    with pytest.raises(ValueError, match=rf"ref.npz: {field} holds NaN or infinite values; regenerate it"):
+        FeatureStats.load(tmp_path / "ref.npz")
+    monkeypatch.setattr("fewstep.metrics.models.load_denoiser", _never("load_denoiser"))
+    assert main(["eval", "--n", "4", "--extractor", "fashion", "--device", "cpu", "--ref", str(tmp_path / "ref.npz"),
+                 "--out", str(tmp_path / "m.json")]) == 1
+    assert f"{tmp_path / 'ref.npz'}: {field} holds NaN" in _one_line_error(capsys)
+    assert not (tmp_path / "m.json").exists()
