@@ -304,3 +304,22 @@ def test_non_finite_reference_statistics_are_refused_naming_the_file(field, tmp_
                  "--out", str(tmp_path / "m.json")]) == 1
     assert f"{tmp_path / 'ref.npz'}: {field} holds NaN" in _one_line_error(capsys)
     assert not (tmp_path / "m.json").exists()
+
+
+# --- 7. load_model on a device this machine lacks: one clear line --------------------------------------------------
+
+def test_load_model_on_a_missing_device_is_one_clear_error(monkeypatch):
+    import torch
+
+    import fewstep
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("fewstep.loading._load_fewstep", _never("loading the weights"))
+    for device in ["cuda", torch.device("cuda", 1)]:
+        with pytest.raises(ValueError, match=r"^device=cuda(:1)?: this PyTorch build has no CUDA \(torch .*\); "
+                                             r"use device=cpu, or install a CUDA build of PyTorch$"):
+            fewstep.load_model("bundled:fashion", device=device)
+    with pytest.raises(ValueError, match=r"^device=tpu: not a device name"):
+        fewstep.load_model("bundled:fashion", device="tpu")

@@ -41,13 +41,17 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
-    ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
+    ``ema=False`` loads the raw training weights of a checkpoint; a ``device`` this machine lacks is refused
+    in one line (:func:`fewstep.devices.resolve_device`).  Statistics for the ``dpm_v3`` solver saved
     in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``, the data Gaussian of
     ``<checkpoint>/gaussian.safetensors`` (:mod:`fewstep.teleport`) as ``denoiser.data_gaussian``.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
     gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
     """
+    from .devices import resolve_device
+
+    device = resolve_device(device, flag="device=")  # a device this machine lacks: one line, before any loading
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
     if not folder.exists():
