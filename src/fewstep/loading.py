@@ -42,13 +42,17 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
-    ``ema=False`` loads the raw training weights of a checkpoint.  The declared attachments found beside the
+    ``ema=False`` loads the raw training weights of a checkpoint; a ``device`` this machine lacks is refused
+    in one line (:func:`fewstep.devices.resolve_device`).  The declared attachments found beside the
     checkpoint (:mod:`fewstep.attachments`: DPM-Solver-v3's ``ems``, the ``data_gaussian`` and
     ``class_gaussians`` of :mod:`fewstep.teleport`, tuned plans as ``plan_file``) are attached.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
     gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
     """
+    from .devices import resolve_device
+
+    device = resolve_device(device, flag="device=")  # a device this machine lacks: one line, before any loading
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
     if not folder.exists():
@@ -71,11 +75,9 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
 
 
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
-    from safetensors.torch import load_file
-
     from .nets import build_net
     from .processes import process_from_config
-    from .checkpoint import read_config
+    from .checkpoint import load_tensors, read_config
 
     cfg = read_config(folder)
     for key in ("network", "process", "prediction"):
@@ -93,10 +95,7 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
         if weights is None:
             raise FileNotFoundError(f"{folder} has no {' or '.join(names)}; the checkpoint is incomplete")
         net = build_net(cfg["network"])
-        try:
-            state = load_file(str(weights))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
+        state = load_tensors(weights)  # checked against the checkpoint's checksums.json, where it has one
         _load_state(net, state, weights)
     n = cfg["network"]
     shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))

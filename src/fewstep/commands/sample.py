@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from ._destination import Destination, check_writable, parse_destination
+<<<<<<< HEAD
 from ._samplefolder import MANIFEST, check_manifest, image_name, is_valid_png, write_manifest
 from ._compose import add_guidance_args, check_guidance_args, guidance_from_args, guidance_settings
 from ._plan import add_plan_args, plan_from_args
+=======
+from ._samplefolder import MANIFEST, PNG_KEY, check_manifest, image_name, is_valid_png, manifest_text, write_manifest
+>>>>>>> rough
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Sample N images with per-image seeds SEED..SEED+N-1 (the same seed gives the same image at any batch "
         "size). --out ending in .png, .jpg, .jpeg or .webp writes a grid, .npz an array (images, seeds), no "
         f"suffix a folder of PNGs that resumes where it stopped: its {MANIFEST} records the model and "
-        "settings, a rerun with other settings is refused, and broken images are drawn again."))
+        "settings (so does each PNG, so a damaged manifest is rebuilt from them), a rerun with other settings is "
+        "refused, and broken images are drawn again."))
     p.add_argument("--model", required=True, help="a checkpoint folder, a run folder, a diffusers UNet2DModel folder, "
                                                   "or bundled:fashion")
     p.add_argument("--solver", default="dpm++2m")
@@ -29,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_guidance_args(p)
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights of a checkpoint")
     p.add_argument("--out", required=True, help="grid.png (.jpg, .jpeg, .webp), file.npz, or a folder (no suffix)")
+    p.add_argument("--adopt", action="store_true",
+                   help=f"--out FOLDER whose {MANIFEST} is damaged or missing and whose images record no settings "
+                        "(older fewstep): keep its images as drawn with this command's settings")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
@@ -111,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     model_id, model_path = _model_source(args.model)
     settings = _settings(args, model_id, solver.name)
     if dest.kind == "folder":
-        check_manifest(dest.path, settings)
+        check_manifest(dest.path, settings, adopt=args.adopt)
+    elif args.adopt:
+        raise ValueError("--adopt is for --out FOLDER (a folder of PNGs with a damaged or missing manifest)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "class_label", "guidance", "sample_shape",
                 "plan", "fewstep_version")
         settings = {key: settings[key] for key in keys}
-        if not check_manifest(dest.path, settings):
+        if not check_manifest(dest.path, settings, adopt=args.adopt):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
     from ..compose import compose_sampler
@@ -141,9 +151,15 @@ def run(args: argparse.Namespace) -> int:
         classes = num_classes(den) or (guidance.classifier.num_classes if guidance is not None and
                                        guidance.classifier is not None else 0)
         labels = class_labels(args.class_label, len(seeds), classes)
+<<<<<<< HEAD
     composed = compose_sampler(den, compile=bool(args.compile and todo), cache=cache, guidance=guidance)
     den = composed.denoiser
     images = _draw(den, shape, todo, args, device, dest, labels, plan)
+=======
+    den = _guided(den, args, classifier)
+    images = _draw(den, shape, todo, args, device, dest, labels,
+                   {PNG_KEY: manifest_text(settings)} if dest.kind == "folder" else None)
+>>>>>>> rough
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
     if composed.cache is not None and todo:
@@ -154,8 +170,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
+<<<<<<< HEAD
           dest: Destination, labels: Any = None, plan: Any = None) -> list[Any]:
     """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned.
+=======
+          dest: Destination, labels: Any = None, text: dict[str, str] | None = None) -> list[Any]:
+    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once (each with the text chunks ``text``:
+    its manifest), else the batches are returned.
+>>>>>>> rough
 
     ``labels[i]`` is the class of seed ``args.seed + i`` (whatever the batch it falls in)."""
 
@@ -178,7 +200,7 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
             x = generate(den, shape, chunk, plan, device=device, callback=step, cond=cond)
             if dest.kind == "folder":
                 for s, img in zip(chunk, to_uint8(x)):
-                    save_png(img, dest.path / image_name(s))
+                    save_png(img, dest.path / image_name(s), text)
             else:
                 images.append(x.cpu())
             if bar is not None:

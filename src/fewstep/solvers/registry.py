@@ -1,16 +1,49 @@
-"""The solver registry: name, order, NFE per step, stochasticity and paper of each solver."""
+"""The solver registry: name, order, NFE per step, stochasticity, paper and option ranges of each solver."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NamedTuple
 
-__all__ = ["SolverSpec", "register", "get", "available", "specs"]
+__all__ = ["SolverSpec", "Interval", "register", "get", "available", "specs"]
 
 Plan = Callable[[int, bool], tuple[int, dict[str, Any]]]
+
+
+class Interval(NamedTuple):
+    """The valid values of a numeric option: from ``low`` to ``high``, each end included or not.
+
+    Plain data, declared per solver as ``ranges={"eta": (0, 1)}`` or ``(0, 1, False, True)`` for ``(0, 1]``;
+    an infinite end is a value the option accepts only when that end is included (``s_tmax = inf``).
+    """
+
+    low: float
+    high: float
+    low_closed: bool = True
+    high_closed: bool = True
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval (NaN never does)."""
+        v = float(value)
+        above = v >= self.low if self.low_closed else v > self.low
+        below = v <= self.high if self.high_closed else v < self.high
+        return not math.isnan(v) and above and below
+
+    def describe(self, name: str) -> str:
+        """``0 <= eta <= 1``, ``s_churn >= 0``, ``0 < theta <= 1``."""
+        lo = "" if self.low == -math.inf else f"{self.low:g} {'<=' if self.low_closed else '<'} "
+        hi = "" if self.high == math.inf and not self.high_closed else \
+            f" {'<=' if self.high_closed else '<'} {self.high:g}"
+        if not lo and not hi:
+            return f"{name} finite"
+        if lo and not hi:
+            return f"{name} {'>=' if self.low_closed else '>'} {self.low:g}"
+        return f"{lo}{name}{hi}"
 
 
 def one_step_per_eval(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
@@ -37,6 +70,8 @@ class SolverSpec:
     plan: Plan = one_step_per_eval
     fixed_nfe: bool = True
     aliases: tuple[str, ...] = field(default=())
+    ranges: Mapping[str, Interval] = field(default_factory=dict, hash=False, compare=False)
+    """Each numeric option's valid interval (an option whose default is an integer must also be one)."""
 
     @cached_property
     def options(self) -> dict[str, Any]:
@@ -63,6 +98,22 @@ class SolverSpec:
             if self.fixed_nfe and name in self.planned_options:
                 raise ValueError(f"option {name!r} of solver {self.name!r} is set from nfe so that it spends exactly "
                                  f"nfe evaluations; choose nfe instead (or call the solver function directly)")
+            self._check_value(name, options[name])
+
+    def _check_value(self, name: str, value: Any) -> None:
+        """Refuse a value outside the option's declared interval, NaN, or a fraction where an integer is due."""
+        interval = self.ranges.get(name)
+        default = self.options[name]
+        if interval is None or value is None or (isinstance(value, str) and isinstance(default, str)):
+            return  # not numeric (or a named choice, such as data_var="ignore"): the solver checks it
+        valid = interval.describe(name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"solver {self.name!r}: {name} must be a number ({valid}), got {value!r}")
+        if not interval.holds(value):
+            raise ValueError(f"solver {self.name!r}: {name}={value!r} is out of range; valid: {valid}")
+        integer = isinstance(default, int) and not isinstance(default, bool)
+        if integer and not float(value).is_integer():
+            raise ValueError(f"solver {self.name!r}: {name} must be an integer ({valid}), got {value!r}")
 
     def steps_for(self, nfe: int, clean_end: bool = True) -> tuple[int, dict[str, Any]]:
         if not isinstance(nfe, int) or isinstance(nfe, bool):
@@ -78,14 +129,24 @@ _ALIASES: dict[str, str] = {}
 
 def register(name: str, *, order: int, paper: str, stochastic: bool = False, nfe_per_step: float = 1,
              min_nfe: int = 1, plan: Plan = one_step_per_eval, fixed_nfe: bool = True,
-             aliases: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a solver function under ``name``."""
+             aliases: tuple[str, ...] = (), ranges: Mapping[str, tuple] | None = None
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a solver function under ``name``.
+
+    ``ranges`` maps each numeric option to its valid interval, ``(low, high)`` (both ends included) or
+    ``(low, high, low_closed, high_closed)``; :meth:`SolverSpec.check_options` refuses values outside it.
+    """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"solver name {name!r} is already registered")
-        _REGISTRY[name] = SolverSpec(name, fn, order, nfe_per_step, stochastic, paper, min_nfe, plan,
-                                     fixed_nfe, aliases)
+        intervals = {k: Interval(*v) for k, v in (ranges or {}).items()}
+        spec = SolverSpec(name, fn, order, nfe_per_step, stochastic, paper, min_nfe, plan, fixed_nfe, aliases,
+                          intervals)
+        unknown = sorted(set(intervals) - set(spec.options))
+        if unknown:
+            raise ValueError(f"solver {name!r} declares ranges for {', '.join(unknown)}, which are not its options")
+        _REGISTRY[name] = spec
         for a in aliases:
             _ALIASES[a] = name
         return fn
