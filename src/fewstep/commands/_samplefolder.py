@@ -47,9 +47,6 @@ def _read(folder: Path) -> dict[str, Any] | None:
     return data
 
 
-<<<<<<< HEAD
-_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None}
-=======
 def _recorded_in_images(folder: Path) -> tuple[dict[str, Any] | None, int, int]:
     """``(manifest, images recording it, images recording nothing)`` from the PNG text chunks of ``folder``'s
     images; the manifest is None unless every readable image records the same one.  Unreadable files (empty,
@@ -77,8 +74,7 @@ def _recorded_in_images(folder: Path) -> tuple[dict[str, Any] | None, int, int]:
     return (data if isinstance(data, dict) and data.get("format") == _FORMAT else None), len(found), silent
 
 
-_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None}
->>>>>>> rough
+_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None}
 """Settings added after manifests were first written, with the value an older manifest implies."""
 
 

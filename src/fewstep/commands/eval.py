@@ -51,17 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
-<<<<<<< HEAD
     grid, plan_kwargs = plan_from_args(args)
     check_guidance_args(args)
     if args.class_label is not None and args.class_label.strip().lstrip("-").isdigit():
         args.class_label = int(args.class_label)
-=======
     if args.out:
         from ._destination import check_output
 
         check_output(args.out)  # before any sampling: the metrics are never lost to a bad --out
->>>>>>> rough
     cache = parse_cache(args.cache)
     if args.threads:
         torch.set_num_threads(args.threads)

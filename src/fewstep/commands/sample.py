@@ -7,13 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ._destination import Destination, check_writable, parse_destination
-<<<<<<< HEAD
-from ._samplefolder import MANIFEST, check_manifest, image_name, is_valid_png, write_manifest
+from ._samplefolder import MANIFEST, PNG_KEY, check_manifest, image_name, is_valid_png, manifest_text, write_manifest
 from ._compose import add_guidance_args, check_guidance_args, guidance_from_args, guidance_settings
 from ._plan import add_plan_args, plan_from_args
-=======
-from ._samplefolder import MANIFEST, PNG_KEY, check_manifest, image_name, is_valid_png, manifest_text, write_manifest
->>>>>>> rough
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -151,15 +147,10 @@ def run(args: argparse.Namespace) -> int:
         classes = num_classes(den) or (guidance.classifier.num_classes if guidance is not None and
                                        guidance.classifier is not None else 0)
         labels = class_labels(args.class_label, len(seeds), classes)
-<<<<<<< HEAD
     composed = compose_sampler(den, compile=bool(args.compile and todo), cache=cache, guidance=guidance)
     den = composed.denoiser
-    images = _draw(den, shape, todo, args, device, dest, labels, plan)
-=======
-    den = _guided(den, args, classifier)
-    images = _draw(den, shape, todo, args, device, dest, labels,
+    images = _draw(den, shape, todo, args, device, dest, labels, plan,
                    {PNG_KEY: manifest_text(settings)} if dest.kind == "folder" else None)
->>>>>>> rough
     if dest.kind != "folder":
         _write_file(torch.cat(images), seeds, dest)
     if composed.cache is not None and todo:
@@ -170,14 +161,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Namespace, device: Any,
-<<<<<<< HEAD
-          dest: Destination, labels: Any = None, plan: Any = None) -> list[Any]:
-    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once, else the batches are returned.
-=======
-          dest: Destination, labels: Any = None, text: dict[str, str] | None = None) -> list[Any]:
-    """Sample ``todo`` in batches; a folder gets each batch's PNGs at once (each with the text chunks ``text``:
-    its manifest), else the batches are returned.
->>>>>>> rough
+          dest: Destination, labels: Any = None, plan: Any = None, text: dict[str, str] | None = None) -> list[Any]:
+    """Sample ``todo`` in batches with ``plan``; a folder gets each batch's PNGs at once (each with the text chunks
+    ``text``: its manifest), else the batches are returned.
 
     ``labels[i]`` is the class of seed ``args.seed + i`` (whatever the batch it falls in)."""
 
