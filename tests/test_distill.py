@@ -177,7 +177,7 @@ def test_generator_checkpoint_is_a_one_step_model(teacher, tmp_path):
     from fewstep.checkpoint import export_ema, latest_checkpoint
 
     small = export_ema(latest_checkpoint(tmp_path / "run"), tmp_path / "exported", {"fid": 1.0})
-    assert sorted(p.name for p in small.iterdir()) == ["config.json", "ema.safetensors"]
+    assert sorted(p.name for p in small.iterdir()) == ["checksums.json", "config.json", "ema.safetensors"]
     torch.testing.assert_close(fewstep.generate(fewstep.load_model(small), (1, 8, 8), seeds, "ddim", 1), got)
 
 

@@ -126,3 +126,20 @@ def test_shipped_fashion_fid_results_read_in_the_shared_format():
     assert ddim["key"] == {"model": "m", "sampler": {"solver": "ddim", "nfe": 5, "grid": "uniform"}, "n": 4, "seed": 0,
                            "extractor": "ext:hash", "reference": "refhash"}
     assert ddim["result"] == {"label": "ddim", "n": 4, "fid": 30.0, "kid": 0.5, "sample_s": 9.0}
+
+
+def test_solver_sample_fn_cycles_class_labels_by_seed():
+    """class_label: each seed's label comes from its offset to first_seed, whatever the batch."""
+    seen = []
+
+    class LabelNet(torch.nn.Module):
+        def forward(self, x, t, class_labels=None):
+            seen.append(class_labels.tolist())
+            return torch.zeros_like(x)
+
+    den = fewstep.Denoiser(LabelNet(), fewstep.processes.VPDiscrete.linear(), "eps", sample_shape=(1, 4, 4),
+                           config={"network": {"num_classes": 3}})
+    fn = solver_sample_fn(den, (1, 4, 4), "ddim", 1, class_label="all", first_seed=10)
+    fn([10, 11, 12, 13])
+    fn([14])
+    assert seen == [[0, 1, 2, 0], [1]]

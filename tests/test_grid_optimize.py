@@ -97,7 +97,10 @@ def test_grid_files_round_trip_and_pick_the_entry(tmp_path, ddpm_linear):
     assert [(e.solver, e.nfe, e.times) for e in back.entries] == [(e.solver, e.nfe, e.times) for e in entries]
     assert make_grid(ddpm_linear, 5, str(path), solver="unipc", nfe=5).tolist() == entries[2].times
     assert make_grid(ddpm_linear, 5, str(path), solver="dpm++2m", nfe=5).tolist() == entries[0].times
-    assert make_grid(ddpm_linear, 5, str(path), solver="ipndm", nfe=5).tolist() == entries[0].times  # same NFE
+    with pytest.raises(ValueError, match=r"no entry for ipndm at nfe=5; it holds: dpm\+\+2m nfe=5, dpm\+\+2m nfe=6, unipc"):
+        make_grid(ddpm_linear, 5, str(path), solver="ipndm", nfe=5)  # an entry is its own solver's, never borrowed
+    with pytest.raises(ValueError, match="name both"):
+        make_grid(ddpm_linear, 5, str(path))
     one = write_grid_file(tmp_path / "one.json", ddpm_linear, entries[:1])
     data = json.loads(one.read_text())
     assert data["format"] == "fewstep-grid" and data["version"] == 1 and data["nfe"] == 5 and "grids" not in data
@@ -110,7 +113,7 @@ def test_grid_files_refuse_another_process_or_a_missing_nfe(tmp_path, ddpm_linea
         make_grid(VPDiscrete.cosine(), 5, str(path))
     with pytest.raises(ValueError, match="another noise process"):
         make_grid(VPDiscrete.linear(1000, 1e-4, 0.03), 5, str(path))
-    with pytest.raises(ValueError, match=r"no grid for nfe=8 \(8 steps\).*dpm\+\+2m nfe=5"):
+    with pytest.raises(ValueError, match=r"no entry for dpm\+\+2m at nfe=8; it holds: dpm\+\+2m nfe=5"):
         make_schedule(ddpm_linear, 8, str(path), solver="dpm++2m", nfe=8)
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a fewstep grid file"):
@@ -148,8 +151,10 @@ def test_timetuner_lowers_the_score_and_travels_in_the_grid_file(tmp_path, refer
     path = write_grid_file(tmp_path / "tt.json", ddpm_linear,
                            [GridEntry("dpm++2m", 5, 5, times.tolist(), "timetuner", res.score, net_times)])
     assert reference8.rmse("dpm++2m", 5, str(path)) == pytest.approx(res.score, rel=1e-9)
-    # another solver reads the same times without the network times tuned for dpm++2m
-    assert reference8.rmse("unipc", 5, str(path)) == reference8.rmse("unipc", 5, times)
+    # another solver borrows the same times only when asked, and without the network times tuned for dpm++2m
+    with pytest.raises(ValueError, match="no entry for unipc at nfe=5"):
+        reference8.rmse("unipc", 5, str(path))
+    assert reference8.rmse("unipc", 5, str(path), options={"borrow": "dpm++2m"}) == reference8.rmse("unipc", 5, times)
 
 
 def test_cli_grid_optimize_show_and_sample(tmp_path, capsys):
@@ -184,7 +189,7 @@ def test_cli_grid_optimize_show_and_sample(tmp_path, capsys):
     assert np.array_equal(np.asarray(to_uint8(want)), got) or np.allclose(got, want.numpy(), atol=1e-6)
     assert main(["sample", "--model", "bundled:fashion", "--nfe", "5", "--n", "1", "--grid", str(fashion),
                  "--out", str(tmp_path / "b.npz"), "--no-progress"]) == 1
-    assert "no grid for nfe=5" in capsys.readouterr().err
+    assert "no entry for dpm++2m at nfe=5" in capsys.readouterr().err
 
 
 def test_grid_file_options_apply_to_their_own_solver_only(tmp_path, gmm8, ddpm_linear):
@@ -201,7 +206,8 @@ def test_grid_file_options_apply_to_their_own_solver_only(tmp_path, gmm8, ddpm_l
     # explicit options win over the file's; another solver reads only the times
     assert torch.equal(fewstep.sample(den, x_T, "dc_solver", 6, str(path), ratios=[1.0] * 6),
                        fewstep.sample(den, x_T, "unipc", 6, times))
-    assert torch.equal(fewstep.sample(den, x_T, "unipc", 6, str(path)), fewstep.sample(den, x_T, "unipc", 6, times))
+    assert torch.equal(fewstep.sample(den, x_T, "unipc", 6, str(path), borrow="dc_solver"),
+                       fewstep.sample(den, x_T, "unipc", 6, times))
 
 
 def test_dc_ratios_on_a_searched_grid_and_timetuner_on_top(tmp_path, reference8, ddpm_linear):
@@ -268,7 +274,8 @@ def test_the_grids_shipped_with_bundled_fashion_resolve_by_name():
         assert make_grid(den.process, e.steps, "bundled:fashion", solver=e.solver, nfe=e.nfe).tolist() == e.times
     e = max(shipped.entries, key=lambda e: (e.net_times is not None) + (e.options is not None))
     x_T = fewstep.prior_noise(den.process, den.sample_shape, fewstep.generators([3]))
-    want = fewstep.sample(time_tuned(den, e.times, e.net_times), x_T, e.solver, e.nfe, e.times, **(e.options or {}))
+    want = fewstep.sample(time_tuned(den, e.times, e.net_times), x_T, e.solver, e.nfe, e.times, **(e.options or {}),
+                          teleport=e.teleport)
     assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, "bundled:fashion"), want)
     with pytest.raises(ValueError, match="unknown bundled model"):
         make_grid(den.process, 5, "bundled:nope")

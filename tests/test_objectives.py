@@ -92,7 +92,7 @@ def test_two_module_objective_trains_with_its_own_optimisers_and_ema(tmp_path):
     assert log[-1]["step"] == 2 and set(log[-1]["losses"]) == {"critic", "generator"}
     folder = tmp_path / "run" / "checkpoints" / "step-00000002"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "critic-optimizer.json", "critic-optimizer.safetensors", "critic.safetensors",
+        "checksums.json", "config.json", "critic-optimizer.json", "critic-optimizer.safetensors", "critic.safetensors",
         "generator-ema.safetensors", "generator-optimizer.json", "generator-optimizer.safetensors",
         "generator.safetensors", "rng.safetensors"]
     cfg = json.loads((folder / "config.json").read_text())

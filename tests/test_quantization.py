@@ -163,7 +163,7 @@ def test_non_fewstep_networks_are_refused():
 def test_save_load_round_trip_identical(checkpoint, tmp_path):
     den = _quantized(checkpoint)
     out = save_quantized(den, tmp_path / "q")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "int8.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "config.json", "int8.safetensors"]
     cfg = json.loads((out / "config.json").read_text())["quantization"]
     assert cfg["bits"] == 8 and cfg["calibration"]["nfe"] == 4 and cfg["calibration"]["seed"] == 100
     back = fewstep.load_model(out)

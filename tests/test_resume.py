@@ -30,8 +30,16 @@ def reference(tmp_path):
     return losses, {k: v.clone() for k, v in tr.model.state_dict().items()}
 
 
+def _damage_data(path, fill=b"\xff"):
+    """Overwrite the last 64 bytes of a safetensors file's tensor data, keeping its header valid (NaN in float32)."""
+    data = bytearray(path.read_bytes())
+    data[-64:] = fill * 64
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage", ["truncate-weights", "garbage-config", "truncate-config", "garbage-optimizer",
-                                    "missing-ema"])
+                                    "missing-ema", "corrupt-weights-data", "corrupt-optimizer-data",
+                                    "nan-weights-without-checksums"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, reference, damage):
     run = tmp_path / "run"
     _trainer(run).fit(steps=3)
@@ -46,10 +54,21 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         (newest / "config.json").write_text(text[: len(text) // 2])
     elif damage == "garbage-optimizer":
         (newest / "optimizer.safetensors").write_bytes(b"not a safetensors file")
+    elif damage == "corrupt-weights-data":
+        _damage_data(newest / "model.safetensors")
+    elif damage == "corrupt-optimizer-data":
+        _damage_data(newest / "optimizer.safetensors", b"\x01")  # finite values: only the checksum can tell
+    elif damage == "nan-weights-without-checksums":  # a checkpoint written before checksums were recorded
+        (newest / "checksums.json").unlink()
+        _damage_data(newest / "ema.safetensors")
     else:
         (newest / "ema.safetensors").unlink()
     tr = _trainer(run)
-    with pytest.warns(RuntimeWarning, match=r"skipped the damaged checkpoint .*step-00000003.*resuming from .*step-00000002"):
+    why = {"corrupt-weights-data": r"model.safetensors does not match the sha256",
+           "corrupt-optimizer-data": r"optimizer.safetensors does not match the sha256",
+           "nan-weights-without-checksums": r"ema.safetensors holds NaN"}.get(damage, "")
+    with pytest.warns(RuntimeWarning, match=r"skipped the damaged checkpoint .*step-00000003.*" + why
+                      + r".*resuming from .*step-00000002"):
         assert tr.resume() == 2
     assert (run / "checkpoints" / "step-00000003.damaged").is_dir()
     rest = tr.fit()

@@ -42,7 +42,12 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
                         "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
-                        "sample_shape": [1, 8, 8], "fewstep_version": manifest["fewstep_version"]}
+                        "sample_shape": [1, 8, 8], "plan": manifest["plan"], "fewstep_version": manifest["fewstep_version"]}
+    # the resolved plan: start, times and where they came from
+    plan = manifest["plan"]
+    assert plan["solver"] == "dpm++2m" and plan["nfe"] == 2 and plan["grid"] == "uniform"
+    assert plan["start"] == {"t": 999.0, "kind": "prior", "source": "process start"}
+    assert len(plan["times"]) == 3 and plan["times"][0] == 999.0 and plan["times"][-1] == 0.0 and plan["clean_end"]
     import fewstep
     assert manifest["fewstep_version"] == fewstep.__version__
 
@@ -111,7 +116,8 @@ def test_pngs_without_a_manifest_are_refused(run_dir, tmp_path, capsys):
     Image.new("L", (8, 8)).save(out / "holiday.png")
     assert _sample(run_dir, out, "--n", "1") == 1
     err = capsys.readouterr().err
-    assert "1 PNG file but no fewstep-samples.json" in err and "another --out" in err
+    assert "no fewstep-samples.json, and it cannot be rebuilt: its 1 PNG file records no settings" in err
+    assert "rerun it with --adopt" in err and "another --out" in err
     assert _pngs(out) == ["holiday.png"]
     # An existing folder without PNGs is fine (empty, or other files only).
     (tmp_path / "empty").mkdir()
@@ -169,3 +175,54 @@ def test_a_crash_leaves_only_whole_images_and_a_rerun_finishes(run_dir, tmp_path
     monkeypatch.setattr(fewstep.api, "generate", real)
     assert _sample(run_dir, out, "--n", "4") == 0
     assert _pngs(out) == [f"{i:06d}.png" for i in range(4)]
+
+
+def test_each_image_records_the_manifest(run_dir, tmp_path):
+    out = tmp_path / "imgs"
+    assert _sample(run_dir, out, "--n", "2") == 0
+    manifest = (out / "fewstep-samples.json").read_text()
+    for name in _pngs(out):
+        with Image.open(out / name) as img:
+            assert img.text["fewstep-samples"] == manifest
+
+
+def test_a_truncated_manifest_is_rebuilt_from_the_images(run_dir, tmp_path, capsys):
+    out = tmp_path / "imgs"
+    assert _sample(run_dir, out, "--n", "3") == 0
+    manifest = (out / "fewstep-samples.json").read_text()
+    (out / "000002.png").write_bytes(b"")  # one broken image: left out of the rebuild, drawn again
+    kept = {n: (out / n).stat().st_mtime_ns for n in ["000000.png", "000001.png"]}
+    (out / "fewstep-samples.json").write_text(manifest[: len(manifest) // 2])
+    capsys.readouterr()
+    assert _sample(run_dir, out, "--n", "4") == 0
+    text = capsys.readouterr().out
+    assert "cannot read fewstep-samples.json" in text and "rebuilt it from the settings its 2 images record" in text
+    assert (out / "fewstep-samples.json").read_text() == manifest
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept  # the valid images are kept, not redrawn
+    assert _pngs(out) == ["000000.png", "000001.png", "000002.png", "000003.png"]
+    # rebuilt, the manifest still refuses other settings
+    (out / "fewstep-samples.json").write_text("{")
+    assert _sample(run_dir, out, "--n", "4", "--nfe", "3") == 1
+    assert "holds images made with other settings (nfe 2 there, 3 now)" in capsys.readouterr().err
+
+
+def test_images_recording_no_settings_are_kept_with_adopt(run_dir, tmp_path, capsys):
+    out = tmp_path / "imgs"
+    assert _sample(run_dir, out, "--n", "2") == 0
+    pixels = {n: _pixels(out / n) for n in _pngs(out)}
+    for name in pixels:  # as an older fewstep wrote them: no text chunk
+        Image.fromarray(pixels[name]).save(out / name)
+    (out / "fewstep-samples.json").write_text('{"format": "fewstep-sam')
+    capsys.readouterr()
+    assert _sample(run_dir, out, "--n", "3") == 1
+    err = capsys.readouterr().err
+    assert "cannot read fewstep-samples.json" in err and "its 2 PNG files record no settings" in err
+    assert "rerun it with --adopt to keep them" in err
+    assert _sample(run_dir, out, "--n", "3", "--adopt") == 0
+    assert {n: _pixels(out / n) for n in pixels}.keys() == pixels.keys()
+    for name, arr in pixels.items():
+        assert np.array_equal(_pixels(out / name), arr)
+    assert json.loads((out / "fewstep-samples.json").read_text())["nfe"] == 2
+    assert _pngs(out) == ["000000.png", "000001.png", "000002.png"]
+    assert _sample(run_dir, tmp_path / "grid.png", "--n", "1", "--adopt") == 1
+    assert "--adopt is for --out FOLDER" in capsys.readouterr().err

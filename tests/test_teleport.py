@@ -177,7 +177,7 @@ def test_bundled_fashion_cond_ships_one_gaussian_per_class(tmp_path):
     assert got.shape == expected.shape and np.abs(got - expected).max() <= 1  # the CLI is the library call
 
 
-def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, ddpm_linear):
+def test_plan_file_entries_are_their_own_solvers_and_borrowing_is_explicit(tmp_path, gmm8, ddpm_linear):
     den, g = gmm8.denoiser(ddpm_linear), moment_gaussian(gmm8)
     den.data_gaussian = g
     times = make_grid(ddpm_linear, 5, "uniform", t_max=650.0).tolist()
@@ -186,11 +186,21 @@ def test_grid_file_entries_carry_the_teleport_to_every_solver(tmp_path, gmm8, dd
     x_T = torch.randn(3, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     direct = fewstep.sample(den, x_T, "unipc", 5, times, teleport=650.0)
     assert torch.equal(fewstep.sample(den, x_T, "unipc", 5, str(path)), direct)
-    # another solver falls back to unipc's times, and the teleport goes with them
-    assert torch.equal(fewstep.sample(den, x_T, "ipndm", 5, str(path)),
+    # another solver has no entry: a clear error listing the file's entries, never a silent borrow
+    with pytest.raises(ValueError, match=r"no entry for ipndm at nfe=5; it holds: unipc nfe=5"):
+        fewstep.sample(den, x_T, "ipndm", 5, str(path))
+    with pytest.raises(ValueError, match="no entry for unipc at nfe=6"):
+        fewstep.sample(den, x_T, "unipc", 6, str(path))
+    # borrowing is explicit and carries the teleport only when asked for it
+    with pytest.raises(ValueError, match="does not carry the teleport: pass teleport=650"):
+        fewstep.sample(den, x_T, "ipndm", 5, str(path), borrow="unipc")
+    assert torch.equal(fewstep.sample(den, x_T, "ipndm", 5, str(path), borrow="unipc", teleport=650.0),
                        fewstep.sample(den, x_T, "ipndm", 5, times, teleport=650.0))
+    plan = fewstep.make_plan(den, "ipndm", 5, str(path), borrow="unipc", teleport=650.0)
+    assert plan.entry == {"solver": "unipc", "nfe": 5, "method": "search", "borrowed": True}
+    assert plan.describe()["start"]["kind"] == "gaussian" and plan.start.t == 650.0
     with pytest.raises(ValueError, match="teleported time"):
-        plan_solve(den, "unipc", 5, str(path))  # inversion's plan: no Gaussian start there
+        plan_solve(den, "unipc", 5, str(path), where="inversion")  # inversion's plan: no Gaussian start there
     with pytest.raises(ValueError, match="teleported time"):
         make_schedule(ddpm_linear, 5, str(path), solver="unipc", nfe=5)  # diffusers adapter, restoration
     with pytest.raises(ValueError, match="one data Gaussian per class"):
@@ -219,7 +229,8 @@ def test_dc_and_timetuner_compose_on_a_teleported_start(tmp_path, gmm8, ddpm_lin
     write_grid_file(tmp_path / "dc.json", ddpm_linear, [dc])
     tt = optimize_grids(den, "dc_solver", [5], "timetuner", reference=ref, rounds=1, start=str(tmp_path / "dc.json"))[0]
     assert tt.teleport == 700.0 and tt.score <= tt.provenance["start_score"]
-    rescored = ref.rmse("dc_solver", 5, tt.times, denoiser=time_tuned(den, tt.times, tt.net_times), options=tt.options)
+    rescored = ref.rmse("dc_solver", 5, tt.times, denoiser=time_tuned(den, tt.times, tt.net_times),
+                        options={**(tt.options or {}), "teleport": tt.teleport})
     assert rescored == pytest.approx(tt.score, rel=1e-9)
 
 

@@ -108,7 +108,7 @@ def test_exact_nfe_and_errors(gmm8, ddpm_linear):
     counter = NFECounter(gmm8.denoiser(ddpm_linear))
     fewstep.sample(counter, seeded_noise(ddpm_linear, 4, 8), "ts-unipc", 7)
     assert counter.count == 7
-    with pytest.raises(ValueError, match="window must be >= 0"):
+    with pytest.raises(ValueError, match=r"window=-1.0 is out of range; valid: 0 <= window <= 1"):
         fewstep.sample(counter, seeded_noise(ddpm_linear, 4, 8), "ts-ddim", 5, window=-1.0)
     with pytest.raises(ValueError, match="data_var must be"):
         TimeShift(counter, data_var="guess")

@@ -95,9 +95,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     tr.fit(steps=2)
     real = denoising_mod.diffusion_loss
     monkeypatch.setattr(denoising_mod, "diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2.*step-00000002 is kept"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 2.*step-00000002 is kept\. Lower"):
         tr.fit(steps=4)
     assert latest_checkpoint(tmp_path / "run").name == "step-00000002"
+    # diverging on the first step after a resume points at the checkpoint, not at --resume (which would loop)
+    again = _trainer(tmp_path, checkpoint_every_steps=1)
+    assert again.resume() == 2
+    with pytest.raises(TrainingDiverged, match=r"first step after resuming from .*step-00000002, so that checkpoint "
+                                               r"may be damaged: move it aside"):
+        again.fit(steps=4)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):

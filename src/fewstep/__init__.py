@@ -2,6 +2,7 @@
 
 from . import grids, processes, solvers
 from .api import generate, generators, prior_noise, sample
+from .plan import SamplingPlan, Start, make_plan
 from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, DenoiserWrapper, DynamicThresholding,
                         NFECounter, Prediction)
 from .grids import Schedule, make_grid, make_schedule
@@ -11,7 +12,7 @@ from .loading import load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "generate", "generators", "prior_noise",
+    "sample", "generate", "generators", "prior_noise", "make_plan", "SamplingPlan", "Start",
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
     "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
     "Schedule", "make_grid", "make_schedule",

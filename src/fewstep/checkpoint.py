@@ -1,6 +1,8 @@
 """Checkpoint folders, the on-disk format shared by training and loading.
 
-``config.json``, ``model.safetensors``, ``ema.safetensors``, optimizer and RNG state.
+``config.json``, ``model.safetensors``, ``ema.safetensors``, optimizer and RNG state, and
+``checksums.json``: the sha256 of every ``.safetensors`` file, so that data damaged behind a valid
+header (which safetensors reads without complaint) is caught when the file is read back.
 
 Only JSON and safetensors are written and read, so loading never unpickles code.  Each
 checkpoint is written into a temporary folder and renamed into ``<run>/checkpoints/step-N``:
@@ -9,12 +11,13 @@ a kill at any moment leaves the previous checkpoints intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,17 +25,59 @@ from torch import nn
 
 from ._io import atomic_dir
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointDamaged", "write_checkpoint", "save_checkpoint",
-           "latest_checkpoint", "checkpoint_folder", "list_checkpoints", "newest_readable_config", "remove_stale_temporaries",
-           "read_config", "read_json", "load_tensors", "load_optimizer_state", "optimizer_tensors", "export_ema"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CHECKSUMS", "CheckpointDamaged", "write_checkpoint", "save_checkpoint",
+           "latest_checkpoint", "checkpoint_folder", "list_checkpoints", "newest_readable_config",
+           "remove_stale_temporaries", "read_config", "read_json", "load_tensors", "load_optimizer_state",
+           "optimizer_tensors", "export_ema", "file_sha256", "write_checksums", "verify_checksum"]
 
 FORMAT = "fewstep-checkpoint"
 FORMAT_VERSION = 1
+CHECKSUMS = "checksums.json"
+_CHECKSUMS_FORMAT = "fewstep-checksums"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class CheckpointDamaged(ValueError):
     """A checkpoint file exists but cannot be read (truncated, garbage, not what it should be)."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Record the sha256 of the files ``names`` of ``folder`` in ``folder/checksums.json`` (written last, into a
+    folder that is still being built or renamed into place atomically)."""
+    folder = Path(folder)
+    sums = {name: file_sha256(folder / name) for name in sorted(names)}
+    (folder / CHECKSUMS).write_text(json.dumps({"format": _CHECKSUMS_FORMAT, "sha256": sums}, indent=2) + "\n")
+
+
+def _recorded_checksums(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of ``folder/checksums.json``; empty when it has none (older checkpoints)."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    sums = data.get("sha256") if isinstance(data, dict) and data.get("format") == _CHECKSUMS_FORMAT else None
+    if not isinstance(sums, dict):
+        raise CheckpointDamaged(f"{path} is not a fewstep checksum file; the checkpoint is damaged")
+    return sums
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointDamaged` naming ``path`` if its folder's ``checksums.json`` records a sha256 that the
+    file's bytes do not have.  A file without a recorded checksum (an older checkpoint) passes."""
+    path = Path(path)
+    expected = _recorded_checksums(path.parent).get(path.name)
+    if expected is not None and file_sha256(path) != expected:
+        raise CheckpointDamaged(f"{path} does not match the sha256 recorded in {path.parent / CHECKSUMS} when it was "
+                                f"saved; the file is damaged (if you replaced it on purpose, delete {CHECKSUMS})")
 
 
 def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,8 +109,8 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, config: dict[str, An
     """Write ``<run_dir>/checkpoints/step-<step>`` atomically and prune all but the newest ``keep`` (0: keep all).
 
     ``tensors`` maps file names to tensors (written with safetensors, in order), ``jsons`` file
-    names to JSON values; ``config.json`` (with format, version and step) and ``rng.safetensors``
-    are added.
+    names to JSON values; ``config.json`` (with format, version and step), ``rng.safetensors`` and
+    ``checksums.json`` (the sha256 of each ``.safetensors`` file) are added.
     """
     final = Path(run_dir) / "checkpoints" / f"step-{step:08d}"
     with atomic_dir(final) as tmp:
@@ -76,6 +121,7 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, config: dict[str, An
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **config, "step": step}
         (tmp / "config.json").write_text(json.dumps(full, indent=2))
+        write_checksums(tmp, [*tensors, "rng.safetensors"])
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -175,9 +221,11 @@ def read_json(path: Path) -> Any:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; :class:`CheckpointDamaged` names the file if it is truncated or garbage."""
+    """Read a safetensors file; :class:`CheckpointDamaged` names the file if it is truncated, garbage or does not
+    match the checksum recorded beside it."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; the checkpoint folder {path.parent} is incomplete")
+    verify_checksum(path)
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for damaged files
@@ -196,9 +244,11 @@ def export_ema(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: di
     staging = dest.with_name(dest.name + ".new")
     if staging.exists():
         shutil.rmtree(staging)
+    verify_checksum(src / "ema.safetensors")
     with atomic_dir(staging) as tmp:
         shutil.copyfile(src / "ema.safetensors", tmp / "ema.safetensors")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        write_checksums(tmp, ["ema.safetensors"])
     old = dest.with_name(dest.name + ".old")
     if dest.exists():
         os.rename(dest, old)

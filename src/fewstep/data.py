@@ -123,21 +123,10 @@ def load_array(path: str | os.PathLike, channels: int | None = None) -> ImageDat
     ``[0, 1]`` or ``[-1, 1]``.  Arrays are loaded with ``allow_pickle=False``.
     """
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read array file {path}: {err}") from None
-    labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        if not keys:
-            raise ValueError(f"{path} holds no arrays")
-        key = next((k for k in ("images", "x", "arr_0") if k in keys), keys[0])
-        arr = loaded[key]
-        if "labels" in keys:
-            labels = torch.from_numpy(loaded["labels"].astype(np.int64)).reshape(-1)
-    else:
-        arr = loaded
+    arr, labels_arr = _read_arrays(path)
+    labels = None if labels_arr is None else torch.from_numpy(labels_arr.astype(np.int64)).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{path} holds no images (its array has shape {arr.shape})")
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
@@ -159,6 +148,61 @@ def load_array(path: str | os.PathLike, channels: int | None = None) -> ImageDat
         raise ValueError(f"{path}: {len(labels)} labels for {len(arr)} images")
     images = torch.from_numpy(np.ascontiguousarray(arr))
     return ImageData(images, labels, int(labels.max()) + 1 if labels is not None and len(labels) else 0)
+
+
+_NPY_MAGIC, _ZIP_MAGICS = b"\x93NUMPY", (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images, labels or None)`` of an ``.npy`` / ``.npz`` file; an empty, truncated, corrupt or foreign file
+    raises one :class:`ValueError` naming it and what is wrong (never a zip or EOF traceback)."""
+    import zipfile
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        raise ValueError(f"cannot read array file {path}: {err.strerror or err}") from None
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes); was it written completely?")
+    if not head.startswith(_NPY_MAGIC) and not head.startswith(_ZIP_MAGICS):
+        raise ValueError(f"{path} is not a NumPy array file: it starts with neither the .npy nor the .npz (zip) "
+                         f"signature; give a file written by numpy.save or numpy.savez")
+    kind = "npy" if head.startswith(_NPY_MAGIC) else "npz"
+    damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+    what = "a complete .npz (zip) archive" if kind == "npz" else "a complete .npy array"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except damaged as err:
+        raise ValueError(_pickled(path, err) or f"{path} is damaged: not {what} ({_why(err)}); was it written "
+                         f"completely?") from None
+    if kind == "npy":
+        return loaded, None
+    with loaded:
+        keys = list(loaded.keys())
+        if not keys:
+            raise ValueError(f"{path} holds no arrays")
+        key = next((k for k in ("images", "x", "arr_0") if k in keys), keys[0])
+        out = []
+        for name in [key] + (["labels"] if "labels" in keys else []):
+            try:
+                out.append(loaded[name])
+            except damaged as err:
+                raise ValueError(_pickled(path, err) or f"{path} is damaged: its array {name!r} cannot be read "
+                                 f"({_why(err)}); was it written completely?") from None
+    return out[0], out[1] if len(out) > 1 else None
+
+
+def _why(err: BaseException) -> str:
+    return str(err).strip() or type(err).__name__
+
+
+def _pickled(path: Path, err: BaseException) -> str | None:
+    """The message for numpy's refusal of object (pickled) arrays, else None."""
+    if isinstance(err, ValueError) and "allow_pickle" in str(err):
+        return f"{path} holds pickled Python objects, which fewstep never loads; save plain numeric arrays"
+    return None
 
 
 def _fashion_spec(spec: str) -> tuple[str, str]:

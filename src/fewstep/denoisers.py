@@ -25,7 +25,6 @@ __all__ = [
     "wrapper_chain",
     "innermost",
     "find_attached",
-    "ATTACHMENTS",
     "Prediction",
     "DenoiserBase",
     "Denoiser",
@@ -298,14 +297,9 @@ def innermost(denoiser: Any) -> Any:
     return last
 
 
-#: Data ``load_model`` attaches beside a model for the samplers (DPM-Solver-v3's statistics, the data Gaussians):
-#: read with :func:`find_attached`; not part of what the denoiser computes, so not of its fingerprint.
-ATTACHMENTS = ("ems", "data_gaussian", "class_gaussians")
-
-
 def find_attached(denoiser: Any, name: str) -> Any:
     """The object attached to ``denoiser`` or to a denoiser it wraps (``.inner`` chain) under attribute ``name``
-    (what ``load_model`` attaches next to the network: DPM-Solver-v3's ``ems``, the ``data_gaussian``)."""
+    (what ``load_model`` attaches next to the network, :mod:`fewstep.attachments`)."""
     for d in wrapper_chain(denoiser):
         found = vars(d).get(name) if hasattr(d, "__dict__") else None
         if found is not None:

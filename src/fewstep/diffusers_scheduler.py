@@ -9,6 +9,13 @@ joins the two without rewriting any solver:
   times of *every* network evaluation, intermediate stages included, by a dry run of the solver
   with a free denoiser; those are the pipeline's ``timesteps`` (one per evaluation, so a pipeline
   with ``num_inference_steps = N`` spends exactly N evaluations whatever the solver's order).
+* a tuned plan (:class:`~fewstep.plan.SamplingPlan`, e.g. an entry of ``fewstep tune``'s plan file) is run
+  as it is: ``FewstepScheduler.from_plan(plan, pipe.scheduler.config)``; its times, TimeTuner network times
+  (the pipeline's ``timesteps`` are then the tuned network times), solver options and start are kept in the
+  scheduler config, so ``save_pretrained`` / ``from_pretrained`` keep the plan (and its data Gaussian, saved
+  beside the config as ``data_gaussian.safetensors``).  A teleported start is applied in ``scale_model_input``
+  at the first timestep, so it works in pipelines that call it (``StableDiffusionPipeline`` does); a pipeline
+  that does not (``DDPMPipeline``) is refused at its first ``step`` with a clear error.
 * the first ``step`` starts the solver in a worker thread on the pipeline's sample; whenever the
   solver evaluates the denoiser, the worker hands the point ``x`` back as ``prev_sample`` (the
   pipeline's next network input) and waits for the pipeline's next ``model_output``, which the
@@ -36,13 +43,18 @@ try:
 except ImportError as err:  # pragma: no cover - the optional extra is missing
     raise ImportError("fewstep.diffusers_scheduler needs diffusers: pip install 'fewstep[diffusers]'") from err
 
+import os
+from pathlib import Path
+
 from . import solvers
 from .denoisers import DenoiserBase
-from .grids import make_schedule
 from .loading import process_from_diffusers
 from .parametrization import Prediction, parametrization
+from .plan import SamplingPlan, make_plan
 
 __all__ = ["FewstepScheduler"]
+
+GAUSSIAN_FILE = "data_gaussian.safetensors"
 
 
 class _Cancelled(Exception):
@@ -52,8 +64,9 @@ class _Cancelled(Exception):
 class _TimeRecorder(DenoiserBase):
     """A free denoiser that records the time of each evaluation (the dry run that plans ``timesteps``)."""
 
-    def __init__(self, process):
+    def __init__(self, process, gaussian: Any = None):
         self.process = process
+        self.data_gaussian = gaussian
         self.times: list[float] = []
 
     def predict(self, x: Tensor, t: float | Tensor, *, ctx=None, **cond: Any) -> Prediction:
@@ -64,8 +77,9 @@ class _TimeRecorder(DenoiserBase):
 class _PipelineDenoiser(DenoiserBase):
     """The denoiser the solver sees in the worker: each evaluation is answered by the pipeline."""
 
-    def __init__(self, process, prediction: str, requests: queue.Queue, answers: queue.Queue):
+    def __init__(self, process, prediction: str, requests: queue.Queue, answers: queue.Queue, gaussian: Any = None):
         self.process = process
+        self.data_gaussian = gaussian
         self.param = parametrization(prediction, process)
         self.requests, self.answers = requests, answers
 
@@ -82,7 +96,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
 
     ``num_inference_steps`` is the number of network evaluations (NFE).  ``solver_options`` are
     the solver's options, checked like ``fewstep.sample``'s.  Build it from a pipeline's scheduler
-    with ``FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc")``.
+    with ``FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc")``, or run a tuned plan with
+    :meth:`from_plan` (``plan`` in the config is then the stored plan and ``num_inference_steps`` must be its NFE).
     """
 
     config_name = "scheduler_config.json"
@@ -92,9 +107,18 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: list[float] | None = None,
                  prediction_type: str = "epsilon", solver: str = "dpm++2m", grid: str | list[float] | None = None,
-                 solver_options: dict[str, Any] | None = None):
+                 solver_options: dict[str, Any] | None = None, plan: dict[str, Any] | None = None):
         self.process, self.prediction = process_from_diffusers(dict(self.config))
         self.spec = solvers.get(solver)
+        self.gaussian: Any = None  # the data Gaussian of a teleported plan (from_plan / from_pretrained)
+        self._stored_plan = None
+        if plan is not None:
+            self._stored_plan = SamplingPlan.from_dict(plan)
+            if self._stored_plan.solver != self.spec.name:
+                raise ValueError(f"the stored plan is for {self._stored_plan.solver}, the scheduler's solver is {solver}")
+            if solver_options or grid is not None:
+                raise ValueError("a scheduler with a stored plan takes its grid and solver options from the plan; "
+                                 "drop grid= and solver_options=")
         if not self.spec.fixed_nfe:
             raise ValueError(f"solver {solver!r} chooses its steps from the data; a diffusers pipeline needs them "
                              f"planned in advance: use a fixed-NFE solver")
@@ -107,25 +131,92 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._requests: queue.Queue = queue.Queue()
         self._answers: queue.Queue = queue.Queue()
 
+    @classmethod
+    def from_plan(cls, plan: SamplingPlan, config: Any = None, gaussian: Any = None, **kwargs: Any) -> "FewstepScheduler":
+        """A scheduler that runs ``plan`` (from :func:`fewstep.make_plan`, e.g. a tuned plan file's entry) inside a
+        pipeline; ``config`` a diffusers scheduler config for the process (default: these defaults).  ``gaussian``:
+        the data Gaussian of a teleported start (default: the one the plan names)."""
+        plan.require("a diffusers scheduler", teleport=True, fixed_nfe=True)
+        base = {k: v for k, v in dict(config or {}).items() if not k.startswith("_")}
+        for key in ("solver", "grid", "solver_options", "plan"):
+            base.pop(key, None)
+        sched = cls.from_config({**base, **kwargs, "solver": plan.solver, "plan": plan.to_dict()})
+        sched.gaussian = gaussian if gaussian is not None else plan.start.gaussian
+        if plan.start.teleported and sched.gaussian is None:
+            raise ValueError("the plan starts at a teleported time: pass the model's data Gaussian "
+                             "(gaussian=denoiser.data_gaussian, or a gaussian.safetensors path)")
+        if isinstance(sched.gaussian, (str, os.PathLike)):
+            from .teleport import load_gaussian
+
+            sched.gaussian = load_gaussian(sched.gaussian)
+        return sched
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """diffusers' ``save_pretrained``; a teleported plan's data Gaussian is saved beside the config."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self.gaussian is not None:
+            from .teleport import save_gaussian
+
+            save_gaussian(self.gaussian, Path(save_directory) / GAUSSIAN_FILE)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any = None, subfolder: str | None = None,
+                        return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' ``from_pretrained`` (local folders); a saved plan's data Gaussian is loaded back."""
+        out = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder,
+                                      return_unused_kwargs=return_unused_kwargs, **kwargs)
+        sched = out[0] if isinstance(out, tuple) else out
+        path = Path(str(pretrained_model_name_or_path)) / (subfolder or "") / GAUSSIAN_FILE
+        if path.exists():
+            from .teleport import load_gaussian
+
+            sched.gaussian = load_gaussian(path)
+        return out
+
+    @property
+    def plan(self) -> SamplingPlan | None:
+        """The plan of the current solve (after ``set_timesteps``), or the stored one."""
+        return getattr(self, "_plan", None) or self._stored_plan
+
     # -- what a pipeline calls ---------------------------------------------------------------------------------
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Plan a solve of ``num_inference_steps`` network evaluations; ``timesteps`` are their model times."""
         self._stop_worker()
-        steps, planned = self.spec.steps_for(int(num_inference_steps), True)
-        self._planned = {**planned, **(self.config.solver_options or {})}
-        self._schedule = make_schedule(self.process, steps, self.config.grid, clean_end=True)
-        recorder = _TimeRecorder(self.process)
+        recorder = _TimeRecorder(self.process, self.gaussian)
+        nfe = int(num_inference_steps)
+        if self._stored_plan is not None:
+            if nfe != self._stored_plan.nfe:
+                raise ValueError(f"this scheduler runs a tuned plan of {self._stored_plan.nfe} evaluations; call the "
+                                 f"pipeline with num_inference_steps={self._stored_plan.nfe} (got {nfe})")
+            plan = self._stored_plan
+        else:
+            plan = make_plan(recorder, self.spec.name, nfe, self.config.grid, **(self.config.solver_options or {}))
+        plan.require("a diffusers scheduler", teleport=True, fixed_nfe=True)
+        if plan.start.teleported and self.gaussian is None and plan.start.gaussian is None:
+            raise ValueError(f"the plan starts at a teleported time (t={plan.start.t:g}); give the scheduler the "
+                             f"model's data Gaussian (FewstepScheduler.from_plan(plan, config, gaussian=...))")
+        self._plan = plan
+        self._schedule = plan.schedule(self.process)
         with torch.no_grad():
-            self.spec.fn(recorder, torch.zeros(1, 1, dtype=torch.float64), self._schedule,
-                         generator=torch.Generator().manual_seed(0), **self._planned)
+            plan.spec.fn(plan.bind(recorder), torch.zeros(1, 1, dtype=torch.float64), self._schedule,
+                         generator=torch.Generator().manual_seed(0), **plan.options)
         times = torch.tensor(recorder.times, dtype=torch.float64)
         self.timesteps = self.process.model_time(times).to(device=device or "cpu", dtype=torch.float32)
         self.num_inference_steps = len(recorder.times)
         self._step_index = 0
+        self._teleported_input = False
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
-        """The network sees ``x_t`` itself (DDPM-family processes)."""
+        """The network sees ``x_t`` itself (DDPM-family processes); before the first evaluation of a teleported plan,
+        the prior draw carried to the plan's start by the data Gaussian's exact flow."""
+        if self._schedule is not None and self._worker is None and self._plan.start.teleported:
+            self._teleported_input = True
+            return self._start_state(sample)
         return sample
+
+    def _start_state(self, sample: Tensor) -> Tensor:
+        holder = _TimeRecorder(self.process, self.gaussian)
+        return self._plan.start_state(holder, sample)
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor, generator: torch.Generator | None = None,
              return_dict: bool = True, **_: Any) -> SchedulerOutput | tuple[Tensor]:
@@ -137,6 +228,13 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step() called {self._step_index + 1} times for {self.num_inference_steps} planned "
                              "evaluations; call set_timesteps again to start a new solve")
         if self._worker is None:
+            if self._plan.start.teleported:
+                if not self._teleported_input:
+                    raise ValueError(f"this plan starts at a teleported time (t={self._plan.start.t:g}) and the pipeline "
+                                     f"did not call scheduler.scale_model_input before its first network call, so its "
+                                     f"first evaluation would be at the untransformed noise: use a plan without "
+                                     f"teleport in this pipeline (e.g. DDPMPipeline), or a pipeline that calls it")
+                sample = self._start_state(sample)
             self._start_worker(sample, generator)
             self._expect_request()
         self._answers.put(model_output)
@@ -168,8 +266,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def _start_worker(self, x_T: Tensor, generator: torch.Generator | None) -> None:
         requests, answers = queue.Queue(), queue.Queue()
         self._requests, self._answers = requests, answers
-        den = _PipelineDenoiser(self.process, self.prediction, requests, answers)
-        spec, schedule, planned = self.spec, self._schedule, self._planned
+        den = self._plan.bind(_PipelineDenoiser(self.process, self.prediction, requests, answers))
+        spec, schedule, planned = self._plan.spec, self._schedule, self._plan.options
 
         def run() -> None:
             try:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .denoisers import ATTACHMENTS, NFECounter, wrapper_chain
+from .attachments import declared
+from .denoisers import NFECounter, wrapper_chain
 
 __all__ = ["model_fingerprint"]
 
@@ -78,14 +79,14 @@ def model_fingerprint(denoiser: Any) -> str:
     """SHA-256 of what ``denoiser`` computes: the networks' weights and buffers, and the plain attributes of the
     denoiser and of every wrapper around it (process, prediction type, config, guidance scale, an exact model's
     parameters).  :class:`~fewstep.denoisers.NFECounter` is transparent (counting evaluations changes nothing),
-    and so is the data attached for the samplers (:data:`~fewstep.denoisers.ATTACHMENTS`).  Stable across
+    and so is the data attached beside the model (:mod:`fewstep.attachments`).  Stable across
     processes and ``torch.compile``; changes when any weight does."""
-    h = hashlib.sha256()
+    h, attached_data = hashlib.sha256(), declared()
     for node in wrapper_chain(denoiser):
         if isinstance(node, NFECounter):
             continue
         h.update(type(node).__qualname__.encode())
-        _feed(h, {k: v for k, v in vars(node).items() if k != "inner" and k not in ATTACHMENTS})
+        _feed(h, {k: v for k, v in vars(node).items() if k != "inner" and k not in attached_data})
     for net in denoiser.networks():
         h.update(_weights_digest(net).encode())
     return h.hexdigest()

@@ -58,11 +58,19 @@ def save_image(arr: np.ndarray, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_png(arr: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write one uint8 ``(H, W, C)`` image as PNG atomically, whatever the suffix."""
+def save_png(arr: np.ndarray, path: str | os.PathLike, text: dict[str, str] | None = None) -> Path:
+    """Write one uint8 ``(H, W, C)`` image as PNG atomically, whatever the suffix; ``text``: PNG text chunks
+    (key -> value) recorded with it."""
     path = Path(path)
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
     with atomic_path(path) as tmp:
-        _pil(arr).save(tmp, format="PNG")
+        _pil(arr).save(tmp, format="PNG", pnginfo=info)
     return path
 
 

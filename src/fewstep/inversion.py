@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .api import generators, plan_solve, sample
+from .api import generators, make_plan, plan_solve, sample
 from .context import bind
 from .denoisers import DenoiserBase
-from .grids import GridSpec, Schedule, make_schedule
+from .grids import GridSpec, Schedule
 from .solvers import available, get
 from .solvers._common import Callback, Cond, Generator, randn_like, step_done
 from .solvers.ddim import ddim_mean, ddim_step
@@ -94,7 +94,7 @@ def ddim_invert(denoiser: DenoiserBase, x0: Tensor, solver: str = "ddim", nfe: i
     """
     check_invertible(solver)
     _check_images(denoiser, x0, "x0")
-    spec, schedule, den, kwargs = plan_solve(denoiser, solver, nfe, grid, cond=cond, clean_end=False, **options)
+    spec, schedule, den, kwargs = plan_solve(denoiser, solver, nfe, grid, clean_end=False, where="inversion", **options)
     back = schedule.reversed()
     if grad:
         return spec.fn(den, x0, back, callback=callback, cond=cond, **kwargs)
@@ -148,8 +148,8 @@ def edit_friendly_invert(denoiser: DenoiserBase, x0: Tensor, nfe: int = 50, grid
         if generator is not None:
             raise ValueError("pass either generator or seeds, not both")
         generator = generators(seeds, x0.device)
-    steps, _ = get("ddpm").steps_for(nfe, False)
-    schedule = make_schedule(denoiser.process, steps, grid, clean_end=False, solver="ddpm", nfe=nfe)
+    plan = make_plan(denoiser, "ddpm", nfe, grid, clean_end=False).require("edit-friendly inversion", net_times=False)
+    schedule, steps = plan.schedule(denoiser.process), plan.steps
     a, s = schedule.alpha.tolist(), schedule.sigma.tolist()
     # Alg. 1 line 2: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps_t, eps_t independent; the last point is x0 itself.
     xs = [a[i] * x0 + s[i] * randn_like(x0, generator) for i in range(steps)] + [x0]

@@ -12,18 +12,17 @@ from typing import Any
 
 import torch
 
+from .attachments import attach_from
 from .bundled import BUNDLED, resolve_bundled
-from .checkpoint import checkpoint_folder, read_config
+from .checkpoint import checkpoint_folder, load_tensors, read_config
 from .denoisers import Denoiser, DenoiserBase
+from .devices import resolve_device
 from .nets import build_net
 from .onestep import OneStepGenerator
 from .processes import NoiseProcess, VPDiscrete, process_from_config
 from .quant.io import load_quantized
-from .solvers.dpm_v3.stats import EMS
-from .teleport import GAUSSIAN_FILE, load_class_gaussians, load_gaussian
 
 __all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
-
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> DenoiserBase:
@@ -32,13 +31,15 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
     ``ema.safetensors``/``model.safetensors``), a run folder (its newest checkpoint), or a local
     diffusers folder holding a ``UNet2DModel`` and its ``scheduler_config.json``.
-    ``ema=False`` loads the raw training weights of a checkpoint.  Statistics for the ``dpm_v3`` solver saved
-    in ``<checkpoint>/ems/`` are attached as ``denoiser.ems``, the data Gaussian of
-    ``<checkpoint>/gaussian.safetensors`` (:mod:`fewstep.teleport`) as ``denoiser.data_gaussian``.  A quantized folder (``fewstep
+    ``ema=False`` loads the raw training weights of a checkpoint; a ``device`` this machine lacks is refused
+    in one line (:func:`fewstep.devices.resolve_device`).  The declared attachments found beside the
+    checkpoint (:mod:`fewstep.attachments`: DPM-Solver-v3's ``ems``, the ``data_gaussian`` and
+    ``class_gaussians`` of :mod:`fewstep.teleport`, tuned plans as ``plan_file``) are attached.  A quantized folder (``fewstep
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
-    gives a :class:`~fewstep.distill.OneStepGenerator`, sampled with ``nfe=1``.
+    gives a :class:`~fewstep.onestep.OneStepGenerator`, sampled with ``nfe=1``.
     """
+    device = resolve_device(device, flag="device=")  # a device this machine lacks: one line, before any loading
     spec = str(path)
     folder = resolve_bundled(spec) if spec.startswith("bundled:") else Path(spec)
     if not folder.exists():
@@ -50,34 +51,11 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()
-    _attach_ems(den, folder)
-    _attach_gaussian(den, folder)
+    attach_from(den, folder)
     return den
 
 
-def _attach_ems(den: Denoiser, folder: Path) -> None:
-    """Attach DPM-Solver-v3's statistics saved in ``<folder>/ems/`` (``fewstep ems``) as ``den.ems``.
-
-    They are checked against the model (fingerprint and process) when the ``dpm_v3`` solver uses them.
-    """
-    if (folder / "ems" / "ems.json").exists():
-        den.ems = EMS.load(folder / "ems")  # type: ignore[attr-defined]
-
-
-def _attach_gaussian(den: Denoiser, folder: Path) -> None:
-    """Attach the training data's Gaussian saved as ``<folder>/gaussian.safetensors`` (``fewstep gaussian``) as
-    ``den.data_gaussian`` (and its per-class Gaussians, if saved, as ``den.class_gaussians``): what ``teleport``
-    and ``--cache gaussian`` use (:mod:`fewstep.teleport`)."""
-    if (folder / GAUSSIAN_FILE).exists():
-        den.data_gaussian = load_gaussian(folder / GAUSSIAN_FILE)  # type: ignore[attr-defined]
-        classes = load_class_gaussians(folder / GAUSSIAN_FILE)
-        if classes is not None:  # `fewstep gaussian --per-class`: class-conditional teleport
-            den.class_gaussians = classes  # type: ignore[attr-defined]
-
-
 def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
-    from safetensors.torch import load_file
-
     cfg = read_config(folder)
     for key in ("network", "process", "prediction"):
         if key not in cfg:
@@ -92,10 +70,7 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
         if weights is None:
             raise FileNotFoundError(f"{folder} has no {' or '.join(names)}; the checkpoint is incomplete")
         net = build_net(cfg["network"])
-        try:
-            state = load_file(str(weights))
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise ValueError(f"cannot read {weights}: {err}; the file is damaged") from None
+        state = load_tensors(weights)  # checked against the checkpoint's checksums.json, where it has one
         _load_state(net, state, weights)
     n = cfg["network"]
     shape = (n.get("in_channels", 1), n.get("resolution", 28), n.get("resolution", 28))

@@ -30,7 +30,7 @@ from .denoisers import find_attached
 from .exact import GaussianMixture
 from .processes import NoiseProcess
 
-__all__ = ["GAUSSIAN_FILE", "teleport", "data_gaussian", "class_gaussians", "save_gaussian", "load_gaussian",
+__all__ = ["GAUSSIAN_FILE", "teleport", "teleported_start", "data_gaussian", "class_gaussians", "save_gaussian", "load_gaussian",
            "load_class_gaussians", "find_gaussian", "resolve_gaussian", "truncate"]
 
 GAUSSIAN_FILE = "gaussian.safetensors"
@@ -61,6 +61,20 @@ def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMi
                              f"0..{len(gaussian.means) - 1} per sample; make them with `fewstep gaussian --per-class`")
     out = gaussian.flow(y, float(s[0] / a[0]), float(s[1] / a[1]), labels) * float(a[1])
     return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+def teleported_start(denoiser: Any, x_T: Tensor, t: float, gaussian: Any = None, cond: dict[str, Any] | None = None
+                     ) -> Tensor:
+    """``x_T`` (a draw at ``t_max``) carried to ``t`` by the data Gaussian's exact flow: ``gaussian`` (a
+    :class:`GaussianMixture` or a saved file) or the one attached to ``denoiser``; with
+    ``cond={"class_labels": ...}`` each sample follows its class's Gaussian."""
+    labels = None
+    if cond:
+        if set(cond) != {"class_labels"}:
+            raise ValueError(f"a teleported start follows unconditional or class-conditional sampling; it cannot "
+                             f"follow conditioning on {', '.join(sorted(set(cond) - {'class_labels'}))}")
+        labels = cond["class_labels"]
+    return teleport(x_T, denoiser.process, t, resolve_gaussian(denoiser, gaussian, labels is not None), labels=labels)
 
 
 def data_gaussian(data: str, shape: tuple[int, ...]) -> GaussianMixture:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import solvers
 from .._io import atomic_write_text
 from ..accel import parse_cache
-from ..compiling import compile_denoiser
+from ..compose import compose_sampler
 from ..denoisers import innermost
 from ..grids import GRIDS
 from ..grids.files import is_grid_file, own_entry
@@ -167,8 +167,8 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         near = NearExact(denoiser, shape, range(cfg.seed, cfg.seed + cfg.n),
                          ReferenceSettings(cfg.reference_solver, cfg.reference_nfe, cfg.reference_grid),
                          cache_dir=cache, batch_size=batch_size, device=device, progress=progress and rank0)
-    if cfg.compile:
-        compile_denoiser(denoiser)
+    if cfg.compile:  # composed as every command composes (fewstep.compose); caches in the sample functions
+        compose_sampler(denoiser, compile=True)
     t0 = time.perf_counter()
     store = EvalStore(Path(cfg.out) / STORE_FILE, writable=rank0) if cfg.out else None
 
@@ -205,6 +205,9 @@ def run_model_bench(cfg: ModelBenchConfig, denoiser: Any = None, progress: bool 
         name, grid, nfe, model, cache = run
         label = {"solver": name, "grid": grid, "nfe": nfe, **({"model": model} if model else {}),
                  **({"cache": cache} if cache else {})}
+        plan = sampler(run).plan  # the resolved plan each row records: start, times and where they came from
+        label["start"] = f"t={plan.start.t:g} ({plan.start.kind})"
+        label["times_from"] = plan.sources["times"]
         png_path = Path(cfg.out) / "samples" / _grid_name(*run) if cfg.out else None
         if cfg.limit_nfe > 0 and (name, nfe, model, cache) == (LIMIT_SOLVER, cfg.limit_nfe, "", ""):
             label["role"] = "ODE limit"

@@ -1,6 +1,8 @@
-"""What ``fewstep sample --out`` names (a grid image, an ``.npz`` or a folder) and whether it can be written.
+"""What an ``--out`` names (``fewstep sample``'s grid image, ``.npz`` or folder; another command's file or folder)
+and whether it can be written.
 
-Both are checked before a model is loaded, so a bad ``--out`` fails in a second, not after the sampling.
+Every command that writes a result checks its ``--out`` before any work (loading a model, sampling, searching),
+so a bad ``--out`` fails in a second, not after the work.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Destination", "parse_destination", "check_writable"]
+__all__ = ["Destination", "parse_destination", "check_writable", "check_output"]
 
 from ..imagegrid import IMAGE_FORMATS
 
@@ -22,10 +24,11 @@ _CHOICES = ("a grid image (.png, .jpg, .jpeg, .webp), an array (.npz), or a fold
 
 @dataclass(frozen=True)
 class Destination:
-    """``kind`` is ``grid`` (one tiled image), ``npz`` (an array file) or ``folder`` (one PNG per seed)."""
+    """``kind`` is ``grid`` (one tiled image), ``npz`` (an array file), ``folder`` (one PNG per seed, or a folder
+    of results) or ``file`` (any other single file: JSON, statistics)."""
 
     path: Path
-    kind: Literal["grid", "npz", "folder"]
+    kind: Literal["grid", "npz", "folder", "file"]
 
     @property
     def folder(self) -> Path:
@@ -58,6 +61,8 @@ def check_writable(dest: Destination) -> None:
     shown = dest.path
     if dest.kind == "folder" and dest.path.exists() and not dest.path.is_dir():
         raise ValueError(f"--out {shown}: exists and is a file, not a folder; choose another --out")
+    if dest.kind != "folder" and dest.path.is_dir():
+        raise ValueError(f"--out {shown}: is a folder; give a file name")
     existing = dest.folder
     while not existing.exists():  # the nearest ancestor that exists: everything below it is created
         if existing.parent == existing:
@@ -69,3 +74,10 @@ def check_writable(dest: Destination) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--out {shown}: cannot write to {existing} (permission denied or read-only); "
                          f"choose another --out")
+
+
+def check_output(text: str | os.PathLike, kind: Literal["file", "folder"] = "file") -> Path:
+    """Check before any work that ``--out`` (one file, or a folder of results) can be written; return its path."""
+    path = Path(text)
+    check_writable(Destination(path, kind))
+    return path

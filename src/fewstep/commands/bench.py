@@ -75,7 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_gmm(args: argparse.Namespace) -> int:
     from ..bench.gmm import GMMBenchConfig, run_gmm_bench
+    from ._destination import check_output
 
+    if args.out:
+        check_output(args.out, "folder")  # before the sweep; its tables are printed as well as written
     cfg = GMMBenchConfig(solvers=args.solvers, nfes=args.nfe, grids=args.grids, processes=args.processes,
                          n=args.n, seed=args.seed, out=args.out)
     run_gmm_bench(cfg)
@@ -85,8 +88,11 @@ def _run_gmm(args: argparse.Namespace) -> int:
 def _run_model(args: argparse.Namespace) -> int:
     from ..bench.model import ModelBenchConfig, run_model_bench
     from ..devices import resolve_device
+    from ._destination import check_output
     from ._reference import reference_settings
 
+    if args.out:
+        check_output(args.out, "folder")  # before the sweep
     if args.threads:
         import torch
 

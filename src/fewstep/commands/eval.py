@@ -6,6 +6,8 @@ import argparse
 import json
 
 from .stats import add_extractor_args
+from ._compose import add_guidance_args, check_guidance_args, guidance_from_args
+from ._plan import add_plan_args, plan_from_args
 
 
 def _shape(text: str) -> list[int]:
@@ -17,12 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
     p.add_argument("--solver", default="dpm++2m")
     p.add_argument("--nfe", type=int, default=10)
-    p.add_argument("--grid", default=None, help="time grid: uniform, logsnr, quadratic, karras or a grid file "
-                                                   "from `fewstep grid optimize`, or bundled:fashion (the grids tuned for "
-                                                   "that model; default: the process's, "
-                                                   "time-uniform for VP models, karras for EDM)")
-    p.add_argument("--teleport", type=float, default=None, metavar="T",
-                   help="start at time T, reached by the training data Gaussian's exact flow (see `fewstep sample`)")
+    add_plan_args(p)
+    add_guidance_args(p)
     p.add_argument("--ref", default=None, help="reference .npz from `fewstep stats` (default: shipped statistics)")
     p.add_argument("--n", type=int, default=10_000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
@@ -53,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise ValueError(f"--n must be at least 2, got {args.n}")
+    grid, plan_kwargs = plan_from_args(args)
+    check_guidance_args(args)
+    if args.class_label is not None and args.class_label.strip().lstrip("-").isdigit():
+        args.class_label = int(args.class_label)
+    if args.out:
+        from ._destination import check_output
+
+        check_output(args.out)  # before any sampling: the metrics are never lost to a bad --out
     cache = parse_cache(args.cache)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from ._reference import near_exact_from_args
 
     near = near_exact_from_args(args, denoiser, shape, device) if args.reference else None  # before compiling
-    if args.compile:
-        from ..compiling import compile_denoiser
+    if args.compile:  # composed as every command composes (fewstep.compose); cache and guidance in the sample function
+        from ..compose import compose_sampler
 
-        compile_denoiser(denoiser)
-    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, args.grid, device, cache=cache,
-                                 **({"teleport": args.teleport} if args.teleport is not None else {}))
+        compose_sampler(denoiser, compile=True)
+    sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, grid, device, cache=cache,
+                                 guidance=guidance_from_args(args, device), class_label=args.class_label,
+                                 first_seed=args.seed, **plan_kwargs)
     batch_size = args.batch_size or default_batch_size(device)
     if world()[0] == 0:
         print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if world()[0] != 0:
         return 0
     result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result,
-              **(sample_fn.evals_used or {})}
+              **(sample_fn.evals_used or {}), "plan": sample_fn.plan.describe()}
     if near is not None:
         result["error_reference"] = near.description
     print(json.dumps(result, indent=2))

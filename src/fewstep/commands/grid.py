@@ -116,6 +116,9 @@ def _run_optimize(args: argparse.Namespace) -> int:
         spec.steps_for(nfe)
     if not args.out.endswith(".json"):
         raise ValueError(f"--out {args.out}: a grid file ends in .json")
+    from ._destination import check_output
+
+    check_output(args.out)  # before the search: its result is never lost to a bad --out
     if args.iters < 1 or args.candidates < 1:
         raise ValueError("--iters and --candidates must be positive")
     if args.threads:
@@ -151,10 +154,10 @@ def _run_optimize(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    for e in entries:  # shown before writing, so a failed write loses nothing
+        print(_describe(e), flush=True)
     provenance = {"model": args.model, "fewstep_version": __version__}
     write_grid_file(args.out, den.process, kept + entries, provenance)
-    for e in entries:
-        print(_describe(e))
     print(f"wrote {args.out}")
     return 0
 
@@ -168,6 +171,8 @@ def _describe(e: Any) -> str:
         " ".join(f"{t:.4g}" for t in e.times)
     if e.net_times is not None:
         line += "\n    net   " + " ".join(f"{t:.4g}" for t in e.net_times)
+    if e.teleport is not None:
+        line += f"\n    teleport {e.teleport:.4f} (start: the data Gaussian's exact flow from t_max)"
     for k, v in (e.options or {}).items():
         text = " ".join(f"{r:.4g}" for r in v) if isinstance(v, list) else f"{v:.4g}" if isinstance(v, float) else str(v)
         line += f"\n    {k:<5} {text}"

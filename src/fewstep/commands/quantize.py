@@ -62,9 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from ..solvers import get as get_solver
 
     # everything checkable without the model first: a mistake costs a second, not a calibration
+    from ._destination import check_output
+
     out = Path(args.out)
     if out.exists():
         raise FileExistsError(f"--out {out} already exists; choose a new folder (quantized models are never overwritten)")
+    check_output(out, "folder")
     qmax(args.bits)
     solver = get_solver(args.calib_solver)
     solver.steps_for(args.calib_nfe)
@@ -81,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     keep = [v for v in args.keep_float.split(",") if v]
     quantize_denoiser(den, settings, bits=args.bits, kernels=args.kernels, keep_float=keep,
                       progress=not args.no_progress)
-    save_quantized(den, out, extra={"model": args.model})
     net = next(den.networks())
+    print(f"quantized: {len(net.info['quantized_layers'])} int{args.bits} layers, {len(net.info['levels'])} "
+          f"calibrated steps", flush=True)
+    save_quantized(den, out, extra={"model": args.model})
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"wrote {out}: {len(net.info['quantized_layers'])} int8 layers, {len(net.info['levels'])} calibrated "
-          f"steps, {size / 1e6:.2f} MB")
+    print(f"wrote {out}: {size / 1e6:.2f} MB")
     return 0

@@ -76,7 +76,7 @@ def make_operator(args: argparse.Namespace, shape: tuple[int, ...]):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..restoration import MASKS, get_method
+    from ..restoration import MASKS, get_method, restore_nfe
 
     if args.n < 1 or args.batch_size < 1 or args.nfe < 1 or args.first < 0:
         raise ValueError("--n, --batch-size and --nfe must be positive and --first >= 0")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {spec.name} only inpaints; use --method dps or reddiff for --task {args.task}")
     options = parse_options(args.opt)
     spec.check_options(options)
-    nfe_used = spec.plan(args.nfe, options)[1]
+    nfe_used = restore_nfe(args.method, args.nfe, **options)
     if args.sigma_y < 0:
         raise ValueError(f"--sigma-y must be >= 0, got {args.sigma_y}")
     dest = parse_destination(args.out)

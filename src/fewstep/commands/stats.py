@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.distributed import default_device, world
     from ..metrics.evaluate import images_stats
     from ..metrics.extractors import get_extractor
+    from ._destination import check_output
 
+    check_output(args.out)  # before the features are computed
     device = default_device(args.device)
     extractor = get_extractor(args.extractor, args.inception, device)
     if args.resolution is not None and args.resolution < 1:
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     stats = images_stats(extractor, images, args.batch_size or 250, args.max_features)
     if world()[0] != 0:
         return 0
+    print(f"stats: {stats.n} images, {extractor.name} ({stats.dim}-d, hash {stats.fingerprint[:12]}), "
+          f"|mu| {float((stats.mu ** 2).sum() ** 0.5):.6g}, trace(sigma) {float(stats.sigma.trace()):.6g}", flush=True)
     stats.save(args.out)
-    print(f"wrote {args.out}: {stats.n} images, {extractor.name} ({stats.dim}-d, hash {stats.fingerprint[:12]})")
+    print(f"wrote {args.out}")
     return 0

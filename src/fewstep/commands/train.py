@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "losses to OUT/log.jsonl, sample grids to OUT/samples. Run under torchrun for several GPUs/nodes."))
     p.add_argument("--data", help="fashion-mnist[:DIR], a .npz/.npy file or an image folder (default: the config's)")
     p.add_argument("--config", help="a JSON file {network, process, prediction, data, training} or a preset name "
-                                    "(fashion-unet); with --resume the checkpoint's config is used")
+                                    "(fashion-unet); with --resume the checkpoint's config is used (a --config "
+                                    "that differs from it is refused)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     p.add_argument("--steps", type=int, help="total optimiser steps (overrides training.steps)")
@@ -46,28 +47,9 @@ def _load_config(spec: str) -> dict[str, Any]:
         raise ValueError(f"config {spec} is not valid JSON: {err}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import latest_checkpoint, newest_readable_config
-    from ..data import load_data
-    from ..devices import resolve_device
-    from ..training.settings import resolve_config
-    from ..training.trainer import Trainer, init_distributed_from_env
-
-    device = resolve_device(args.device)  # a bad --device fails here, not after the data is loaded
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.resume:
-        if latest_checkpoint(args.out) is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {Path(args.out) / 'checkpoints'}")
-        _, config = newest_readable_config(args.out)  # the trainer warns about damaged ones it skips
-    else:
-        if not args.config:
-            raise ValueError("--config is required for a new run (a .json file or a preset name such as fashion-unet)")
-        if (Path(args.out) / "checkpoints").is_dir() and latest_checkpoint(args.out):
-            raise ValueError(f"{args.out} already holds checkpoints; pass --resume to continue, or choose another --out")
-        config = _load_config(args.config)
+def _prepare(config: Any, args: argparse.Namespace, spec: str | None = None) -> dict[str, Any]:
+    """``config`` with this command's flags applied (``training`` overrides, ``--data``, the data's size from the
+    network); ``spec``: the data when neither ``--data`` nor the config names one."""
     if not isinstance(config, dict):
         raise ValueError(f"config {args.config} must be a JSON object {{network, process, prediction, data, training}}")
     training = config.setdefault("training", {})
@@ -83,11 +65,70 @@ def run(args: argparse.Namespace) -> int:
     net = config.get("network", config.get("classifier", {}))  # the trained network's input size sets the data's
     if not isinstance(data_cfg, dict) or not isinstance(net, dict):
         raise ValueError("config data and network must be JSON objects")
-    data_cfg["spec"] = args.data or data_cfg.get("spec")
+    data_cfg["spec"] = args.data or data_cfg.get("spec") or spec
     if not data_cfg["spec"]:
         raise ValueError("no data given: pass --data (fashion-mnist[:DIR], a .npz/.npy file or an image folder)")
     data_cfg.setdefault("resolution", net.get("resolution", 28))
     data_cfg.setdefault("channels", net.get("in_channels", 1))
+    return config
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"training.lr": ...}``."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _refuse_other_config(resumed: dict[str, Any], given: dict[str, Any], name: str, folder: Path) -> None:
+    """Refuse ``--config`` with ``--resume`` unless it is the resumed run's config (both as this command would run
+    them: defaults filled, flags applied), naming the keys that differ."""
+    from ..training.settings import resolve_config
+
+    a, b = _flat(resolve_config(resumed)[0]), _flat(resolve_config(given)[0])
+    for flat in (a, b):  # where the data is read from is --data's business (a moved file resumes), not the config's
+        flat.pop("data.spec", None)
+    missing = "(absent)"
+    diffs = [f"{k}: {json.dumps(a.get(k, missing))} in the checkpoint, {json.dumps(b.get(k, missing))} in {name}"
+             for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(f"--resume continues the run with the config saved in {folder / 'config.json'}, but "
+                         f"--config {name} differs from it in {len(diffs)} key{'s' if len(diffs) != 1 else ''} "
+                         f"({shown}); drop --config to resume the run as it was (a flag such as --steps or --lr "
+                         f"changes one setting), or start a new run in another --out with the new config")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import latest_checkpoint, newest_readable_config
+    from ..data import load_data
+    from ..devices import resolve_device
+    from ..training.settings import resolve_config
+    from ..training.trainer import Trainer, init_distributed_from_env
+
+    device = resolve_device(args.device)  # a bad --device fails here, not after the data is loaded
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        if latest_checkpoint(args.out) is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {Path(args.out) / 'checkpoints'}")
+        folder, config = newest_readable_config(args.out)  # the trainer warns about damaged ones it skips
+        config = _prepare(config, args)
+        if args.config:
+            given = _prepare(_load_config(args.config), args, spec=config["data"]["spec"])
+            _refuse_other_config(config, given, args.config, folder)
+    else:
+        if not args.config:
+            raise ValueError("--config is required for a new run (a .json file or a preset name such as fashion-unet)")
+        if (Path(args.out) / "checkpoints").is_dir() and latest_checkpoint(args.out):
+            raise ValueError(f"{args.out} already holds checkpoints; pass --resume to continue, or choose another --out")
+        config = _prepare(_load_config(args.config), args)
+    data_cfg = config["data"]
     resolve_config(config)  # refuse typos and wrong types before loading any data
     init_distributed_from_env()
     data = load_data(data_cfg["spec"], data_cfg["resolution"], data_cfg["channels"])

@@ -12,15 +12,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from ..processes import NoiseProcess
-from .files import is_grid_file, own_entry, select_entry
+from .files import grid_entry, is_grid_file
 
-__all__ = ["GRIDS", "make_grid", "Schedule", "make_schedule", "tuned_for", "tuned_options"]
+__all__ = ["GRIDS", "GridSpec", "make_grid", "Schedule", "make_schedule"]
 
 GRIDS = ("uniform", "logsnr", "quadratic", "karras")
 
@@ -43,7 +43,7 @@ def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *
     if kind is None:
         kind = process.default_grid
     if isinstance(kind, (str, os.PathLike)) and str(kind) not in GRIDS and is_grid_file(kind):
-        kind = select_entry(kind, process, steps, solver, nfe).times
+        kind = grid_entry(kind, process, solver, nfe, steps).times
     hi = process.t_max if t_max is None else t_max
     lo = process.t_min if t_min is None else t_min
     if not isinstance(kind, str):
@@ -117,16 +117,16 @@ class Schedule:
 
 def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = None, *,
                   clean_end: bool = True, solver: str | None = None, nfe: int | None = None,
-                  teleported: bool = False, **grid_options: float) -> Schedule:
+                  **grid_options: float) -> Schedule:
     """Build the :class:`Schedule` for ``steps`` solver steps on ``grid`` (``solver`` and ``nfe`` choose
-    the entry of a grid file).  A grid file entry tuned with a teleported start (:mod:`fewstep.teleport`) is
-    refused unless the caller applies the teleport (``teleported=True``, as ``fewstep.sample`` does)."""
-    if not teleported and _is_file(grid):
-        entry = select_entry(grid, process, steps, solver, nfe)
+    the entry of a plan file).  A plan file entry's start, network times and options are not applied here: a
+    teleported entry is refused (resolve it with :func:`fewstep.plan.make_plan`, which applies all of them)."""
+    if _is_file(grid):
+        entry = grid_entry(grid, process, solver, nfe, steps)
         if entry.teleport is not None:
-            raise ValueError(f"the grid file's entry for {entry.solver} at nfe={entry.nfe} starts at a teleported time "
-                             f"(teleport={entry.teleport:g}): only fewstep.sample and `fewstep sample` "
-                             f"apply the teleport; use a built-in grid or another entry here")
+            raise ValueError(f"the plan file's entry for {entry.solver} at nfe={entry.nfe} starts at a teleported time "
+                             f"(t={entry.teleport:g}): resolve it with fewstep.make_plan (fewstep.sample applies it); "
+                             f"use a built-in grid or another entry here")
     ts = make_grid(process, steps, grid, solver=solver, nfe=nfe, **grid_options)
     if not isinstance(grid, str) and steps != len(ts) - 1:
         raise ValueError(f"the explicit grid has {len(ts) - 1} steps but the solver needs {steps} for this NFE; "
@@ -140,37 +140,3 @@ def make_schedule(process: NoiseProcess, steps: int, grid: GridSpec | None = Non
 
 def _is_file(grid: GridSpec | None) -> bool:
     return isinstance(grid, (str, os.PathLike)) and str(grid) not in GRIDS and is_grid_file(grid)
-
-
-def _own_entry(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> Any:
-    """The grid file entry tuned for ``solver`` itself at ``nfe`` (None: not a grid file, or another solver's grid)."""
-    if not _is_file(grid):
-        return None
-    select_entry(grid, process, steps, solver, nfe)  # a one-line error when the file has no grid for this NFE
-    return own_entry(grid, process, steps, solver, nfe)
-
-
-def tuned_options(grid: GridSpec | None, process: NoiseProcess, solver: str, nfe: int, steps: int) -> dict[str, Any]:
-    """The solver options a grid file's entry for ``solver`` at ``nfe`` was tuned with (e.g. DC-Solver's
-    ``ratios``); empty for any other grid or solver.  ``teleport`` (:mod:`fewstep.teleport`) belongs to the grid,
-    not the solver: it comes from whichever entry gives the times, also another solver's."""
-    entry = _own_entry(grid, process, solver, nfe, steps)
-    options = dict(entry.options) if entry is not None and entry.options else {}
-    if entry is None and _is_file(grid):
-        teleport = select_entry(grid, process, steps, solver, nfe).teleport
-        if teleport is not None:
-            options["teleport"] = teleport
-    return options
-
-
-def tuned_for(denoiser: Any, grid: GridSpec | None, solver: str, nfe: int, steps: int) -> Any:
-    """``denoiser`` behind the TimeTuner network times of a grid file's entry for ``solver`` at ``nfe``
-    (:mod:`fewstep.nettimes`); unchanged for any other grid."""
-    if not _is_file(grid):
-        return denoiser
-    entry = select_entry(grid, denoiser.process, steps, solver, nfe)
-    if entry.net_times is None or entry.solver != solver:
-        return denoiser
-    from ..nettimes import time_tuned
-
-    return time_tuned(denoiser, entry.times, entry.net_times)

@@ -10,8 +10,11 @@ One grid::
 Several grids (other NFEs or solvers) share the header and list the per-grid fields under
 ``"grids"``.  ``times`` are the decreasing grid times from the process's ``t_max``;
 ``net_times`` (TimeTuner) the time fed to the network at each step's main evaluation;
-``options`` solver options tuned with the grid (e.g. DC-Solver's ``ratios``).  Network times and
-options apply only when sampling with the entry's own solver.
+``options`` solver options tuned with the grid (e.g. DC-Solver's ``ratios``); ``start`` (optional)
+``{"kind": "gaussian", "t": T}`` when the times begin at a teleported start (:mod:`fewstep.teleport`; files of
+fewstep <= 0.1 kept it as ``options["teleport"]``, still read).  An entry is a *plan* for its own solver and NFE
+(:func:`grid_entry`, :mod:`fewstep.plan`): another solver borrows its times only when asked to, and then without
+its network times, options or teleported start.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from typing import Any, Sequence
 from ..processes import NoiseProcess
 
 __all__ = ["GridEntry", "GridFile", "FORMAT", "VERSION", "is_grid_file", "grid_file_path", "read_grid_file",
-           "write_grid_file", "select_entry", "own_entry"]
+           "write_grid_file", "select_entry", "own_entry", "grid_entry"]
 
 FORMAT = "fewstep-grid"
 VERSION = 1
 BUNDLED_GRIDS = "grids.json"  # the tuned grids shipped beside a bundled model's weights
-_ENTRY_KEYS = ("solver", "nfe", "steps", "times", "net_times", "options", "method", "score")
+_ENTRY_KEYS = ("solver", "nfe", "steps", "times", "net_times", "options", "method", "score", "start")
 
 
 @dataclass
@@ -47,8 +50,20 @@ class GridEntry:
     net_times: list[float] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] | None = None
+    teleport: float | None = None
 
     def __post_init__(self) -> None:
+        if self.options and "teleport" in self.options:  # the start was an option before plans had a start field
+            options = dict(self.options)
+            legacy = options.pop("teleport")
+            if self.teleport is None and legacy is not None:
+                self.teleport = float(legacy)
+            self.options = options or None
+        if self.teleport is not None:
+            self.teleport = float(self.teleport)
+            if abs(self.teleport - self.times[0]) > 1e-6 * max(1.0, abs(self.teleport)):
+                raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: teleported start t={self.teleport:g} but "
+                                 f"the times begin at {self.times[0]:g}")
         self.times = [float(t) for t in self.times]
         if len(self.times) != self.steps + 1:
             raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: {len(self.times)} times for {self.steps} steps")
@@ -63,11 +78,9 @@ class GridEntry:
             raise ValueError(f"grid entry {self.solver} nfe={self.nfe}: options must be a mapping of solver options")
 
     @property
-    def teleport(self) -> float | None:
-        """The teleported start the times were tuned with (:mod:`fewstep.teleport`), or None: a property of the
-        times, so it goes with them to any solver that borrows this entry's grid."""
-        t = (self.options or {}).get("teleport")
-        return None if t is None else float(t)
+    def start(self) -> dict[str, Any] | None:
+        """The entry's start as stored: ``{"kind": "gaussian", "t": T}`` for a teleported one, else None."""
+        return None if self.teleport is None else {"kind": "gaussian", "t": self.teleport}
 
 
 @dataclass
@@ -103,8 +116,13 @@ def _entry_from(d: dict[str, Any], where: str) -> GridEntry:
     missing = [k for k in ("solver", "nfe", "steps", "times", "method") if k not in d]
     if missing:
         raise ValueError(f"{where}: a grid entry lacks {', '.join(missing)}")
+    start = d.get("start")
+    if start is not None and (not isinstance(start, dict) or start.get("kind") != "gaussian" or "t" not in start):
+        raise ValueError(f"{where}: entry {d['solver']} nfe={d['nfe']} has start {start!r}; the one start kind a "
+                         f"file records is {{\"kind\": \"gaussian\", \"t\": T}}")
     return GridEntry(str(d["solver"]), int(d["nfe"]), int(d["steps"]), d["times"], str(d["method"]),
-                     d.get("score"), d.get("net_times"), dict(d.get("provenance") or {}), d.get("options"))
+                     d.get("score"), d.get("net_times"), dict(d.get("provenance") or {}), d.get("options"),
+                     None if start is None else float(start["t"]))
 
 
 _CACHE: dict[tuple[str, int, int], GridFile] = {}
@@ -145,7 +163,8 @@ def write_grid_file(path: str | os.PathLike, process: NoiseProcess | dict[str, A
         raise ValueError("write_grid_file: no grids to write")
     config = process if isinstance(process, dict) else process.config()
     head: dict[str, Any] = {"format": FORMAT, "version": VERSION, "process": config}
-    rows = [{k: v for k, v in asdict(e).items() if k in _ENTRY_KEYS or (k == "provenance" and v)} for e in entries]
+    rows = [{**{k: v for k, v in asdict(e).items() if k in _ENTRY_KEYS or (k == "provenance" and v)},
+             **({"start": e.start} if e.start is not None else {})} for e in entries]
     if len(rows) == 1:
         body = {**head, **rows[0], "provenance": {**(provenance or {}), **rows[0].pop("provenance", {})}}
     else:
@@ -184,10 +203,33 @@ def own_entry(path: str | os.PathLike, process: NoiseProcess, steps: int, solver
     return next((e for e in _fits(grids, steps, nfe) if e.solver == solver), None)
 
 
+def grid_entry(path: str | os.PathLike, process: NoiseProcess, solver: str | None, nfe: int | None, steps: int,
+               borrow: str | None = None) -> GridEntry:
+    """The entry of ``path`` for exactly ``solver`` at ``nfe`` (``steps`` steps), or, with ``borrow``, the entry of
+    that solver at ``nfe`` whose times ``solver`` borrows.  No entry: a clear error listing what the file holds."""
+    grids = read_grid_file(path)
+    check_process(grids, process, path)
+    if solver is None or nfe is None:
+        raise ValueError(f"plan file {path} holds one entry per solver and NFE; name both (solver=, nfe=)")
+    owner = borrow or solver
+    found = [e for e in grids.entries if e.solver == owner and e.nfe == nfe]
+    have = ", ".join(f"{e.solver} nfe={e.nfe}" for e in sorted(grids.entries, key=lambda e: (e.solver, e.nfe)))
+    if not found:
+        hint = (" Borrow another solver's times explicitly (borrow=NAME, --borrow NAME), tune this solver "
+                "(`fewstep tune`), or use a built-in grid.") if borrow is None else ""
+        raise ValueError(f"plan file {path} has no entry for {owner} at nfe={nfe}; it holds: {have}.{hint}")
+    entry = found[0]
+    if entry.steps != steps:
+        raise ValueError(f"plan file {path}: the entry for {owner} at nfe={nfe} has {entry.steps} steps but {solver} "
+                         f"takes {steps} steps at nfe={nfe}")
+    return entry
+
+
 def select_entry(path: str | os.PathLike, process: NoiseProcess, steps: int, solver: str | None = None,
                  nfe: int | None = None) -> GridEntry:
-    """The grid of ``path`` for ``steps`` steps: the entry for ``solver`` at ``nfe`` if there is one, else
-    another solver's grid with the same NFE and step count."""
+    """A starting grid for a *search* (:mod:`fewstep.tuning.optimize`): the entry of ``path`` for ``solver`` at
+    ``nfe`` if there is one, else another solver's grid with the same NFE and step count.  Sampling never uses
+    this lenient lookup: it takes :func:`grid_entry` (an entry is used only for its own solver and NFE)."""
     grids = read_grid_file(path)
     check_process(grids, process, path)
     fits = _fits(grids, steps, nfe)

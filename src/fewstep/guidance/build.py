@@ -10,7 +10,7 @@ from torch import Tensor
 from ..denoisers import ClassifierFreeGuidance, DenoiserBase, GuidanceInterval, wrapper_chain
 from .classifier import ClassifierGuidance, NoisyClassifier
 
-__all__ = ["num_classes", "class_labels", "guide", "GUIDANCE_METHODS"]
+__all__ = ["num_classes", "class_labels", "class_cycle", "guide", "GUIDANCE_METHODS"]
 
 GUIDANCE_METHODS = ("cfg", "classifier")
 
@@ -27,8 +27,9 @@ def num_classes(denoiser: DenoiserBase) -> int:
     return 0
 
 
-def class_labels(spec: int | Sequence[int] | str, n: int, classes: int) -> Tensor:
-    """``n`` labels from ``spec``: a class, a list (cycled over the samples), ``"all"`` or text ``"3"``/``"0,2"``."""
+def class_cycle(spec: int | Sequence[int] | str, classes: int) -> list[int]:
+    """The classes ``spec`` names, in order: a class, a list, ``"all"`` or text ``"3"``/``"0,2"``; checked against
+    the model's ``classes``."""
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text == "all":
@@ -50,6 +51,12 @@ def class_labels(spec: int | Sequence[int] | str, n: int, classes: int) -> Tenso
     bad = [v for v in values if not 0 <= v < classes]
     if bad:
         raise ValueError(f"class {bad[0]} is out of range: this model has {classes} classes (0..{classes - 1})")
+    return values
+
+
+def class_labels(spec: int | Sequence[int] | str, n: int, classes: int) -> Tensor:
+    """``n`` labels from ``spec`` (:func:`class_cycle`), the classes cycled over the samples."""
+    values = class_cycle(spec, classes)
     return torch.tensor(values, dtype=torch.long).repeat(-(-n // len(values)))[:n]
 
 

@@ -14,9 +14,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..accel import apply_cache, parse_cache
 from ..api import generate
+from ..compose import compose_sampler
 from ..denoisers import NFECounter
+from ..guidance.build import class_cycle, num_classes
+from ..plan import make_plan
 from ..solvers import DivergedError
 from ..solvers._common import NonFiniteError
 
@@ -31,25 +33,40 @@ class SolverSampleFn:
 
     ``nfe_used`` is the mean number of network evaluations per call (per batch), counted by
     :class:`fewstep.denoisers.NFECounter`; it differs from ``nfe`` only for adaptive solvers.
-    ``description`` is what identifies the sampler in saved results.  ``cache`` (a spec string such
+    ``description`` is what identifies the sampler in saved results; ``plan`` the resolved
+    :class:`~fewstep.plan.SamplingPlan` it runs (``plan.describe()`` is what results record).  ``cache`` (a spec string such
     as ``"deepcache:3"``, see :mod:`fewstep.accel`) wraps the denoiser in a feature cache; the
     description then records it and :attr:`evals_used` what the evaluations really cost.
     """
 
     def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10,
-                 grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, **options: Any):
-        self.cache = parse_cache(cache)
-        self.cached = apply_cache(denoiser, self.cache) if self.cache is not None else None
-        self.counter = NFECounter(self.cached if self.cached is not None else denoiser)
+                 grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, guidance: Any = None,
+                 class_label: Any = None, first_seed: int = 0, **options: Any):
+        composed = compose_sampler(denoiser, cache=cache, guidance=guidance)
+        self.cache, self.cached, self.guidance = composed.cache_spec, composed.cache, guidance
+        self.counter = NFECounter(composed.denoiser)
         self.shape = tuple(int(v) for v in shape)
         self.solver, self.nfe, self.device, self.options = solver, int(nfe), torch.device(device), options
         self.grid = denoiser.process.default_grid if grid is None else grid
+        self.plan = make_plan(denoiser, solver, self.nfe, grid, **options)  # resolved once, checked before any work
+        self.class_label, self.first_seed, self.labels = class_label, int(first_seed), None
+        if class_label is not None:
+            classes = num_classes(denoiser) or (guidance.classifier.num_classes if guidance is not None
+                                                and guidance.classifier is not None else 0)
+            self.labels = class_cycle(class_label, classes)
         self.calls = 0
 
     @property
     def description(self) -> dict[str, Any]:
         grid = self.grid if isinstance(self.grid, str) else [float(t) for t in self.grid]
         cache = {"cache": str(self.cache)} if self.cache is not None else {}
+        if self.guidance is not None:
+            g = self.guidance
+            cache["guidance"] = {"method": g.method, "scale": g.scale, "interval": g.interval,
+                                 **({"classifier": getattr(g.classifier, "source", repr(g.classifier))}
+                                    if g.classifier is not None else {}), **g.options}
+        if self.class_label is not None:
+            cache["class_label"] = self.class_label
         return {"solver": self.solver, "nfe": self.nfe, "grid": grid, **cache,
                 **{k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
                    for k, v in sorted(self.options.items())}}
@@ -70,17 +87,24 @@ class SolverSampleFn:
     def __call__(self, seeds: list[int]) -> Tensor:
         self.calls += 1
         try:
-            return generate(self.counter, self.shape, seeds, self.solver, self.nfe, self.grid, device=self.device,
-                            **self.options)
+            cond = None
+            if self.labels is not None:
+                labels = [self.labels[(s - self.first_seed) % len(self.labels)] for s in seeds]
+                cond = {"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)}
+            return generate(self.counter, self.shape, seeds, self.plan, device=self.device, cond=cond)
         except NonFiniteError as err:
             raise DivergedError(f"{self.solver} at nfe={self.nfe} diverged: {err}") from err
 
 
 def solver_sample_fn(denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10, grid: Any = None,
-                     device: str | torch.device = "cpu", *, cache: Any = None, **options: Any) -> SolverSampleFn:
-    """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid),
-    through the feature cache ``cache`` names (e.g. ``"deepcache:3"``; None: none)."""
-    return SolverSampleFn(denoiser, shape, solver, nfe, grid, device, cache=cache, **options)
+                     device: str | torch.device = "cpu", *, cache: Any = None, guidance: Any = None,
+                     class_label: Any = None, first_seed: int = 0, **options: Any) -> SolverSampleFn:
+    """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid), composed
+    by :func:`fewstep.compose.compose_sampler`: through the feature cache ``cache`` names (e.g. ``"deepcache:3"``)
+    and the ``guidance`` (a :class:`fewstep.compose.Guidance`); ``class_label`` (a class, a list or ``"all"``)
+    conditions seed ``first_seed + i`` on the ``i``-th class, cycled."""
+    return SolverSampleFn(denoiser, shape, solver, nfe, grid, device, cache=cache, guidance=guidance,
+                          class_label=class_label, first_seed=first_seed, **options)
 
 
 class KeepFirst:

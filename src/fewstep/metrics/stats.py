@@ -135,7 +135,8 @@ class FeatureStats:
     def load(cls, path: str | Path) -> "FeatureStats":
         """Read statistics saved by :meth:`save` (or pytorch-fid's ``mu``/``sigma`` ``.npz``).
 
-        A missing, truncated or foreign file raises one clear error naming it and how to remake it.
+        A missing, truncated or foreign file, or one holding NaN or infinite statistics, raises one clear error
+        naming it and how to remake it.
         """
         path = Path(path)
         remake = f"regenerate it with `fewstep stats --data ... --out {path}`"
@@ -163,6 +164,10 @@ class FeatureStats:
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise ValueError(f"{path}: sigma has shape {sigma.shape} for mu of shape {mu.shape}, expected "
                              f"{(len(mu), len(mu))}; {remake}")
+        bad = [k for k, v in (("mu", mu), ("sigma", sigma), ("features", feats)) if not np.isfinite(v).all()]
+        if bad:  # a metric computed from them would be NaN (and "fid": NaN is not valid JSON)
+            raise ValueError(f"{path}: {' and '.join(bad)} hold{'s' if len(bad) == 1 else ''} NaN or infinite values; "
+                             f"{remake}")
         stats = cls(name, fp, len(mu), max(len(feats), 1), n, mu, sigma * max(n - 1, 1))
         stats.kept = [feats] if len(feats) else []
         if n == 0:  # pytorch-fid file: no count; keep sigma exact

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from .._io import atomic_dir
-from ..checkpoint import FORMAT, FORMAT_VERSION, load_tensors
+from ..checkpoint import FORMAT, FORMAT_VERSION, load_tensors, write_checksums
 from ..nets import build_net
 from .network import QuantizedNetwork
 from .quantize import build_quantized, single_network
@@ -49,6 +49,7 @@ def save_quantized(denoiser: Any, out: str | os.PathLike, extra: dict[str, Any] 
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        write_checksums(tmp, [WEIGHTS])
     return Path(out)
 
 

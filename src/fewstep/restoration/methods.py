@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,11 +50,13 @@ class MethodSpec(OptionSpec):
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("repaint", repaint, "Lugmayr et al. 2022, RePaint: Inpainting using Denoising Diffusion "
-               "Probabilistic Models, Algorithm 1", inpaint_only=True, clean_end=True, backprop=False),
+               "Probabilistic Models, Algorithm 1", inpaint_only=True, clean_end=True, backprop=False,
+               ranges={"jump": (1, math.inf, True, False), "resample": (1, math.inf, True, False)}),
     MethodSpec("dps", dps, "Chung et al. 2023, Diffusion Posterior Sampling for General Noisy Inverse Problems, "
-               "Algorithm 1", inpaint_only=False, clean_end=True, backprop=True),
+               "Algorithm 1", inpaint_only=False, clean_end=True, backprop=True, ranges={"zeta": (0, math.inf, True, False)}),
     MethodSpec("reddiff", reddiff, "Mardani et al. 2023, A Variational Perspective on Solving Inverse Problems "
-               "with Diffusion Models, Algorithm 1", inpaint_only=False, clean_end=False, backprop=False),
+               "with Diffusion Models, Algorithm 1", inpaint_only=False, clean_end=False, backprop=False,
+               ranges={"lam": (0, math.inf, True, False), "lr": (0, math.inf, False, False)}),
 )}
 
 

@@ -124,7 +124,7 @@ def resolve_ratios(ratios: "str | os.PathLike | Sequence[float] | RatioTable | N
     return out
 
 
-@register("dc_solver", order=3, aliases=("dc-solver", "dcsolver"),
+@register("dc_solver", order=3, aliases=("dc-solver", "dcsolver"), ranges={"order": (1, 3), "dc_order": (1, 3)},
           paper="Zhao et al. 2024, DC-Solver: UniPC with dynamic compensation (searched ratios or CPR)")
 def dc_solver(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
               callback: Callback = None, cond: Cond = None, ratios: "str | os.PathLike | Sequence[float] | RatioTable | None" = None, order: int = 2,

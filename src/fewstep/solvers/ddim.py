@@ -33,7 +33,8 @@ def ddim_step(p: Prediction, schedule: Schedule, i: int, eta: float = 0.0, gener
     return mean + c * (noise if noise is not None else randn_like(mean, generator))
 
 
-@register("ddim", order=1, paper="Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, eq. 12")
+@register("ddim", order=1, paper="Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, eq. 12",
+          ranges={"eta": (0, 1)})  # eta = 1 is DDPM's posterior; beyond it the fresh noise exceeds sigma_t
 def ddim(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
          callback: Callback = None, cond: Cond = None, eta: float = 0.0) -> Tensor:
     """DDIM: ``x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z`` (eq. 12; ``eta = 0`` is deterministic).

@@ -41,7 +41,7 @@ def deis_coefficients(schedule: Schedule, order: int, basis: str = "t", lower_or
     return out
 
 
-@register("deis", order=3, paper="Zhang & Chen 2023, DEIS, eq. 14-16 (tAB-DEIS, orders 1-3)")
+@register("deis", order=3, paper="Zhang & Chen 2023, DEIS, eq. 14-16 (tAB-DEIS, orders 1-3)", ranges={"order": (1, 3)})
 def deis(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
          callback: Callback = None, cond: Cond = None, order: int = 3, basis: str = "t",
          lower_order_final: bool = True) -> Tensor:

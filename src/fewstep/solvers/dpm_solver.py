@@ -139,7 +139,8 @@ def _dpm_solver(den: DenoiserBase, x: Tensor, schedule: Schedule, orders: Sequen
 
 
 def _register_fixed(name: str, order: int | None, paper: str):
-    @register(name, order=order or 3, nfe_per_step=order or 3, plan=_plan(order), paper=paper)
+    @register(name, order=order or 3, nfe_per_step=order or 3, plan=_plan(order), paper=paper,
+              ranges={"r1": (0, 1, False, False), "r2": (0, 1, False, False)})  # intermediate points inside a step
     def solve(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
               callback: Callback = None, cond: Cond = None, orders: Sequence[int] | None = None,
               intermediate: str = "lambda", r1: float | None = None, r2: float | None = None) -> Tensor:
@@ -171,6 +172,8 @@ def _adaptive_plan(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
 
 
 @register("dpm_adaptive", order=3, nfe_per_step=2, plan=_adaptive_plan, fixed_nfe=False, min_nfe=2,
+          ranges={"order": (2, 3), "atol": (0, 1, False, True), "rtol": (0, 1), "h_init": (0, math.inf, False, False),
+                  "theta": (0, 1, False, True), "max_nfe": (2, math.inf, True, False)},
           paper="Lu et al. 2022, DPM-Solver, Algorithms 4-5 (DPM-Solver-12/23 adaptive step size)")
 def dpm_adaptive(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
                  callback: Callback = None, cond: Cond = None, order: int = 3, atol: float = 0.0078,

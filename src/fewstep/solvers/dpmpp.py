@@ -113,6 +113,7 @@ def dpmpp_3m_sde(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, gener
 
 
 @register("dpm++2s", order=2, nfe_per_step=2, plan=two_stage_plan("second_order_steps"), aliases=("dpmpp_2s",),
+          ranges={"r": (0, 1, False, True)},
           paper="Lu et al. 2022, DPM-Solver++, Algorithm 1 (singlestep second order, data prediction)")
 def dpmpp_2s(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
              callback: Callback = None, cond: Cond = None, second_order_steps: int | None = None,

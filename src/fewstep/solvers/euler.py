@@ -35,6 +35,7 @@ def euler(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: G
 
 
 @register("euler_a", order=1, stochastic=True, aliases=("euler_ancestral",),
+          ranges={"eta": (0, math.inf, True, False), "s_noise": (0, math.inf, True, False)},
           paper="k-diffusion's Euler ancestral: Euler to sigma_down, then fresh noise sigma_up (Ho et al. 2020 posterior variance)")
 def euler_ancestral(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
                     callback: Callback = None, cond: Cond = None, eta: float = 1.0, s_noise: float = 1.0) -> Tensor:
@@ -64,6 +65,8 @@ def _heun_plan(nfe: int, clean_end: bool) -> tuple[int, dict[str, Any]]:
 
 
 @register("heun", order=2, nfe_per_step=2, plan=_heun_plan, min_nfe=1,
+          ranges={"s_churn": (0, math.inf, True, False), "s_tmin": (0, math.inf, True, False),
+                  "s_tmax": (0, math.inf), "s_noise": (0, math.inf, True, False)},
           paper="Karras et al. 2022, Elucidating the Design Space, Alg. 2 (stochastic churn) / Alg. 1 (S_churn=0)")
 def heun(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
          callback: Callback = None, cond: Cond = None, heun_steps: int | None = None, s_churn: float = 0.0,

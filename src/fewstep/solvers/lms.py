@@ -33,7 +33,8 @@ def lms_coefficients(sigmas: list[float], order: int) -> list[list[float]]:
     return out
 
 
-@register("lms", order=4, paper="k-diffusion sample_lms / Karras et al. 2022 eq. 4: Adams-Bashforth in sigma")
+@register("lms", order=4, paper="k-diffusion sample_lms / Karras et al. 2022 eq. 4: Adams-Bashforth in sigma",
+          ranges={"order": (1, 4)})
 def lms(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
         callback: Callback = None, cond: Cond = None, order: int = 4) -> Tensor:
     """``y_{i+1} = y_i + sum_j c_ij d_{i-j}`` with ``d = (y - D(y))/sigma``, ``y = x/alpha``, ``sigma = sigma/alpha``.

@@ -105,7 +105,8 @@ def plms(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Ge
                  lower_order_final=lower_order_final, callback=callback, cond=cond)
 
 
-@register("ipndm", order=2, paper="Zhang & Chen 2023, DEIS, sec. 5 / eq. 31 (iPNDM: PLMS with lower-order warm-up)")
+@register("ipndm", order=2, paper="Zhang & Chen 2023, DEIS, sec. 5 / eq. 31 (iPNDM: PLMS with lower-order warm-up)",
+          ranges={"max_order": (1, 4)})  # the Adams-Bashforth table stops at order 4
 def ipndm(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
           callback: Callback = None, cond: Cond = None, max_order: int = 4,
           lower_order_final: bool = True) -> Tensor:

@@ -1,14 +1,14 @@
-"""The solver registry: name, order, NFE per step, stochasticity and paper of each solver."""
+"""The solver registry: name, order, NFE per step, stochasticity, paper and option ranges of each solver."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
-from ..options import OptionSpec
+from ..options import Interval, OptionSpec
 
-__all__ = ["SolverSpec", "register", "get", "available", "specs"]
+__all__ = ["SolverSpec", "Interval", "register", "get", "available", "specs"]
 
 Plan = Callable[[int, bool], tuple[int, dict[str, Any]]]
 
@@ -24,8 +24,8 @@ class SolverSpec(OptionSpec):
 
     ``fn(denoiser, x, schedule, *, generator=None, callback=None, **options) -> x`` is the
     stateless solver; ``plan(nfe, clean_end) -> (steps, options)`` turns an NFE budget into a
-    number of grid steps and the options that make the solver spend exactly that budget.  Its options
-    and their check are :class:`~fewstep.options.OptionSpec`'s.
+    number of grid steps and the options that make the solver spend exactly that budget.  Its options,
+    their ``ranges`` and their check are :class:`~fewstep.options.OptionSpec`'s.
     """
 
     order: int
@@ -65,14 +65,20 @@ _ALIASES: dict[str, str] = {}
 
 def register(name: str, *, order: int, paper: str, stochastic: bool = False, nfe_per_step: float = 1,
              min_nfe: int = 1, plan: Plan = one_step_per_eval, fixed_nfe: bool = True,
-             aliases: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering a solver function under ``name``."""
+             aliases: tuple[str, ...] = (), ranges: Mapping[str, tuple] | None = None
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering a solver function under ``name``.
+
+    ``ranges`` maps each numeric option to its valid interval, ``(low, high)`` (both ends included) or
+    ``(low, high, low_closed, high_closed)`` (:class:`~fewstep.options.Interval`); :meth:`SolverSpec.check_options`
+    refuses values outside it.
+    """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"solver name {name!r} is already registered")
-        _REGISTRY[name] = SolverSpec(name, fn, order, nfe_per_step, stochastic, paper, min_nfe, plan,
-                                     fixed_nfe, aliases)
+        _REGISTRY[name] = SolverSpec(name, fn, order, nfe_per_step, stochastic, paper, min_nfe, plan, fixed_nfe,
+                                     aliases, ranges=dict(ranges or {}))  # ranges are checked against the options
         for a in aliases:
             _ALIASES[a] = name
         return fn

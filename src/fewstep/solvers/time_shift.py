@@ -17,6 +17,7 @@ process's time range ``t_max - t_min``.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -115,6 +116,7 @@ def _register_all() -> None:
         if spec.name in TS_BASES:
             register(f"ts-{spec.name}", order=spec.order, stochastic=spec.stochastic, nfe_per_step=1,
                      min_nfe=spec.min_nfe, plan=spec.plan, aliases=tuple(f"ts-{a}" for a in spec.aliases),
+                     ranges={**spec.ranges, "window": (0, 1), "cutoff": (0, 1), "data_var": (0, math.inf, True, False)},
                      paper=f"Li et al. 2024, Time-Shift sampler (TS-DPM) around {spec.name}")(_time_shifted(spec))
 
 

@@ -140,7 +140,8 @@ def _unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, order: int,
     return x
 
 
-@register("unipc", order=3, paper="Zhao et al. 2023, UniPC, Algorithms 1-3 (UniP-p with UniC, B(h) = bh1/bh2)")
+@register("unipc", order=3, paper="Zhao et al. 2023, UniPC, Algorithms 1-3 (UniP-p with UniC, B(h) = bh1/bh2)",
+          ranges={"order": (1, 3)})
 def unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
           callback: Callback = None, cond: Cond = None, order: int = 2, variant: str = "bh2",
           prediction: str = "data", disable_corrector: Sequence[int] = (), lower_order_final: bool = True) -> Tensor:
@@ -156,7 +157,8 @@ def unipc(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: G
                   cond=cond)
 
 
-@register("unip", order=3, paper="Zhao et al. 2023, UniPC, Algorithm 2 (the UniP-p predictor alone)")
+@register("unip", order=3, paper="Zhao et al. 2023, UniPC, Algorithm 2 (the UniP-p predictor alone)",
+          ranges={"order": (1, 3)})
 def unip(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,
          callback: Callback = None, cond: Cond = None, order: int = 3, variant: str = "bh2",
          prediction: str = "data", lower_order_final: bool = True) -> Tensor:

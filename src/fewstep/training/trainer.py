@@ -102,6 +102,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = {k: nn.parallel.DistributedDataParallel(self.modules[k], device_ids=ids) for k in self.optimizers}
         self.step = 0
+        self._resumed: tuple[Path, int] | None = None  # (checkpoint, step) of the last resume
         self._perm_cache: tuple[int, Tensor] | None = None
         self.losses: list[float] = []
         self.loss_history: list[dict[str, float]] = []
@@ -133,6 +134,7 @@ class Trainer:
         """
         if checkpoint is not None:
             self._load(Path(checkpoint))
+            self._resumed = (Path(checkpoint), self.step)
             return self.step
         found = list_checkpoints(self.out_dir)
         if not found:
@@ -145,6 +147,7 @@ class Trainer:
                 problems.append(str(err))
                 damaged.append(folder)
                 continue
+            self._resumed = (folder, self.step)
             for bad, why in zip(damaged, problems):
                 aside = self._set_aside(bad)
                 warnings.warn(f"--resume: skipped the damaged checkpoint {bad} ({why}); resuming from {folder}"
@@ -189,6 +192,8 @@ class Trainer:
                 opts[name] = (stem.with_name(stem.name + ".safetensors"),
                               load_tensors(stem.with_name(stem.name + ".safetensors")),
                               read_json(stem.with_name(stem.name + ".json")))
+        for path, state in [*weights.values(), *emas.values()]:
+            _check_finite(state, path)
         rng = load_tensors(folder / "rng.safetensors").get("torch")
         if rng is None:
             raise CheckpointDamaged(f"{folder / 'rng.safetensors'} lacks the torch RNG state; the checkpoint is damaged")
@@ -322,10 +327,15 @@ class Trainer:
             if not math.isfinite(value):
                 opt.zero_grad(set_to_none=True)
                 last = latest_checkpoint(self.out_dir)
-                kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+                kept = f"the newest checkpoint {last} is kept" if last else "no checkpoint had been written yet"
                 what = "the loss" if len(self.phases) == 1 else f"the {ph.label} loss"
+                advice = "Lower training.lr, set training.grad_clip, or use precision fp32, then --resume."
+                if self._resumed is not None and self._resumed[1] == self.step:  # resuming again would loop
+                    advice = (f"It diverged on the first step after resuming from {self._resumed[0]}, so that "
+                              f"checkpoint may be damaged: move it aside (--resume then takes the one before it), "
+                              f"or lower training.lr, set training.grad_clip, or use precision fp32.")
                 raise TrainingDiverged(f"{what} became {value} at step {self.step}; training stopped and {kept}. "
-                                       f"Lower training.lr, set training.grad_clip, or use precision fp32, then --resume.")
+                                       f"{advice}")
             if s.grad_clip:
                 nn.utils.clip_grad_norm_(self.modules[ph.module].parameters(), s.grad_clip)
             for group in opt.param_groups:
@@ -409,6 +419,15 @@ def _load_module(module: nn.Module, state: dict[str, Tensor], path: Path) -> Non
     except RuntimeError as err:
         raise CheckpointDamaged(f"{path} does not fit the module ({str(err).splitlines()[0]}); the file is damaged "
                                 f"or from another run") from None
+
+
+def _check_finite(state: dict[str, Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (what damage behind a valid header may leave in a checkpoint written
+    before checksums were recorded): training never saves them, since a non-finite loss stops it first."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointDamaged(f"{path} holds NaN or infinite values ({len(bad)} tensor{'s' if len(bad) != 1 else ''}, "
+                                f"e.g. {bad[0]}); the file is damaged")
 
 
 def _param_groups(module: nn.Module, scales: Mapping[str, float]) -> list[dict[str, Any]]:

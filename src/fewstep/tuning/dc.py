@@ -10,11 +10,12 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .. import solvers
-from ..api import generators, prior_noise, start_state
+from ..api import generators, prior_noise
 from ..denoisers import DenoiserBase
 from ..grids import GridSpec, make_schedule
 from ..solvers._common import Cond
 from ..solvers.dc import RatioTable, fit_cpr, search_pass
+from ..teleport import teleported_start
 from .reference import ReferenceSettings, near_exact_path
 
 __all__ = ["search_ratios", "search_table"]
@@ -79,7 +80,8 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
         return found[i]
 
     with torch.inference_mode():
-        search_pass(denoiser, start_state(denoiser, x_T, schedule, teleport), schedule, search, order=order,
+        start = x_T if teleport is None else teleported_start(denoiser, x_T, float(schedule.t[0]))
+        search_pass(denoiser, start, schedule, search, order=order,
                     dc_order=dc_order, variant=variant, prediction=prediction, cond=cond)
     return found
 

@@ -51,7 +51,9 @@ def _resolve_start(process: Any, spec: Any, nfe: int, steps: int, start: Any, te
         if entry.solver != spec.name and spec.name == DC_SOLVER:
             entry = select_entry(start, process, steps, "unipc", nfe)
         own = entry.solver == spec.name
-        options = entry.options if own else ({"teleport": entry.teleport} if entry.teleport is not None else None)
+        start = {"teleport": entry.teleport} if entry.teleport is not None else {}
+        options = {**(entry.options or {}), **start} if own else start
+        options = options or None
         return _Start(torch.as_tensor(entry.times, dtype=torch.float64), options, entry.net_times if own else None)
     if teleport is None:
         return _Start(make_grid(process, steps, start, solver=spec.name, nfe=nfe))

@@ -99,7 +99,7 @@ class _V3Step:
         return y
 
 
-@register("dpm_v3", order=3,
+@register("dpm_v3", order=3, ranges={"order": (1, 3)},
           paper="Zheng et al. 2023, DPM-Solver-v3 (NeurIPS), sec. 3.3-3.6: EMS-based multistep predictor, "
                 "corrector and pseudo-order")
 def dpm_v3(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generator: Generator = None,

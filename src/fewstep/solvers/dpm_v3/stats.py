@@ -117,3 +117,8 @@ class EMS:
 def find_ems(denoiser: Any) -> EMS | None:
     """The statistics attached to ``denoiser`` or to a denoiser it wraps (``.ems``, set by ``load_model``)."""
     return find_attached(denoiser, "ems")
+
+
+def load_ems_file(path: str | os.PathLike) -> EMS:
+    """The statistics whose ``ems.json`` is ``path`` (the model attachment ``ems``, :mod:`fewstep.attachments`)."""
+    return EMS.load(Path(path).parent)
