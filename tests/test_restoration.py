@@ -104,6 +104,8 @@ def test_bad_inputs_get_clear_errors(process):
         restore(den, torch.zeros(2, 1, 4, 4), super_resolution(2), [0, 1], "dps", 10)
     with pytest.raises(ValueError, match="needs nfe >= 2"):
         restore(den, y, super_resolution(2), [0, 1], "reddiff", 1)
+    with pytest.raises(ValueError, match="not a solver"):  # plan file entries are a solver's, not a method's
+        restore(den, y, super_resolution(2), [0, 1], "dps", 10, "bundled:fashion")
 
 
 # --- SSIM ----------------------------------------------------------------------------------------------------------

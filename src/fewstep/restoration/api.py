@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..api import generators, prior_noise
 from ..denoisers import DenoiserBase
-from ..grids import GridSpec, make_schedule
+from ..grids import GRIDS, GridSpec, make_schedule
 from ..solvers._common import Callback, Cond
 from .methods import get_method
 
@@ -49,6 +49,9 @@ def restore(denoiser: DenoiserBase, y: Tensor, operator, seeds: Iterable[int], m
     if check is not None:
         check(shape)
     steps, _ = spec.plan(nfe, options)
+    if isinstance(grid, str) and grid not in GRIDS:
+        raise ValueError(f"restoration takes a named grid ({', '.join(GRIDS)}) or explicit times, not {grid!r}: the "
+                         f"entries of a plan file are tuned for a solver and NFE, and {spec.name} is not a solver")
     schedule = make_schedule(denoiser.process, steps, grid, clean_end=spec.clean_end)
     gens = generators(seeds)
     x_T = prior_noise(denoiser.process, shape, gens, dtype=y.dtype, device=y.device)
