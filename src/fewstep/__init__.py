@@ -7,6 +7,7 @@ from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, Denoiser
 from .grids import Schedule, make_grid, make_schedule
 from .compiling import compile_denoiser
 from .loading import load_model
+from .tuning.tune import tune
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,5 @@ __all__ = [
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
     "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
     "Schedule", "make_grid", "make_schedule",
-    "processes", "grids", "solvers", "load_model", "compile_denoiser",
+    "processes", "grids", "solvers", "load_model", "compile_denoiser", "tune",
 ]

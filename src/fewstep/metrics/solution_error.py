@@ -25,13 +25,16 @@ DATA_RANGE = 2.0
 """The width of the model range ``[-1, 1]``: the peak signal of PSNR."""
 
 
-def per_sample_rmse(images: Tensor, reference: Tensor) -> Tensor:
-    """``RMSE_i`` over all pixel values of each sample, both sides clamped to ``[-1, 1]``: float64 ``(B,)``."""
+def per_sample_rmse(images: Tensor, reference: Tensor, clamp: bool = True) -> Tensor:
+    """``RMSE_i`` over all pixel values of each sample, both sides clamped to ``[-1, 1]`` (``clamp=False``: not
+    clamped, for samples that are not images, e.g. an exact mixture's vectors): float64 ``(B,)``."""
     if images.shape != reference.shape:
         raise ValueError(f"images {tuple(images.shape)} and reference images {tuple(reference.shape)} differ in "
                          f"shape; the reference must hold one image per seed, shaped like the samples")
-    x = images.detach().to("cpu", torch.float64).clamp(-1, 1)
-    r = reference.detach().to("cpu", torch.float64).clamp(-1, 1)
+    x = images.detach().to("cpu", torch.float64)
+    r = reference.detach().to("cpu", torch.float64)
+    if clamp:
+        x, r = x.clamp(-1, 1), r.clamp(-1, 1)
     return (x - r).pow(2).flatten(1).mean(1).sqrt()
 
 
