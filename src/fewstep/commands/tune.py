@@ -93,5 +93,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"no candidate beat the best standard solver on the validation seeds, so no plans were written; "
               f"see {report.report_md}")
-    print(f"{report.seconds / 60:.1f} min")
+    print(f"{report.seconds / 60:.1f} min ({report.cpu_seconds / 60:.1f} CPU-minutes)")
     return 0

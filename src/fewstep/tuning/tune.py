@@ -72,7 +72,8 @@ class TuneReport:
     steps: list[dict[str, Any]]
     baselines: dict[int, dict[str, Any]]
     notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0               # wall time of this call
+    cpu_seconds: float = 0.0           # CPU time of this process during it (all threads)
 
     @property
     def kept(self) -> list[tuple[str, int, str, float]]:
@@ -237,11 +238,16 @@ class _Run:
 
     # -- scoring -----------------------------------------------------------------------------------------
     def tuning_score(self, c: _Candidate, nfe: int) -> float:
+        """RMS distance of ``c``'s solves of the tuning seeds to their near-exact solutions (inf if it diverges)."""
         from ..grids.timetuner import time_tuned
+        from ..solvers._common import NonFiniteError
 
         ref = self.reference("tuning")
-        return ref.rmse(c.solver, nfe, torch.tensor(c.times, dtype=torch.float64),
-                        time_tuned(self.den, c.times, c.net_times), c.sample_options())
+        try:
+            return ref.rmse(c.solver, nfe, torch.tensor(c.times, dtype=torch.float64),
+                            time_tuned(self.den, c.times, c.net_times), c.sample_options())
+        except NonFiniteError:
+            return math.inf
 
     def validation_errors(self, c: _Candidate, nfe: int) -> list[float]:
         """Per-sample RMSE of ``c`` to the near-exact solution on the validation seeds (inf where it diverges)."""
@@ -575,7 +581,7 @@ def tune(denoiser: Any, data: Any, solvers: Sequence[str], nfes: Sequence[int], 
     from ..denoisers import DenoiserWrapper
     from ..metrics.near_exact import model_fingerprint
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     if out.suffix != ".json":
         raise ValueError(f"out {out}: the plans are a grid file and end in .json")
@@ -631,11 +637,19 @@ def tune(denoiser: Any, data: Any, solvers: Sequence[str], nfes: Sequence[int], 
 
     has_gaussian = find_gaussian(den) is not None
     seconds = _seconds_per_eval(denoiser, shape, min(batch_size, len(tuning)), device) if (todo or base_todo) else 0.0
+    unipc_nfes = {n for s, n in todo if s == "unipc"} | {s["nfe"] for s in state.steps() if s["solver"] == "unipc"}
+    reference_evals = _missing_reference(denoiser, shape, [tuning, validation], reference_nfe,
+                                         folder / "reference") if (todo or base_todo) else 0
+
+    def estimate_s(timetuner: bool) -> float:
+        return _estimate(todo, base_todo, settings, seconds=seconds, timetuner=timetuner, n_tune=len(tuning),
+                         n_val=len(validation), n_starts=len(starts), n_standard=len(standard), dc_seeds=dc_seeds,
+                         reference_evals=reference_evals, unipc_nfes=unipc_nfes)
+
     skipped_solvers: dict[str, str] = {}
     if "dpm_v3" in [s for s, _ in todo]:
-        ems, why = _ems(denoiser, data, shape, out.parent, seconds, budget_s - _estimate(
-            todo, base_todo, settings, len(starts), len(standard), seconds, True, len(tuning), len(validation),
-            dc_seeds), ems_lambdas, ems_samples, batch_size, progress, notes)
+        ems, why = _ems(denoiser, data, shape, out.parent, seconds, budget_s - estimate_s(True), ems_lambdas,
+                        ems_samples, batch_size, progress, notes)
         if ems is not None:
             den.ems = ems
         if why is not None:
@@ -644,12 +658,10 @@ def tune(denoiser: Any, data: Any, solvers: Sequence[str], nfes: Sequence[int], 
 
     # the time estimate, and what the budget leaves out
     timetuner = True
-    estimate = _estimate(todo, base_todo, settings, len(starts), len(standard), seconds, True, len(tuning),
-                         len(validation), dc_seeds)
+    estimate = estimate_s(True)
     if estimate > budget_s:
         timetuner = False
-        estimate = _estimate(todo, base_todo, settings, len(starts), len(standard), seconds, False, len(tuning),
-                             len(validation), dc_seeds)
+        estimate = estimate_s(False)
         notes.append(f"TimeTuner left out: with it the estimate exceeded the budget of {budget_minutes:g} min")
     if progress and (todo or base_todo):
         done = len(names) * len(nfes) - len(todo)
@@ -694,7 +706,8 @@ def tune(denoiser: Any, data: Any, solvers: Sequence[str], nfes: Sequence[int], 
             run.bar.close()
     if run.over_budget():
         notes.append(f"the budget of {budget_minutes:g} min ran out; stages after it were skipped (see the table)")
-    return _write(out, folder, state, process, notes, time.perf_counter() - t_start, model_name, settings)
+    return _write(out, folder, state, process, notes, time.perf_counter() - t_start,
+                  time.process_time() - cpu_start, model_name, settings)
 
 
 def _order(names: list[str]) -> list[str]:
@@ -702,26 +715,42 @@ def _order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda s: (s == DC_SOLVER, names.index(s)))
 
 
-def _estimate(todo: list[tuple[str, int]], base_todo: list[int], settings: dict[str, Any], n_starts: int,
-              n_standard: int, seconds: float, timetuner: bool, n_tune: int, n_val: int, dc_seeds: int) -> float:
-    """Seconds the remaining work takes (an upper bound on the searches), from the time of one evaluation."""
+def _estimate(todo: list[tuple[str, int]], base_todo: list[int], settings: dict[str, Any], *, seconds: float,
+              timetuner: bool, n_tune: int, n_val: int, n_starts: int, n_standard: int, dc_seeds: int,
+              reference_evals: int, unipc_nfes: set[int]) -> float:
+    """Seconds the remaining work takes (an upper bound on the searches), from the time of one evaluation;
+    ``unipc_nfes``: the NFEs whose UniPC scan and search DC-Solver reuses."""
     from .. import solvers
     from ..grids import GRIDS
 
     r, c, ref = settings["rounds"], settings["candidates"], settings["reference_nfe"]
-    evals = (n_tune + n_val) * ref if todo or base_todo else 0
-    evals += sum(n_standard * len(GRIDS) * n * n_val for n in base_todo)
+    evals = reference_evals + sum(n_standard * len(GRIDS) * n * n_val for n in base_todo)
     for s, n in todo:
         steps = solvers.get(s).steps_for(n)[0]
         descent = r * 2 * c * steps * n * n_tune
-        evals += (n_starts + 2) * n * n_tune + descent + (descent if timetuner else 0) + 4 * n * n_val
+        if not (s == DC_SOLVER and n in unipc_nfes):
+            evals += 2 * (n_starts + 1) * n * n_tune + descent  # the start scan and the grid search
+        evals += (descent if timetuner else 0) + 4 * n * n_val  # TimeTuner, validation
         if s == DC_SOLVER:
             evals += min(dc_seeds, n_tune) * (n * 14 + ref)
     return evals * seconds
 
 
+def _missing_reference(denoiser: Any, shape: tuple[int, ...], seed_sets: Sequence[list[int]], reference_nfe: int,
+                       cache: Path) -> int:
+    """Evaluations the near-exact references of ``seed_sets`` still need (their chunks not cached yet)."""
+    from ..metrics.near_exact import NearExact, ReferenceSettings
+
+    total = 0
+    for seeds in seed_sets:
+        near = NearExact(denoiser, shape, seeds, ReferenceSettings("dpm++3m", reference_nfe, "logsnr"),
+                         cache_dir=cache, progress=False)
+        total += sum(b - a for a, b in near.missing()) * reference_nfe
+    return total
+
+
 def _write(out: Path, folder: Path, state: _State, process: Any, notes: list[str], seconds: float,
-           model_name: str | None, settings: dict[str, Any]) -> TuneReport:
+           cpu_seconds: float, model_name: str | None, settings: dict[str, Any]) -> TuneReport:
     """The grid file of every finished step's plan and the report (JSON, Markdown) beside it."""
     from .. import __version__
     from .._io import atomic_write_text
@@ -759,9 +788,10 @@ def _write(out: Path, folder: Path, state: _State, process: Any, notes: list[str
             pass
     report = TuneReport(plans, out.with_name(out.stem + ".report.json"), out.with_name(out.stem + ".report.md"),
                         [{k: v for k, v in s.items() if k != "memo"} for s in steps], baselines, notes,
-                        round(seconds, 1))
+                        round(seconds, 1), round(cpu_seconds, 1))
     atomic_write_text(report.report_json, json.dumps(
         {"plans": str(plans) if plans else None, "model": model_name, "settings": settings, "notes": notes,
-         "baselines": baselines, "steps": report.steps, "seconds": report.seconds}, indent=1) + "\n")
+         "baselines": baselines, "steps": report.steps, "seconds": report.seconds,
+         "cpu_seconds": report.cpu_seconds}, indent=1) + "\n")
     atomic_write_text(report.report_md, f"# fewstep tune: {model_name or 'model'}\n\n" + report.table())
     return report
