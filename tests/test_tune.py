@@ -164,7 +164,8 @@ def test_cli_tune_on_an_exact_model(tmp_path, capsys):
                "--tuning-seeds", "0:16", "--validation-seeds", "100:132", "--reference-nfe", "30", "--no-progress"])
     text = capsys.readouterr().out
     assert rc == 0 and "| unipc | 5 |" in text and "best standard solver" in text
-    assert "no data Gaussian" in (tmp_path / "plans.report.md").read_text()  # exact models come without data
+    assert (tmp_path / "gaussian.safetensors").is_file()  # fitted to the mixture's own samples
+    assert "teleport" in (tmp_path / "plans.report.md").read_text()
 
 
 def test_cli_tune_checks_out_and_seeds_before_any_work(tmp_path, capsys):

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None,
                    help="the training data (fashion-mnist[:train|:test], an idx file, a .npz/.npy image array or a "
                         "folder of images), for the data Gaussian when the model has none and for dpm_v3's "
-                        "statistics (default: the data the checkpoint's config records, if any)")
+                        "statistics (default: the data the checkpoint's config records, if any; for an exact "
+                        "mixture 10 000 samples of it)")
     p.add_argument("--solvers", default="unipc,ipndm,dc_solver", help="solvers to tune (default unipc,ipndm,dc_solver)")
     p.add_argument("--nfe", type=_ints, default=[5, 6, 8, 10], help="NFE budgets (default 5,6,8,10)")
     p.add_argument("--out", required=True, help="the plans: a grid file (.json)")
@@ -77,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
     exact = args.model.startswith("exact:")
     den, shape = load_for_grids(args.model, device)
     data = args.data
-    if data is None:
+    if data is None and exact:  # an exact mixture's training data: samples of it
+        data = den.model.sample(10_000, torch.Generator().manual_seed(0)).float()
+    elif data is None:
         data = ((getattr(den, "config", None) or {}).get("data") or {}).get("spec")
+    elif exact:
+        raise ValueError(f"--data: {args.model} is an exact mixture whose training data are its own samples; "
+                         f"leave --data out")
     report = tune(den, data, [s for s in args.solvers.split(",") if s], args.nfe, out,
                   tuning_seeds=args.tuning_seeds, validation_seeds=args.validation_seeds,
                   reference_nfe=args.reference_nfe, budget_minutes=args.budget_minutes, starts=args.starts,

@@ -138,7 +138,9 @@ class _State:
         atomic_write_text(self.folder / name, json.dumps(value, indent=1) + "\n")
 
     def steps(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("step-*.json"))]
+        """Every finished step, by solver and NFE."""
+        found = [json.loads(p.read_text()) for p in self.folder.glob("step-*.json")]
+        return sorted(found, key=lambda s: (s["solver"], s["nfe"]))
 
 
 def _step_file(solver: str, nfe: int) -> str:
@@ -417,13 +419,17 @@ def _tune_step(run: _Run, solver: str, nfe: int) -> dict[str, Any]:
     else:
         from ..grids.timetuner import tune_net_times
 
-        stage("TimeTuner")
-        net, res = tune_net_times(run.reference("tuning"), best.solver, nfe,
-                                  torch.tensor(best.times, dtype=torch.float64), rounds=run.rounds,
-                                  candidates=run.candidates, on_eval=run.on_eval,
-                                  options=best.sample_options() or None)
-        if res.score < best.tuning_score and net != best.times[:-1]:
-            cands.append(_Candidate(tt_name, best.solver, best.times, net, best.options, best.teleport, res.score))
+        tt_key = ("timetuner", best.key(), nfe)  # DC-Solver without ratios kept is UniPC: tuned once
+        if tt_key not in run.memo:
+            stage("TimeTuner")
+            net, res = tune_net_times(run.reference("tuning"), best.solver, nfe,
+                                      torch.tensor(best.times, dtype=torch.float64), rounds=run.rounds,
+                                      candidates=run.candidates, on_eval=run.on_eval,
+                                      options=best.sample_options() or None)
+            run.memo[tt_key] = (net, res.score)
+        net, score = run.memo[tt_key]
+        if score < best.tuning_score and net != best.times[:-1]:
+            cands.append(_Candidate(tt_name, best.solver, best.times, net, best.options, best.teleport, score))
         else:
             skipped.append({"name": tt_name, "reason": "the network times did not lower the tuning error"})
 
