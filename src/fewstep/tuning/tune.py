@@ -499,6 +499,9 @@ def _gaussian(denoiser: Any, data: Any, shape: tuple[int, ...], folder: Path, ra
         if g.dim != dim:
             raise ValueError(f"{path} is a data Gaussian of dimension {g.dim}, the model samples {dim} values; move "
                              f"it aside or write the plans into another folder")
+        if isinstance(data, str) and g.meta.get("data") not in (None, data):
+            raise ValueError(f"{path} was fitted to {g.meta['data']!r}, not {data!r}; move it aside or write the "
+                             f"plans into another folder")
         notes.append(f"data Gaussian: {path} (saved earlier, from {g.meta.get('data', '?')})")
         return g
     if data is None:
