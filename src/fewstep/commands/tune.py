@@ -1,4 +1,4 @@
-"""``fewstep tune``: tune sampling plans for a model and keep those that beat the best standard solver on fresh seeds."""
+"""``fewstep tune``: tune sampling plans for a model, keep those that beat the best standard solver on fresh seeds."""
 
 from __future__ import annotations
 

@@ -90,7 +90,6 @@ class TuneReport:
         lines = ["| solver | NFE | candidate | RMSE | ratio to best standard [interval] | worse | verdict |",
                  "|---|---:|---|---:|---:|---:|---|"]
         for s in self.steps:
-            base = self.baselines.get(s["nfe"], {})
             for c in s["candidates"]:
                 v = c.get("validation")
                 if v is None:
@@ -621,7 +620,8 @@ def tune(denoiser: Any, data: Any, solvers: Sequence[str], nfes: Sequence[int], 
     starts = sorted({float(t) for t in starts}, reverse=True) if starts is not None else default_starts(process)
     for t in starts:
         if not process.t_min < t < process.t_max:
-            raise ValueError(f"teleport start {t:g} is outside the process's times ({process.t_min:g}, {process.t_max:g})")
+            raise ValueError(f"teleport start {t:g} is outside the process's times "
+                             f"({process.t_min:g}, {process.t_max:g})")
     device = torch.device(device) if device is not None else \
         next((p.device for net in denoiser.networks() for p in net.parameters()), torch.device("cpu"))
 
