@@ -20,7 +20,8 @@ ROOT = Path(fewstep.__file__).parent
 
 #: Low to high.  A unit imports only from its own layer and the layers before it.
 LAYERS = [
-    ("foundation", {"_io", "devices", "processes", "options", "bundled", "imagegrid", "data", "checkpoint"}),
+    ("foundation", {"_io", "devices", "processes", "options", "bundled", "imagegrid", "data", "checkpoint",
+                    "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
     ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments"}),
     ("grids", {"grids"}),

@@ -8,13 +8,14 @@ from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, Denoiser
 from .grids import Schedule, make_grid, make_schedule
 from .compiling import compile_denoiser
 from .loading import load_model
+from .tuning.tune import tune
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "sample", "generate", "generators", "prior_noise", "make_plan", "SamplingPlan", "Start",
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
     "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
     "Schedule", "make_grid", "make_schedule",
-    "processes", "grids", "solvers", "load_model", "compile_denoiser",
+    "processes", "grids", "solvers", "load_model", "compile_denoiser", "tune",
 ]

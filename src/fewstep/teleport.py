@@ -30,7 +30,7 @@ from .denoisers import find_attached
 from .exact import GaussianMixture
 from .processes import NoiseProcess
 
-__all__ = ["GAUSSIAN_FILE", "teleport", "teleported_start", "data_gaussian", "class_gaussians", "save_gaussian", "load_gaussian",
+__all__ = ["GAUSSIAN_FILE", "teleport", "teleported_start", "data_gaussian", "gaussian_of", "class_gaussians", "save_gaussian", "load_gaussian",
            "load_class_gaussians", "find_gaussian", "resolve_gaussian", "truncate"]
 
 GAUSSIAN_FILE = "gaussian.safetensors"
@@ -83,10 +83,19 @@ def data_gaussian(data: str, shape: tuple[int, ...]) -> GaussianMixture:
     images = load_data(data, resolution=shape[-1], channels=shape[0]).images
     if tuple(images.shape[1:]) != tuple(shape):
         raise ValueError(f"data {data!r} has images of {tuple(images.shape[1:])}, the model samples {tuple(shape)}")
-    n, chunk = len(images), 8192
+    return gaussian_of(images, to_model_range)
+
+
+def gaussian_of(samples: Tensor, transform: Any = None) -> GaussianMixture:
+    """The Gaussian with the mean and (unbiased) covariance of ``samples`` ``(N, ...)`` (each passed through
+    ``transform`` first, e.g. uint8 images to the model range), one full-covariance component."""
+    n, chunk = len(samples), 8192
+    if n < 2:
+        raise ValueError(f"a data Gaussian needs at least 2 samples, got {n}")
 
     def rows(i: int) -> Tensor:  # float64 in chunks: 60 000 Fashion-MNIST images would be 376 MB at once
-        return to_model_range(images[i:i + chunk]).reshape(-1, images[0].numel()).to(torch.float64)
+        part = samples[i:i + chunk] if transform is None else transform(samples[i:i + chunk])
+        return part.reshape(len(part), -1).to(torch.float64)
 
     mean = sum(rows(i).sum(0) for i in range(0, n, chunk)) / n
     cov = sum((r - mean).T @ (r - mean) for r in (rows(i) for i in range(0, n, chunk))) / max(1, n - 1)

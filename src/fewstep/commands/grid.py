@@ -81,8 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     grid.set_defaults(func=lambda args: grid.print_help() or 2)
 
 
-def load_for_grids(spec: str) -> tuple[Any, tuple[int, ...]]:
-    """``(denoiser, sample shape)`` of a model path, ``bundled:fashion`` or an exact mixture."""
+def load_for_grids(spec: str, device: Any = "cpu") -> tuple[Any, tuple[int, ...]]:
+    """``(denoiser, sample shape)`` of a model path, ``bundled:fashion`` or an exact mixture (always on the CPU)."""
     if spec in EXACT_MODELS:
         from ..bench.gmm import bench_mixture
         from ..exact import GaussianMixture
@@ -95,7 +95,7 @@ def load_for_grids(spec: str) -> tuple[Any, tuple[int, ...]]:
         raise ValueError(f"unknown exact model {spec!r}; valid: {', '.join(EXACT_MODELS)}")
     from ..loading import load_model
 
-    den = load_model(spec)
+    den = load_model(spec, device=device)
     if den.sample_shape is None:
         raise ValueError(f"model {spec} does not declare its sample shape")
     return den, tuple(den.sample_shape)

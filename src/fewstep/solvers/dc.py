@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .._io import atomic_write_text

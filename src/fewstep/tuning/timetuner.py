@@ -9,7 +9,7 @@ tuned by coordinate descent against the same near-exact reference as the grid se
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
