@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "standard solver x named grid at equal NFE (per-sample RMSE to the near-exact solution, "
                            "paired bootstrap interval of the error ratio, fraction of samples that end worse). Only "
                            "candidates whose interval lies below 1 are kept; --out gets the best per solver x NFE as a "
-                           "grid file (`fewstep sample --grid OUT`), OUT's .report.md / .report.json say why the "
+                           "plan file (`fewstep sample --plan OUT`; written as <checkpoint>/plans.json it loads with "
+                           "the model: `--plan tuned`), OUT's .report.md / .report.json say why the "
                            "others were dropped. Resumable: finished steps live in <out stem>.tune/."))
     p.add_argument("--model", required=True, help="a checkpoint folder, a run folder, a diffusers UNet folder, "
                                                   "bundled:fashion, or an exact model: " + ", ".join(EXACT_MODELS))
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     print(report.table())
     if report.plans is not None:
         print(f"wrote {report.plans} ({len(report.kept)} plan(s)) and {report.report_md}; sample with "
-              f"`fewstep sample --model {args.model} --grid {report.plans} --solver S --nfe N`")
+              f"`fewstep sample --model {args.model} --plan {report.plans} --solver S --nfe N`"
+              + ("" if report.plans.name != "plans.json" else " (beside the checkpoint: --plan tuned)"))
     else:
         print(f"no candidate beat the best standard solver on the validation seeds, so no plans were written; "
               f"see {report.report_md}")

@@ -198,12 +198,10 @@ class _Candidate:
 def _entry(solver: str, nfe: int, steps: int, times: Sequence[float], *, net_times: Sequence[float] | None,
            options: dict[str, Any] | None, teleport: float | None, score: float | None,
            provenance: dict[str, Any]) -> Any:
-    """The grid file entry of a plan: the one place that decides how a plan is stored (the teleport start goes
-    into the entry's options today)."""
-
-    opts = {**(options or {}), **({"teleport": float(teleport)} if teleport is not None else {})}
+    """The plan file entry of a plan: its own solver and NFE, the teleported start as the entry's ``start``."""
     return GridEntry(solver, nfe, steps, [float(t) for t in times], "tune", score,
-                     None if net_times is None else [float(t) for t in net_times], provenance, opts or None)
+                     None if net_times is None else [float(t) for t in net_times], provenance, options or None,
+                     None if teleport is None else float(teleport))
 
 
 # --------------------------------------------------------------------------------------------------- the run
