@@ -4,7 +4,8 @@ The point every deterministic solver converges to as its NFE grows, from the sam
 :func:`fewstep.generate` draws for a seed: with a clean end, a solver's last evaluation is at
 the grid point just above ``t_min`` and lands on its data prediction, so the limit is
 
-    x_ref = x0_hat( x(t_min), t_min ),   x(t_min) the exact ODE solution from x_T at t_max.
+    x_ref = x0_hat( x(t_min), t_min ),   x(t_min) the exact ODE solution from x_T at t_start (the
+    process's default start, its t_max unless the schedule's end is singular).
 
 :func:`near_exact_batch` computes it with a high-order solver stopping at ``t_min``
 (``fewstep.generate(..., clean_end=False)`` with ``nfe - 1`` evaluations) plus one data

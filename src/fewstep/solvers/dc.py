@@ -143,10 +143,10 @@ def dc_solver(denoiser: DenoiserBase, x: Tensor, schedule: Schedule, *, generato
 
 def reference_states(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, reference_nfe: int,
                      cond: Cond = None, teleported: bool = False) -> list[Tensor]:
-    """The near-exact solution from ``x_T`` (at ``t_max``) at every point of ``schedule`` (index 1..n):
+    """The near-exact solution from ``x_T`` (at the process's ``t_start``) at every point of ``schedule`` (index 1..n):
     DPM-Solver++(3M) on the grid refined ``ceil(reference_nfe / n)`` times, each interval split uniformly in
-    logSNR.  ``teleported``: ``x_T`` is at ``t_max`` while the schedule starts below it (:mod:`fewstep.teleport`);
-    the solve then begins at ``t_max`` with as many logSNR-uniform steps down to the schedule's start as one
+    logSNR.  ``teleported``: the schedule starts below ``t_start`` (:mod:`fewstep.teleport`);
+    the solve then begins at ``t_start`` with as many logSNR-uniform steps down to the schedule's start as one
     interval has, so the states are the network's own solution, not the teleported one."""
     from ..api import sample
 
@@ -156,8 +156,8 @@ def reference_states(denoiser: DenoiserBase, x_T: Tensor, schedule: Schedule, re
     if schedule.clean_end:
         ts[-1] = process.t_min
     skip = 0
-    if teleported and float(ts[0]) < process.t_max:
-        ts, skip = torch.cat([torch.tensor([process.t_max], dtype=torch.float64), ts]), 1
+    if teleported and float(ts[0]) < process.t_start:
+        ts, skip = torch.cat([torch.tensor([process.t_start], dtype=torch.float64), ts]), 1
     lam = process.lam(ts)
     fine = [float(ts[0])]
     for k in range(len(ts) - 1):
