@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .context import StepContext
-from .parametrization import PREDICTION_TYPES, Prediction, alpha_sigma, parametrization, split_variance
+from .parametrization import PREDICTION_TYPES, VARIANCE_TYPES, Prediction, alpha_sigma, parametrization, split_variance
 from .processes import NoiseProcess
 
 __all__ = [
@@ -106,7 +106,8 @@ class Denoiser(DenoiserBase):
         if prediction == "eps" and getattr(process, "zero_terminal_snr", False):
             raise ValueError("an eps-prediction model on a zero-terminal-SNR process: its data prediction "
                              "(x - sigma eps) / alpha is undefined where alpha = 0; use a v- or x0-prediction model")
-        split_variance(torch.zeros(1, 1), torch.zeros(1, 1), variance)  # validates the name
+        if variance is not None and variance not in VARIANCE_TYPES:
+            raise ValueError(f"unknown variance type {variance!r}; valid: {', '.join(VARIANCE_TYPES)} or None")
         self.variance = variance
         self.net = net
         self.process = process
@@ -131,6 +132,8 @@ class Denoiser(DenoiserBase):
             out = getattr(out, "sample", out)
         if isinstance(out, Tensor) and self.variance is not None:
             return out
+        if isinstance(out, Tensor) and out.shape != x.shape:
+            split_variance(out, x, None)  # a learned variance's 2C channels: name the setting
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(

@@ -148,7 +148,9 @@ def read_scheduler_config(cfg: Mapping[str, Any], *, source: str = "scheduler_co
             keys.append(KeyUse(key, cfg[key], use, text))
             used.add(key)
 
-    if cls in EDM_SCHEDULERS:
+    # an in-memory diffusers config (scheduler.config) has no _class_name: EDM-style ones have sigma_data, no betas
+    edm = cls in EDM_SCHEDULERS or (cls is None and "sigma_data" in cfg and "beta_schedule" not in cfg)
+    if edm:
         result = _read_edm(cfg, source, note)
     else:
         result = _read_vp(cfg, source, note)

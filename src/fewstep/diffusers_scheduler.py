@@ -136,10 +136,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         does not take): a key fewstep cannot honour is refused by name instead of being lost."""
         full = {**dict(config or {}), **kwargs}
         name = full.get("_class_name")
-        if name is not None and name not in VP_SCHEDULERS:
-            raise ValueError(f"FewstepScheduler runs DDPM-family processes; {name} is not one (supported: "
-                             f"{', '.join(sorted(VP_SCHEDULERS - {'FewstepScheduler'}))})")
-        read_scheduler_config(full, source=f"{name or 'scheduler'} config")
+        if (name is not None and name not in VP_SCHEDULERS) or read_scheduler_config(full).prediction == "edm":
+            raise ValueError(f"FewstepScheduler runs DDPM-family processes; {name or 'this EDM-style scheduler'} is not "
+                             f"one (supported: {', '.join(sorted(VP_SCHEDULERS - {'FewstepScheduler'}))})")
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- what a pipeline calls ---------------------------------------------------------------------------------

@@ -254,7 +254,23 @@ def _load_diffusers(folder: Path, clipping: str = "off") -> DenoiserBase:
     unet = getattr(diffusers, spec.cls).from_pretrained(str(unet_dir), use_safetensors=True)
     config = {"diffusers": str(unet_dir), "unet": {"class": spec.cls, "conditioning": spec.conditioning},
               "scheduler": schedule.report()}
-    return denoiser_from_diffusers(unet, schedule, sample_shape=spec.sample_shape, config=config, clipping=clipping)
+    return denoiser_from_diffusers(DiffusersUNet(unet, spec.cls, spec.conditioning), schedule,
+                                   sample_shape=spec.sample_shape, config=config, clipping=clipping)
+
+
+class DiffusersUNet(torch.nn.Module):
+    """A diffusers UNet called the way fewstep calls networks, ``net(x, t, **cond) -> tensor``; a conditioning
+    keyword the UNet needs and ``cond`` lacks is refused by name (instead of diffusers' traceback)."""
+
+    def __init__(self, unet: torch.nn.Module, cls: str, conditioning: dict[str, str]):
+        super().__init__()
+        self.unet, self.cls, self.conditioning = unet, cls, dict(conditioning)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        missing = [k for k in self.conditioning if k not in cond and k != "timestep_cond"]
+        if missing:
+            raise ValueError(f"this {self.cls} needs cond={{'{missing[0]}': ...}}: {self.conditioning[missing[0]]}")
+        return self.unet(x, t, **cond).sample
 
 
 def _read_json(path: Path) -> dict[str, Any]:
