@@ -100,6 +100,11 @@ def test_learned_variance_folder_and_info(tmp_path, capsys):
         assert torch.allclose(den.eps(x, 500.0), unet(x, 500).sample[:, :1], atol=1e-6)
     for solver in ("dpm++2m", "ddpm"):  # ODE solvers use the mean channels; ddpm also the variance
         assert torch.isfinite(fewstep.sample(den, x, solver, 5, generator=torch.Generator().manual_seed(0))).all()
+    clipped = fewstep.sample(fewstep.load_model(tmp_path, clipping="config"), x, "dpm++2m", 3)
+    assert float(clipped.abs().max()) <= 1.0 < float(fewstep.sample(den, x, "dpm++2m", 3).abs().max())
+    assert main(["sample", "--model", str(tmp_path), "--nfe", "2", "--n", "2", "--clipping", "config",
+                 "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    capsys.readouterr()
     assert main(["info", "--model", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "t_start=995" in out and "learned variance (learned_range)" in out
