@@ -21,7 +21,7 @@ def main() -> None:
     import fewstep
     from fewstep.commands.grid import _seeds, load_for_grids
     from fewstep.grids.files import read_grid_file
-    from fewstep.tuning import NearExact, ReferenceSettings
+    from fewstep.tuning import NearExact, ReferenceSettings, compare
     from fewstep.metrics.solution_error import per_sample_rmse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -42,7 +42,8 @@ def main() -> None:
     solver, grid = args.baseline.split("@")
     entries = read_grid_file(args.plans).entries
     print(f"seeds {args.seeds[0]}..{args.seeds[-1]}; ratio = mean error / {args.baseline}'s on these seeds")
-    print("| plan | NFE | RMSE | ratio | validation said | worse |\n|---|---:|---:|---:|---:|---:|")
+    print("| plan | NFE | RMSE | ratio [95% interval] | validation said | worse | worst sample |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for nfe in sorted({e.nfe for e in entries}):
         base = per_sample_rmse(fewstep.generate(den, shape, args.seeds, solver, nfe, grid), ref, clamp=clamp)
         print(f"| {args.baseline} | {nfe} | {float(base.mean()):.4f} | 1 | | |", flush=True)
@@ -51,9 +52,10 @@ def main() -> None:
                                   clamp=clamp)
             v = e.provenance.get("validation", {})
             said = f"{v['ratio']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if v else "-"
+            c = compare(err.numpy(), base.numpy())
             print(f"| {e.solver}: {e.provenance.get('candidate', e.method)} | {nfe} | {float(err.mean()):.4f} | "
-                  f"{float(err.mean() / base.mean()):.3f} | {said} | {float((err > base).double().mean()):.0%} |",
-                  flush=True)
+                  f"{c.ratio:.3f} [{c.low:.3f}, {c.high:.3f}] | {said} | {c.worse:.0%} | "
+                  f"{float((err / base).max()):.2f}x |", flush=True)
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

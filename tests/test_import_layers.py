@@ -23,10 +23,12 @@ LAYERS = [
     ("foundation", {"_io", "devices", "processes", "options", "bundled", "imagegrid", "data", "checkpoint",
                     "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
-    ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments"}),
+    ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments",
+                   "diffusers_config"}),
     ("grids", {"grids"}),
     ("solvers", {"solvers"}),
-    ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features"}),
+    ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
+                  "modelinfo"}),
     ("tuning", {"tuning"}),
     ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
@@ -226,3 +228,22 @@ def test_metric_extractors_import_one_way():
 def _name_in(module: str, package: str) -> str | None:
     """``module``'s name inside ``package`` (None when outside it)."""
     return module[len(package) + 1:].split(".")[0] if module.startswith(package + ".") else None
+
+
+def test_the_start_rule_uses_the_parametrizations_error_scale():
+    """processes.well_conditioned_start states k(t) without importing parametrization (a layer above): it must
+    agree with Parametrization.x0_error_scale wherever the rule compares it with its limit."""
+    import math
+
+    import torch
+
+    from fewstep.parametrization import parametrization
+    from fewstep.processes import START_LAMBDA_FLOOR, VPDiscrete, well_conditioned_start
+
+    limit = math.exp(-START_LAMBDA_FLOOR)
+    for proc in (VPDiscrete.cosine(), VPDiscrete.linear(1000, 1e-4, 0.02)):
+        steps = torch.arange(proc.num_train_timesteps, dtype=torch.float64)
+        for pred in ("eps", "v", "x0"):
+            k = parametrization(pred, proc).x0_error_scale(steps)
+            ok = torch.isfinite(proc.lam(steps)) & (k <= limit)
+            assert well_conditioned_start(proc, pred)[0] == float(torch.nonzero(ok).max())

@@ -3,19 +3,20 @@
 from . import grids, processes, solvers
 from .api import generate, generators, prior_noise, sample
 from .plan import SamplingPlan, Start, make_plan
-from .denoisers import (ClassifierFreeGuidance, Denoiser, DenoiserBase, DenoiserWrapper, DynamicThresholding,
-                        NFECounter, Prediction)
+from .denoisers import (ClassifierFreeGuidance, ClipDataPrediction, Denoiser, DenoiserBase, DenoiserWrapper,
+                        DynamicThresholding, NFECounter, Prediction)
 from .grids import Schedule, make_grid, make_schedule
 from .compiling import compile_denoiser
 from .loading import load_model
+from .modelinfo import model_info
 from .tuning.tune import tune
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 - the package version
 
 __all__ = [
     "sample", "generate", "generators", "prior_noise", "make_plan", "SamplingPlan", "Start",
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
-    "ClassifierFreeGuidance", "DynamicThresholding", "NFECounter",
+    "ClassifierFreeGuidance", "DynamicThresholding", "ClipDataPrediction", "NFECounter",
     "Schedule", "make_grid", "make_schedule",
-    "processes", "grids", "solvers", "load_model", "compile_denoiser", "tune",
+    "processes", "grids", "solvers", "load_model", "model_info", "compile_denoiser", "tune",
 ]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .context import StepContext
-from .parametrization import PREDICTION_TYPES, Prediction, alpha_sigma, parametrization
+from .parametrization import PREDICTION_TYPES, VARIANCE_TYPES, Prediction, alpha_sigma, parametrization, split_variance
 from .processes import NoiseProcess
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "GuidanceInterval",
     "guidance_mix",
     "DynamicThresholding",
+    "ClipDataPrediction",
     "NFECounter",
     "PREDICTION_TYPES",
     "accepts_context",
@@ -92,13 +93,24 @@ class Denoiser(DenoiserBase):
     :class:`~fewstep.parametrization.Parametrization` shared with the training loss:
     ``"eps"``, ``"x0"``, ``"v"``, ``"flow"`` or ``"edm"`` (Karras et al. 2022 preconditioning
     with ``sigma_data``).  A network with ``accepts_step_context = True`` also receives the
-    sampling context as ``ctx``.
+    sampling context as ``ctx``.  ``variance`` (``"learned_range"`` or ``"learned"``, improved-DDPM style) declares a
+    network returning twice the input's channels: the first half is the prediction every solver uses, the second
+    the learned variance that DDPM ancestral sampling uses (:class:`~fewstep.parametrization.LearnedVariance`).
+
+    At zero terminal SNR (``alpha(t_max) = 0``) an eps network's data prediction is undefined, and it is refused
+    (Lin et al. 2024 train such models with v-prediction).
     """
 
     def __init__(self, net: Callable[..., Tensor], process: NoiseProcess, prediction: str = "eps",
                  sigma_data: float = 0.5, *, sample_shape: Sequence[int] | None = None,
-                 config: dict[str, Any] | None = None):
+                 config: dict[str, Any] | None = None, variance: str | None = None):
         self.param = parametrization(prediction, process, sigma_data)
+        if prediction == "eps" and getattr(process, "zero_terminal_snr", False):
+            raise ValueError("an eps-prediction model on a zero-terminal-SNR process: its data prediction "
+                             "(x - sigma eps) / alpha is undefined where alpha = 0; use a v- or x0-prediction model")
+        if variance is not None and variance not in VARIANCE_TYPES:
+            raise ValueError(f"unknown variance type {variance!r}; valid: {', '.join(VARIANCE_TYPES)} or None")
+        self.variance = variance
         self.net = net
         self.process = process
         self.prediction = prediction
@@ -120,6 +132,10 @@ class Denoiser(DenoiserBase):
             else self.net(x, t_model, **cond)
         if not isinstance(out, Tensor):
             out = getattr(out, "sample", out)
+        if isinstance(out, Tensor) and self.variance is not None:
+            return out
+        if isinstance(out, Tensor) and out.shape != x.shape:
+            split_variance(out, x, None)  # a learned variance's 2C channels: name the setting
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -130,7 +146,13 @@ class Denoiser(DenoiserBase):
 
     def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
         x_in, t_in = self.param.net_input(x, t)
-        return self.param.prediction(x, t, self._call_net(x_in, t_in, ctx, cond))
+        out = self._call_net(x_in, t_in, ctx, cond)
+        if self.variance is None:
+            return self.param.prediction(x, t, out)
+        mean, var = split_variance(out, x, self.variance)
+        p = self.param.prediction(x, t, mean)
+        p.variance = var
+        return p
 
 
 class DenoiserWrapper(DenoiserBase):
@@ -253,8 +275,9 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         p = self.inner.predict(torch.cat([x, x]), tt, ctx=ctx, **both)
         (x0_u, x0_c), (e_u, e_c) = p.x0.chunk(2), p.eps.chunk(2)
         w = self.scale
-        guided = Prediction(x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u))
-        return guidance_mix(guided, Prediction(x0_c, e_c), active)
+        var = p.variance.chunk(2)[1] if p.variance is not None else None  # GLIDE: the conditional pass's variance
+        guided = Prediction(x0_u + w * (x0_c - x0_u), e_u + w * (e_c - e_u), var)
+        return guidance_mix(guided, Prediction(x0_c, e_c, var), active)
 
 
 class DynamicThresholding(DenoiserWrapper):
@@ -278,7 +301,26 @@ class DynamicThresholding(DenoiserWrapper):
         s = s.to(p.x0.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         x0 = p.x0.clamp(-s, s) / s
         a, sg = self.coefficients(x, t)
-        return Prediction(x0, (x - a * x0) / sg)
+        return Prediction(x0, (x - a * x0) / sg, p.variance)
+
+
+class ClipDataPrediction(DenoiserWrapper):
+    """Static clipping of the data prediction to ``[-limit, limit]`` (DDPM's sampler, Ho et al. 2020; diffusers'
+    ``clip_sample`` / ``clip_sample_range``), with eps recomputed from the clipped x0 (GLIDE's choice, and the
+    same posterior mean as diffusers' ``DDPMScheduler``).  It changes the ODE being solved, so fewstep applies it
+    only when asked (``load_model(..., clipping="config")``, docs/diffusers.md)."""
+
+    def __init__(self, inner: DenoiserBase, limit: float = 1.0):
+        super().__init__(inner)
+        if not limit > 0:
+            raise ValueError(f"the clipping limit must be positive, got {limit}")
+        self.limit = float(limit)
+
+    def predict(self, x: Tensor, t: float | Tensor, *, ctx: StepContext | None = None, **cond: Any) -> Prediction:
+        p = self.inner.predict(x, t, ctx=ctx, **cond)
+        x0 = p.x0.clamp(-self.limit, self.limit)
+        a, sg = self.coefficients(x, t)
+        return Prediction(x0, (x - a * x0) / sg, p.variance)
 
 
 def wrapper_chain(denoiser: Any) -> Iterator[Any]:

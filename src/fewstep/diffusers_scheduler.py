@@ -22,10 +22,13 @@ joins the two without rewriting any solver:
   prediction type's :class:`~fewstep.parametrization.Parametrization` turns into ``x0`` and ``eps``.
   The last ``step`` returns the solver's result.
 
-Supported: DDPM-family processes (``beta_schedule`` linear, scaled_linear, squaredcos_cap_v2 or
-trained betas) with ``prediction_type`` epsilon, v_prediction or sample, and every fixed-NFE
-solver (``dpm_adaptive`` chooses its times from the data and cannot be planned).  Needs the
-optional extra: ``pip install 'fewstep[diffusers]'``.
+Supported: DDPM-family processes (``beta_schedule`` linear, scaled_linear, squaredcos_cap_v2, sigmoid or
+trained betas, any ``num_train_timesteps``, ``rescale_betas_zero_snr``) with ``prediction_type`` epsilon,
+v_prediction or sample, networks with a learned variance (``variance_type`` learned / learned_range), and every
+fixed-NFE solver (``dpm_adaptive`` chooses its times from the data and cannot be planned).  The config is read by
+:func:`fewstep.diffusers_config.read_scheduler_config`, as ``load_model`` reads a folder's: keys fewstep cannot
+honour are refused by name, also through ``from_config`` (which would otherwise drop unknown keys silently),
+and ``config_report`` records what became of each.  Needs the optional extra: ``pip install 'fewstep[diffusers]'``.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ from pathlib import Path
 
 from . import solvers
 from .denoisers import DenoiserBase
-from .loading import process_from_diffusers
-from .parametrization import Prediction, parametrization
+from .diffusers_config import CLIPPING_MODES, VP_SCHEDULERS, read_scheduler_config
+from .parametrization import Prediction, parametrization, split_variance
 from .plan import SamplingPlan, make_plan
 
 __all__ = ["FewstepScheduler"]
@@ -77,10 +80,12 @@ class _TimeRecorder(DenoiserBase):
 class _PipelineDenoiser(DenoiserBase):
     """The denoiser the solver sees in the worker: each evaluation is answered by the pipeline."""
 
-    def __init__(self, process, prediction: str, requests: queue.Queue, answers: queue.Queue, gaussian: Any = None):
+    def __init__(self, process, prediction: str, requests: queue.Queue, answers: queue.Queue,
+                 variance: str | None = None, gaussian: Any = None):
         self.process = process
         self.data_gaussian = gaussian
         self.param = parametrization(prediction, process)
+        self.variance = variance
         self.requests, self.answers = requests, answers
 
     def predict(self, x: Tensor, t: float | Tensor, *, ctx=None, **cond: Any) -> Prediction:
@@ -88,7 +93,10 @@ class _PipelineDenoiser(DenoiserBase):
         out = self.answers.get()
         if out is None:
             raise _Cancelled
-        return self.param.prediction(x, t, out.to(x.dtype))
+        mean, var = split_variance(out.to(x.dtype), x, self.variance)
+        p = self.param.prediction(x, t, mean)
+        p.variance = var
+        return p
 
 
 class FewstepScheduler(SchedulerMixin, ConfigMixin):
@@ -98,6 +106,14 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     the solver's options, checked like ``fewstep.sample``'s.  Build it from a pipeline's scheduler
     with ``FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc")``, or run a tuned plan with
     :meth:`from_plan` (``plan`` in the config is then the stored plan and ``num_inference_steps`` must be its NFE).
+
+
+    The DDPM-family keys are diffusers' and mean the same (``rescale_betas_zero_snr`` with an epsilon model is
+    refused: its data prediction is undefined at SNR 0).  ``clip_sample`` / ``thresholding`` (and their ranges)
+    are kept but applied only with ``clipping="config"``: fewstep solves the model's own ODE by default
+    (docs/diffusers.md).  Sampling starts at the process's ``t_start`` (below ``t_max`` where the schedule's end is
+    singular for the model; ``lambda_min_clipped`` sets the rule's floor).  ``timestep_spacing`` and
+    ``steps_offset`` are accepted and ignored: ``grid`` spaces the evaluations, with no leading offset.
     """
 
     config_name = "scheduler_config.json"
@@ -107,8 +123,16 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: list[float] | None = None,
                  prediction_type: str = "epsilon", solver: str = "dpm++2m", grid: str | list[float] | None = None,
-                 solver_options: dict[str, Any] | None = None, plan: dict[str, Any] | None = None):
-        self.process, self.prediction = process_from_diffusers(dict(self.config))
+                 solver_options: dict[str, Any] | None = None, rescale_betas_zero_snr: bool = False,
+                 variance_type: str | None = None, clip_sample: bool = False, clip_sample_range: float = 1.0,
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
+                 lambda_min_clipped: float = -float("inf"), timestep_spacing: str = "trailing", steps_offset: int = 0,
+                 clipping: str = "off", plan: dict[str, Any] | None = None):
+        self.schedule = read_scheduler_config(dict(self.config), source="FewstepScheduler config")
+        self.config_report = self.schedule.report()
+        if clipping not in CLIPPING_MODES:
+            raise ValueError(f"clipping={clipping!r}; valid: {', '.join(CLIPPING_MODES)}")
+        self.process, self.prediction = self.schedule.process, self.schedule.prediction
         self.spec = solvers.get(solver)
         self.gaussian: Any = None  # the data Gaussian of a teleported plan (from_plan / from_pretrained)
         self._stored_plan = None
@@ -130,6 +154,17 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._worker: threading.Thread | None = None
         self._requests: queue.Queue = queue.Queue()
         self._answers: queue.Queue = queue.Queue()
+
+    @classmethod
+    def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
+        """diffusers' ``from_config``, after checking *every* key of ``config`` (diffusers drops the keys ``__init__``
+        does not take): a key fewstep cannot honour is refused by name instead of being lost."""
+        full = {**dict(config or {}), **kwargs}
+        name = full.get("_class_name")
+        if (name is not None and name not in VP_SCHEDULERS) or read_scheduler_config(full).prediction == "edm":
+            raise ValueError(f"FewstepScheduler runs DDPM-family processes; {name or 'this EDM-style scheduler'} is not "
+                             f"one (supported: {', '.join(sorted(VP_SCHEDULERS - {'FewstepScheduler'}))})")
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
     def from_plan(cls, plan: SamplingPlan, config: Any = None, gaussian: Any = None, **kwargs: Any) -> "FewstepScheduler":
@@ -266,7 +301,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def _start_worker(self, x_T: Tensor, generator: torch.Generator | None) -> None:
         requests, answers = queue.Queue(), queue.Queue()
         self._requests, self._answers = requests, answers
-        den = self._plan.bind(_PipelineDenoiser(self.process, self.prediction, requests, answers))
+        den = self._plan.bind(self.schedule.clipped(_PipelineDenoiser(self.process, self.prediction, requests,
+                                                                      answers, self.schedule.variance),
+                                                    self.config.clipping))
         spec, schedule, planned = self._plan.spec, self._schedule, self._plan.options
 
         def run() -> None:

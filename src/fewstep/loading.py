@@ -17,15 +17,17 @@ from .bundled import BUNDLED, resolve_bundled
 from .checkpoint import checkpoint_folder, load_tensors, read_config
 from .denoisers import Denoiser, DenoiserBase
 from .devices import resolve_device
+from .diffusers_config import CLIPPING_MODES, UNET_CLASSES, read_scheduler_config, read_unet_config
 from .nets import build_net
 from .onestep import OneStepGenerator
-from .processes import NoiseProcess, VPDiscrete, process_from_config
+from .processes import NoiseProcess, process_from_config, well_conditioned_start
 from .quant.io import load_quantized
 
-__all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers"]
+__all__ = ["load_model", "BUNDLED", "resolve_bundled", "process_from_diffusers", "denoiser_from_diffusers"]
+
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> DenoiserBase:
+               dtype: torch.dtype = torch.float32, clipping: str = "off") -> DenoiserBase:
     """Load a denoiser, in eval mode, declaring its ``sample_shape`` ``(C, H, W)`` and ``config``.
 
     ``path`` is ``bundled:fashion``, a fewstep checkpoint folder (``config.json`` +
@@ -38,6 +40,13 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     quantize``) gives a Denoiser whose network is the int8 :class:`~fewstep.quant.QuantizedNetwork`.
     A one-step generator (``fewstep distill --method sid``; its config has a ``generator`` section)
     gives a :class:`~fewstep.onestep.OneStepGenerator`, sampled with ``nfe=1``.
+
+    The process's ``t_start`` (where sampling starts by default) is set for the model's prediction type
+    (:func:`fewstep.processes.well_conditioned_start`).  A diffusers folder's scheduler config is read by
+    :func:`fewstep.diffusers_config.read_scheduler_config`: keys fewstep cannot honour are refused by name, and
+    ``denoiser.config["scheduler"]`` records which keys were honoured, mapped or ignored (``fewstep info``).
+    ``clipping="config"`` applies the config's clipping of the data prediction (diffusers' ``clip_sample`` /
+    ``thresholding``), which fewstep leaves off by default (docs/diffusers.md).
     """
     device = resolve_device(device, flag="device=")  # a device this machine lacks: one line, before any loading
     spec = str(path)
@@ -48,7 +57,15 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device: str | torch
     if not folder.is_dir():
         raise ValueError(f"model {spec} is a file; pass the folder that holds config.json and the .safetensors weights")
     folder = checkpoint_folder(folder)
-    den = _load_diffusers(folder) if _is_diffusers(folder) else _load_fewstep(folder, ema)
+    if clipping not in CLIPPING_MODES:
+        raise ValueError(f"clipping={clipping!r}; valid: {', '.join(CLIPPING_MODES)}")
+    if _is_diffusers(folder):
+        den = _load_diffusers(folder, clipping)
+    elif clipping != "off":
+        raise ValueError(f"clipping={clipping!r} applies a diffusers scheduler config's clipping; {spec} is a fewstep "
+                         f"checkpoint (wrap it in fewstep.ClipDataPrediction or DynamicThresholding instead)")
+    else:
+        den = _load_fewstep(folder, ema)
     for net in den.networks():
         net.to(device=device, dtype=dtype).eval()
     attach_from(den, folder)
@@ -80,8 +97,9 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
             raise ValueError(f"{folder / 'config.json'}: generator must be {{\"sigma_init\": <float>}}, got {gen!r}")
         return OneStepGenerator(net, process_from_config(cfg["process"]), cfg["prediction"],
                                 cfg.get("sigma_data", 0.5), float(gen["sigma_init"]), sample_shape=shape, config=cfg)
-    return Denoiser(net, process_from_config(cfg["process"]), cfg["prediction"], cfg.get("sigma_data", 0.5),
-                    sample_shape=shape, config=cfg)
+    process = process_from_config(cfg["process"])
+    process.set_start(*well_conditioned_start(process, cfg["prediction"], sigma_data=cfg.get("sigma_data", 0.5)))
+    return Denoiser(net, process, cfg["prediction"], cfg.get("sigma_data", 0.5), sample_shape=shape, config=cfg)
 
 
 def _load_state(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -114,16 +132,23 @@ def _diffusers_paths(folder: Path) -> tuple[Path, Path] | None:
         cfg = unet / "config.json"
         if cfg.exists() and sched.exists():
             try:
-                if json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel":
-                    return unet, sched
+                name = json.loads(cfg.read_text()).get("_class_name")
             except json.JSONDecodeError:
                 return None
+            if name in UNET_CLASSES:
+                return unet, sched
+            if name is not None:
+                raise ValueError(f"{cfg}: _class_name={name!r} is not supported; fewstep loads "
+                                 f"{' and '.join(UNET_CLASSES)} folders (with their scheduler_config.json)")
     return None
 
 
 def _is_diffusers(folder: Path) -> bool:
     if _diffusers_paths(folder) is not None:
         return True
+    if (folder / "model_index.json").exists():
+        raise FileNotFoundError(f"{folder} is a diffusers pipeline folder without unet/config.json and "
+                                f"scheduler/scheduler_config.json; fewstep loads its UNet and scheduler from those")
     cfg = folder / "config.json"
     if cfg.exists():
         try:
@@ -136,40 +161,65 @@ def _is_diffusers(folder: Path) -> bool:
 
 
 def process_from_diffusers(sched: dict[str, Any]) -> tuple[NoiseProcess, str]:
-    """Map a DDPM/DDIM-style ``scheduler_config.json`` to a fewstep process and prediction type."""
-    n = int(sched.get("num_train_timesteps", 1000))
-    kind = sched.get("beta_schedule", "linear")
-    if sched.get("trained_betas"):
-        proc: NoiseProcess = VPDiscrete(sched["trained_betas"])
-    elif kind == "linear":
-        proc = VPDiscrete.linear(n, sched.get("beta_start", 1e-4), sched.get("beta_end", 0.02))
-    elif kind == "scaled_linear":
-        proc = VPDiscrete.scaled_linear(n, sched.get("beta_start", 0.00085), sched.get("beta_end", 0.012))
-    elif kind == "squaredcos_cap_v2":
-        proc = VPDiscrete.cosine(n)
-    else:
-        raise ValueError(f"diffusers beta_schedule {kind!r} is not supported; valid: linear, scaled_linear, "
-                         f"squaredcos_cap_v2, or trained_betas")
-    pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(sched.get("prediction_type", "epsilon"))
-    if pred is None:
-        raise ValueError(f"diffusers prediction_type {sched.get('prediction_type')!r} is not supported; "
-                         f"valid: epsilon, v_prediction, sample")
-    return proc, pred
+    """The fewstep process (its ``t_start`` set for the model) and prediction type of a diffusers
+    ``scheduler_config.json`` (DDPM-family or EDM-style); :func:`fewstep.diffusers_config.read_scheduler_config`
+    has the full record of what became of each key."""
+    schedule = read_scheduler_config(sched)
+    return schedule.process, schedule.prediction
 
 
-def _load_diffusers(folder: Path) -> Denoiser:
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        raise ImportError("loading a diffusers folder needs the optional extra: pip install 'fewstep[diffusers]'") from None
+def denoiser_from_diffusers(net: Any, schedule: Any, *, sample_shape: tuple[int, ...] | None = None,
+                            config: dict[str, Any] | None = None, clipping: str = "off") -> DenoiserBase:
+    """A :class:`Denoiser` for ``net`` (called like a diffusers UNet: ``net(x, t, **cond)``, returning a tensor
+    or an object with ``.sample``) under ``schedule`` (a :class:`~fewstep.diffusers_config.DiffusersSchedule`):
+    the loading path of every diffusers folder, also for stand-in networks in tests.  ``clipping="config"``
+    applies the config's data-prediction clipping (off by default: docs/diffusers.md)."""
+    den = Denoiser(net, schedule.process, schedule.prediction, schedule.sigma_data, sample_shape=sample_shape,
+                   config=config, variance=schedule.variance)
+    return schedule.clipped(den, clipping)
+
+
+def _load_diffusers(folder: Path, clipping: str = "off") -> DenoiserBase:
     paths = _diffusers_paths(folder)
     assert paths is not None
     unet_dir, sched_path = paths
+    schedule = read_scheduler_config(_read_json(sched_path), source=str(sched_path))
+    unet_cfg = _read_json(unet_dir / "config.json")
+    spec = read_unet_config(unet_cfg, schedule, source=str(unet_dir / "config.json"))
     if not (unet_dir / "diffusion_pytorch_model.safetensors").exists():
         raise FileNotFoundError(f"{unet_dir} has no diffusion_pytorch_model.safetensors; fewstep reads only "
                                 f"safetensors weights (never pickled .bin files). Re-save with safe_serialization=True")
-    proc, pred = process_from_diffusers(json.loads(sched_path.read_text()))
-    unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
-    c = unet.config
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    return Denoiser(unet, proc, pred, sample_shape=(c.in_channels, size, size), config={"diffusers": str(unet_dir)})
+    try:
+        import diffusers
+    except ImportError:
+        raise ImportError("loading a diffusers folder needs the optional extra: pip install 'fewstep[diffusers]'") from None
+    unet = getattr(diffusers, spec.cls).from_pretrained(str(unet_dir), use_safetensors=True)
+    config = {"diffusers": str(unet_dir), "unet": {"class": spec.cls, "conditioning": spec.conditioning},
+              "scheduler": schedule.report()}
+    return denoiser_from_diffusers(DiffusersUNet(unet, spec.cls, spec.conditioning), schedule,
+                                   sample_shape=spec.sample_shape, config=config, clipping=clipping)
+
+
+class DiffusersUNet(torch.nn.Module):
+    """A diffusers UNet called the way fewstep calls networks, ``net(x, t, **cond) -> tensor``; a conditioning
+    keyword the UNet needs and ``cond`` lacks is refused by name (instead of diffusers' traceback)."""
+
+    def __init__(self, unet: torch.nn.Module, cls: str, conditioning: dict[str, str]):
+        super().__init__()
+        self.unet, self.cls, self.conditioning = unet, cls, dict(conditioning)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        missing = [k for k in self.conditioning if k not in cond and k != "timestep_cond"]
+        if missing:
+            raise ValueError(f"this {self.cls} needs cond={{'{missing[0]}': ...}}: {self.conditioning[missing[0]]}")
+        return self.unet(x, t, **cond).sample
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-save the diffusers folder") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data

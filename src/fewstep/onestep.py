@@ -56,7 +56,8 @@ class OneStepGenerator(DenoiserBase):
                  sigma_init: float = DEFAULT_SIGMA_INIT, *, sample_shape: Sequence[int] | None = None,
                  config: dict[str, Any] | None = None):
         self.net = net
-        self.process = process
+        # the generator reads the prior draw at t_max itself: sampling starts there whatever the teacher's t_start
+        self.process = process.set_start(process.t_max, "a one-step generator reads the prior draw at t_max")
         self.prediction = prediction
         self.param = parametrization(prediction, process, sigma_data)
         self.sigma_init = float(sigma_init)

@@ -31,19 +31,71 @@ from torch import Tensor
 
 from .processes import NoiseProcess
 
-__all__ = ["Prediction", "Parametrization", "PREDICTION_TYPES", "parametrization", "network_output", "alpha_sigma",
-           "edm_coefficients"]
+__all__ = ["Prediction", "LearnedVariance", "VARIANCE_TYPES", "split_variance", "Parametrization", "PREDICTION_TYPES",
+           "parametrization", "network_output", "alpha_sigma", "edm_coefficients"]
 
 Coef = float | Tensor
 TimeLike = float | Tensor
 
 
+#: Learned variances of improved-DDPM-style networks, whose output has twice the input's channels.
+VARIANCE_TYPES = ("learned", "learned_range")
+
+
+@dataclass
+class LearnedVariance:
+    """The variance channels of a network that learns the reverse step's variance (Nichol & Dhariwal 2021).
+
+    ``"learned_range"`` (their eq. 15): ``value`` ``v`` in [-1, 1] interpolates the log variance between the step's
+    ``beta`` and its posterior variance ``beta_tilde``: ``log Sigma = f log beta + (1 - f) log beta_tilde``,
+    ``f = (v + 1) / 2``.  ``"learned"``: ``value`` is the variance itself, as diffusers' ``DDPMScheduler`` reads it.
+    With skipped steps both apply to the step taken (``beta = 1 - alpha_bar_s / alpha_bar_t`` of the respaced
+    step, as improved-diffusion's respacing and diffusers do).
+    """
+
+    kind: str
+    value: Tensor
+
+    def std(self, beta: float, beta_tilde: float) -> Tensor:
+        """The standard deviation of the ancestral step with (respaced) ``beta`` and posterior variance ``beta_tilde``."""
+        if self.kind == "learned":
+            return self.value.clamp(min=0).sqrt()
+        frac = (self.value + 1) / 2
+        log_var = frac * math.log(beta) + (1 - frac) * math.log(max(beta_tilde, 1e-20))  # diffusers' clamp at 1e-20
+        return torch.exp(0.5 * log_var)
+
+    def chunk(self, parts: int) -> tuple["LearnedVariance", ...]:
+        """Split along the batch like ``Tensor.chunk`` (guidance batches its passes)."""
+        return tuple(LearnedVariance(self.kind, v) for v in self.value.chunk(parts))
+
+
 @dataclass
 class Prediction:
-    """Data prediction ``x0`` and noise prediction ``eps`` at one ``(x, t)``."""
+    """Data prediction ``x0`` and noise prediction ``eps`` at one ``(x, t)``; ``variance``: the network's learned
+    variance of the reverse step, if it has one (only DDPM ancestral sampling uses it)."""
 
     x0: Tensor
     eps: Tensor
+    variance: LearnedVariance | None = None
+
+
+def split_variance(out: Tensor, x: Tensor, variance: str | None) -> tuple[Tensor, LearnedVariance | None]:
+    """``(mean output, learned variance)`` of a network's output ``out`` at input ``x``: with ``variance`` (one of
+    :data:`VARIANCE_TYPES`) the first ``C`` channels are the prediction and the last ``C`` the variance; without,
+    ``out`` itself.  A shape that does not fit is refused with the setting that would make it fit."""
+    channels = x.shape[1] if x.ndim > 1 else None
+    if variance is None:
+        if channels is not None and out.ndim == x.ndim and out.shape[1] == 2 * channels and out.shape[2:] == x.shape[2:]:
+            raise ValueError(f"the network returns {out.shape[1]} channels for {channels} input channels (a learned "
+                             f"variance); declare it: variance_type 'learned_range' or 'learned'")
+        return out, None
+    if variance not in VARIANCE_TYPES:
+        raise ValueError(f"unknown variance type {variance!r}; valid: {', '.join(VARIANCE_TYPES)} or None")
+    if channels is None or out.ndim != x.ndim or out.shape[1] != 2 * channels or out.shape[2:] != x.shape[2:]:
+        raise ValueError(f"variance_type {variance!r} needs a network returning 2 x {channels} channels shaped like "
+                         f"its input, got {tuple(out.shape)} for {tuple(x.shape)}")
+    mean, var = out.split(channels, dim=1)
+    return mean, LearnedVariance(variance, var)
 
 
 def _per_sample(value: Tensor, x: Tensor) -> Coef:

@@ -29,6 +29,7 @@ from torch import Tensor
 from . import solvers
 from .grids import GRIDS, GridSpec, Schedule, make_grid, make_schedule
 from .grids.files import GridEntry, grid_entry, is_grid_file
+from .processes import check_start
 from .nettimes import time_tuned
 
 __all__ = ["Start", "SamplingPlan", "make_plan", "start_time", "TUNED"]
@@ -199,16 +200,17 @@ def _jsonable(v: Any) -> Any:
 def start_time(process: Any) -> float:
     """The time a solve starts at by default: the process's well-conditioned start (``t_start`` where the process
     declares one, e.g. a capped cosine schedule's), else ``t_max``."""
-    return float(getattr(process, "t_start", process.t_max))
+    return float(process.t_start)
 
 
 def _check_teleport(process: Any, teleport: Any) -> float:
     if isinstance(teleport, bool) or not isinstance(teleport, (int, float)):
         raise TypeError(f"teleport must be a time (a number in the process's time units), got {teleport!r}")
     t = float(teleport)
-    if not process.t_min < t <= process.t_max:
-        raise ValueError(f"teleport={t:g} is outside the process's times ({process.t_min:g}, {process.t_max:g}]; "
-                         f"pass the time the solve should start at, e.g. {0.7 * process.t_max + 0.3 * process.t_min:g}")
+    if not process.t_min < t <= process.t_start:
+        raise ValueError(f"teleport={t:g} is outside the process's times ({process.t_min:g}, {process.t_start:g}] (up "
+                         f"to its start t_start); pass the time the solve should start at, e.g. "
+                         f"{0.7 * process.t_start + 0.3 * process.t_min:g}")
     return t
 
 
@@ -306,8 +308,7 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
 
 
 def _warn_start(process: Any, t: float) -> None:
-    check = getattr(process, "check_start", None)
-    message = check(t) if check is not None else None
+    message = check_start(process, t, "t_start")
     if message:
         warnings.warn(message, stacklevel=4)
 

@@ -2,7 +2,9 @@
 
 Every process gives ``alpha``, ``sigma``, the half log-SNR ``lam = log(alpha / sigma)``
 (DPM-Solver, Lu et al. 2022, eq. 3.2), its inverse ``t_of_lambda``, the valid time range
-``[t_min, t_max]`` and ``model_time(t)``, the value the network was trained to see.
+``[t_min, t_max]``, ``model_time(t)``, the value the network was trained to see, and ``t_start``,
+the time sampling starts at by default (``t_max`` unless the schedule's end is singular, see
+:func:`well_conditioned_start`).
 
 All time arithmetic is float64.  Methods accept python floats or tensors and return float64
 tensors (0-d for scalar input).
@@ -26,6 +28,10 @@ __all__ = [
     "EDM",
     "RectifiedFlow",
     "process_from_config",
+    "START_LAMBDA_FLOOR",
+    "well_conditioned_start",
+    "check_start",
+    "rescale_zero_terminal_snr",
 ]
 
 TimeLike = float | Tensor
@@ -79,6 +85,25 @@ class NoiseProcess(ABC):
         return _f64(t)
 
     @property
+    def t_start(self) -> float:
+        """The time sampling starts at by default: ``t_max``, unless set by :meth:`set_start` (``load_model`` sets
+        it for a discrete schedule whose end is singular for the model's prediction type, see
+        :func:`well_conditioned_start`).  The prior draw there is still ``N(0, prior_std^2)``."""
+        return float(self.__dict__.get("_t_start", self.t_max))
+
+    @property
+    def start_reason(self) -> str:
+        """Why sampling starts at :attr:`t_start` (one sentence, shown by ``fewstep info`` and recorded with plans)."""
+        return self.__dict__.get("_start_reason", "the process's t_max")
+
+    def set_start(self, t: float, reason: str) -> "NoiseProcess":
+        """Make ``t`` (inside ``[t_min, t_max]``) the default start, for ``reason``; returns the process."""
+        t = float(t)
+        self.check_time(t)
+        self._t_start, self._start_reason = t, str(reason)
+        return self
+
+    @property
     def prior_std(self) -> float:
         """Standard deviation of the Gaussian that ``x`` at ``t_max`` is drawn from."""
         return float(self.sigma(self.t_max))
@@ -122,50 +147,102 @@ class VPDiscrete(NoiseProcess):
     network, with ``alpha_bar[i] = prod_{j<=i} (1 - beta_j)``.  ``log alpha`` is linearly
     interpolated between integer steps so every real ``t`` is valid (as in DPM-Solver's
     discrete schedule).
+
+    ``zero_terminal_snr=True`` rescales the betas so that ``alpha(T-1) = 0`` exactly (Lin et al. 2024,
+    "Common diffusion noise schedules and sample steps are flawed", Algorithm 1; diffusers'
+    ``rescale_betas_zero_snr``).  The last beta is then 1; on the last segment ``[T-2, T-1]`` ``alpha`` (not
+    its log, which reaches ``-inf``) is interpolated linearly down to 0.
+
+    ``t_start`` defaults to :func:`well_conditioned_start` for an eps-prediction network (the last training step
+    whose log-SNR is at least :data:`START_LAMBDA_FLOOR`; one step below ``T-1`` at zero terminal SNR);
+    ``load_model`` sets it for the model's own prediction type.
     """
 
-    def __init__(self, betas: Tensor | list[float], schedule: str = "custom", **meta: Any):
+    def __init__(self, betas: Tensor | list[float], schedule: str = "custom", *, zero_terminal_snr: bool = False,
+                 **meta: Any):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or len(betas) < 2:
             raise ValueError("betas must be a 1-D sequence of at least 2 values")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("every beta must lie in (0, 1)")
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+        inner_ok = bool(((betas[:-1] > 0) & (betas[:-1] < 1)).all())
+        if not inner_ok or not 0 < float(betas[-1]) <= 1:
+            raise ValueError("every beta must lie in (0, 1) (the last may be 1: zero terminal SNR)")
         self.betas = betas
         self.schedule = schedule
         self.meta = meta
+        #: alpha(T-1) = 0 exactly: the last beta is 1 (zero terminal SNR).
+        self.zero_terminal_snr = float(betas[-1]) == 1.0
         self._log_alpha = 0.5 * torch.cumsum(torch.log1p(-betas), 0)
         self.num_train_timesteps = len(betas)
         self.t_min = 0.0
         self.t_max = float(len(betas) - 1)
+        self._flag_zero_snr = bool(zero_terminal_snr) and schedule != "custom"
 
     @classmethod
-    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "VPDiscrete":
+    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+               zero_terminal_snr: bool = False) -> "VPDiscrete":
         """DDPM's linear betas (diffusers ``beta_schedule="linear"``)."""
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
-        return cls(betas, "linear", beta_start=beta_start, beta_end=beta_end)
+        return cls(betas, "linear", zero_terminal_snr=zero_terminal_snr, beta_start=beta_start, beta_end=beta_end)
 
     @classmethod
-    def scaled_linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "VPDiscrete":
+    def scaled_linear(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                      zero_terminal_snr: bool = False) -> "VPDiscrete":
         """Stable Diffusion's betas, linear in sqrt(beta) (diffusers ``"scaled_linear"``)."""
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
-        return cls(betas, "scaled_linear", beta_start=beta_start, beta_end=beta_end)
+        return cls(betas, "scaled_linear", zero_terminal_snr=zero_terminal_snr, beta_start=beta_start,
+                   beta_end=beta_end)
 
     @classmethod
-    def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "VPDiscrete":
-        """Improved-DDPM cosine betas (Nichol & Dhariwal 2021, eq. 17; diffusers ``"squaredcos_cap_v2"``)."""
+    def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999,
+               zero_terminal_snr: bool = False) -> "VPDiscrete":
+        """Improved-DDPM cosine betas (Nichol & Dhariwal 2021, eq. 17; diffusers ``"squaredcos_cap_v2"``).
+
+        The last beta is clipped at ``max_beta``: alpha drops 1000x in the last training step, to 4.9e-5 at
+        ``T-1``, so an eps network's data prediction there is not to be trusted and ``t_start`` is below ``T-1``.
+        """
         def f(u: float) -> float:
             return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
         n = num_train_timesteps
         betas = [min(1 - f((i + 1) / n) / f(i / n), max_beta) for i in range(n)]
-        return cls(betas, "cosine", s=s, max_beta=max_beta)
+        return cls(betas, "cosine", zero_terminal_snr=zero_terminal_snr, s=s, max_beta=max_beta)
+
+    @classmethod
+    def sigmoid(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                zero_terminal_snr: bool = False) -> "VPDiscrete":
+        """GeoDiff's sigmoid betas (Xu et al. 2022): ``beta_start + (beta_end - beta_start) sigmoid(u)``, ``u`` from
+        -6 to 6 (diffusers ``"sigmoid"``)."""
+        u = torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float64)
+        betas = torch.sigmoid(u) * (beta_end - beta_start) + beta_start
+        return cls(betas, "sigmoid", zero_terminal_snr=zero_terminal_snr, beta_start=beta_start, beta_end=beta_end)
+
+    @property
+    def t_start(self) -> float:
+        if "_t_start" not in self.__dict__:
+            # eps prediction is the common case; at zero terminal SNR it is refused (Lin et al. 2024), so v/x0's start
+            self.set_start(*well_conditioned_start(self, "v" if self.zero_terminal_snr else "eps"))
+        return float(self.__dict__["_t_start"])
+
+    @property
+    def start_reason(self) -> str:
+        self.t_start  # noqa: B018 - computes the default on first use
+        return self.__dict__["_start_reason"]
 
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = _f64(t)
         i0 = torch.clamp(torch.floor(t), 0, self.t_max - 1).long()
         w = t - i0
         la = self._log_alpha
-        return la[i0] * (1 - w) + la[i0 + 1] * w
+        if not self.zero_terminal_snr:
+            return la[i0] * (1 - w) + la[i0 + 1] * w
+        # zero terminal SNR: log alpha(T-1) = -inf; alpha itself falls linearly to 0 on the last segment
+        last = len(la) - 2
+        finite = torch.cat([la[:-1], la[-2:-1]])
+        inner = finite[i0] * (1 - w) + finite[i0 + 1] * w
+        tail = la[last] + torch.log1p(-w.clamp(max=1.0))
+        return torch.where(i0 == last, tail, inner)
 
     def log_sigma(self, t: TimeLike) -> Tensor:
         return 0.5 * torch.log(-torch.expm1(2 * self.log_alpha(t)))
@@ -173,13 +250,16 @@ class VPDiscrete(NoiseProcess):
     def t_of_lambda(self, lam: TimeLike) -> Tensor:
         lam = _f64(lam)
         # log alpha from lambda (VP: alpha^2 + sigma^2 = 1), then invert the piecewise-linear table.
-        log_alpha = -0.5 * torch.nn.functional.softplus(-2 * lam)
-        la = self._log_alpha.flip(0)  # increasing
-        idx = torch.clamp(torch.searchsorted(la, log_alpha.reshape(-1)), 1, len(la) - 1)
+        log_alpha = (-0.5 * torch.nn.functional.softplus(-2 * lam)).reshape(-1)
+        finite = self._log_alpha[:-1] if self.zero_terminal_snr else self._log_alpha
+        la = finite.flip(0)  # increasing
+        idx = torch.clamp(torch.searchsorted(la, log_alpha), 1, len(la) - 1)
         lo, hi = la[idx - 1], la[idx]
-        w = (log_alpha.reshape(-1) - lo) / (hi - lo)
-        t_flip = (idx - 1) + w
-        t = (len(la) - 1) - t_flip
+        w = (log_alpha - lo) / (hi - lo)
+        t = (len(la) - 1) - ((idx - 1) + w)
+        if self.zero_terminal_snr:  # below alpha(T-2): the linear-alpha last segment
+            tail = (len(la) - 1) + 1 - torch.exp(log_alpha - finite[-1])
+            t = torch.where(log_alpha < finite[-1], tail, t)
         return torch.clamp(t, self.t_min, self.t_max).reshape(lam.shape)
 
     @property
@@ -189,8 +269,9 @@ class VPDiscrete(NoiseProcess):
     def config(self) -> dict[str, Any]:
         if self.schedule == "custom":
             return {"kind": "vp_discrete", "schedule": "custom", "betas": self.betas.tolist()}
+        extra = {"zero_terminal_snr": True} if self._flag_zero_snr else {}
         return {"kind": "vp_discrete", "schedule": self.schedule,
-                "num_train_timesteps": self.num_train_timesteps, **self.meta}
+                "num_train_timesteps": self.num_train_timesteps, **self.meta, **extra}
 
 
 class VPLinear(NoiseProcess):
@@ -358,10 +439,80 @@ def process_from_config(cfg: dict[str, Any]) -> NoiseProcess:
         if schedule == "custom":
             return VPDiscrete(cfg["betas"])
         factory = {"linear": VPDiscrete.linear, "scaled_linear": VPDiscrete.scaled_linear,
-                   "cosine": VPDiscrete.cosine}.get(schedule)
+                   "cosine": VPDiscrete.cosine, "sigmoid": VPDiscrete.sigmoid}.get(schedule)
         if factory is None:
-            raise ValueError(f"unknown VPDiscrete schedule {schedule!r}; valid: linear, scaled_linear, cosine, custom")
+            raise ValueError(f"unknown VPDiscrete schedule {schedule!r}; valid: linear, scaled_linear, cosine, "
+                             f"sigmoid, custom")
         return factory(**cfg)
     if kind not in _KINDS:
         raise ValueError(f"unknown process kind {kind!r}; valid: vp_discrete, {', '.join(_KINDS)}")
     return _KINDS[kind](**cfg)
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Betas rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1): ``sqrt(alpha_bar)`` is shifted so its
+    last value is 0 and scaled so its first is unchanged; the last beta becomes 1."""
+    root = torch.exp(0.5 * torch.cumsum(torch.log1p(-torch.as_tensor(betas, dtype=torch.float64)), 0))
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alpha_bar = root**2
+    steps = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - steps
+
+
+#: The start rule's floor on the half log-SNR ``lam = log(alpha / sigma)``.  An eps network's data prediction
+#: ``x0 = (x - sigma eps) / alpha`` multiplies its eps error by ``sigma / alpha = exp(-lam)``; DPM-Solver
+#: (Lu et al. 2022) clips ``lam`` at -5.1 for improved-DDPM's cosine schedule (diffusers' ``lambda_min_clipped``),
+#: and DDPM's linear schedule, which samples well from its last step, ends at ``lam = -5.06``.  Measured on
+#: several schedules and models in benchmarks/diffusers_start.py (docs/diffusers.md, "Where sampling starts").
+START_LAMBDA_FLOOR = -5.1
+
+
+def well_conditioned_start(process: NoiseProcess, prediction: str = "eps", *, floor: float = START_LAMBDA_FLOOR,
+                           sigma_data: float = 0.5) -> tuple[float, str]:
+    """``(t_start, reason)``: the time sampling of a ``prediction``-type network on ``process`` starts at by default.
+
+    For a discrete VP schedule: the last training step (an integer, a time the network was trained at) where the
+    log-SNR is finite and the data prediction's error scale ``k(t)`` (``x0_hat - x0 = k(t) (out - target)``,
+    :meth:`~fewstep.parametrization.Parametrization.x0_error_scale`) is at most ``exp(-floor)``: for eps
+    prediction ``k = sigma / alpha = exp(-lam)``, i.e. ``lam >= floor``; v-, x0- and EDM-prediction are
+    well-conditioned everywhere (``k <= 1``), so only a zero-terminal-SNR end (``lam = -inf``) moves their start,
+    one training step below it.  Every other process starts at its ``t_max`` (chosen well already, e.g.
+    :class:`VPCosine`'s 0.9946).
+    """
+    if not isinstance(process, VPDiscrete):
+        return process.t_max, "the process's t_max"
+    steps = torch.arange(process.num_train_timesteps, dtype=torch.float64)
+    lam = process.lam(steps)
+    # k(t) of Parametrization.x0_error_scale on a VP process: sigma/alpha = exp(-lam) for eps; at most 1 for v
+    # (sigma), x0 (1) and EDM's preconditioning, so only their log-SNR's finiteness matters (tested against it)
+    scale = torch.exp(-lam) if prediction == "eps" else torch.ones_like(lam)
+    limit = math.exp(-floor)
+    ok = torch.isfinite(lam) & (scale <= limit)
+    last = int(process.t_max)
+    i = int(torch.nonzero(ok).max()) if bool(ok.any()) else 0
+    if i == last:
+        why = (f"lambda(t_max) = {float(lam[last]):.3g} is above the floor {floor:g}" if prediction == "eps" else
+               f"{prediction}-prediction's data prediction is well-conditioned up to t_max")
+        return float(i), f"{why}: sampling starts at t_max = {last}"
+    if not math.isfinite(float(lam[last])) and i == last - 1:
+        return float(i), (f"zero terminal SNR: alpha({last}) = 0 has no finite log-SNR; sampling starts one training "
+                          f"step below, at t = {i} (alpha = {float(process.alpha(float(i))):.2g}), where x_T ~ N(0, 1) "
+                          f"is the marginal up to alpha * x0")
+    at_end = (f"alpha({last}) = 0 leaves the data prediction undefined there" if not math.isfinite(float(lam[last])) else
+              f"lambda({last}) = {float(lam[last]):.3g} is below the floor {floor:g}: the data prediction's error is "
+              f"{float(scale[last]):.3g}x the network's error there")
+    return float(i), (f"{at_end}; t = {i} is the last training step where it is at most {limit:.3g}x "
+                      f"(lambda = {float(lam[i]):.3g})")
+
+
+def check_start(process: NoiseProcess, t: float, setting: str = "start") -> str | None:
+    """A warning (one line naming ``setting``) when sampling is forced to start at ``t`` above the process's
+    well-conditioned :attr:`~NoiseProcess.t_start`; ``None`` when ``t`` is at or below it."""
+    t, start = float(t), process.t_start
+    if t <= start + 1e-9 * max(1.0, abs(process.t_max)):
+        return None
+    lam = float(process.lam(t))
+    where = "alpha = 0: no finite log-SNR" if not math.isfinite(lam) else f"lambda = {lam:.3g}"
+    return (f"{setting}={t:g} is above the well-conditioned start t={start:g} ({where} at t={t:g}): the model's data "
+            f"prediction cannot be trusted there; leave {setting} unset to start at {start:g} (fewstep info shows why)")

@@ -39,11 +39,11 @@ _FORMAT = "fewstep-data-gaussian"
 
 def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMixture,
              t_from: float | None = None, labels: Tensor | None = None) -> Tensor:
-    """``x`` at ``t_from`` (default ``t_max``) carried to ``t_to`` by the exact flow of ``gaussian`` (in the
+    """``x`` at ``t_from`` (default the process's start ``t_start``, where a prior draw stands) carried to ``t_to`` by the exact flow of ``gaussian`` (in the
     model's data range); same shape, dtype and device as ``x``.  Unconditional: ``gaussian`` is one Gaussian.
     Class-conditional: ``gaussian`` has one component per class (:func:`class_gaussians`) and ``labels``
     (``(batch,)``) picks each sample's: the exact flow of the conditional ODE when each class is Gaussian."""
-    t_from = process.t_max if t_from is None else float(t_from)
+    t_from = process.t_start if t_from is None else float(t_from)
     process.check_time(float(t_to))
     if float(t_to) > t_from:
         raise ValueError(f"teleport goes from noise to data: t_to={t_to} must not exceed t_from={t_from}")

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     add_guidance_args(p)
     p.add_argument("--raw", action="store_true", help="use the raw (non-EMA) weights of a checkpoint")
+    p.add_argument("--clipping", choices=["off", "config"], default="off",
+                   help="diffusers folders: 'config' clips the data prediction as the scheduler config's clip_sample / "
+                        "thresholding says (diffusers' DDPM/DDIM default); 'off' (default) solves the model's own ODE")
     p.add_argument("--out", required=True, help="grid.png (.jpg, .jpeg, .webp), file.npz, or a folder (no suffix)")
     p.add_argument("--adopt", action="store_true",
                    help=f"--out FOLDER whose {MANIFEST} is damaged or missing and whose images record no settings "
@@ -65,6 +68,8 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
         settings["grid"] = args.grid
     settings["teleport"] = args.teleport
     settings["cache"] = args.cache
+    if args.clipping != "off":
+        settings["clipping"] = args.clipping
     settings.update(class_label=args.class_label, guidance=guidance_settings(args), fewstep_version=__version__)
     return settings
 
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..loading import load_model
 
-    den = load_model(model_path, ema=not args.raw, device=device)
+    den = load_model(model_path, ema=not args.raw, device=device, clipping=args.clipping)
     shape = tuple(den.sample_shape)
     plan = make_plan(den, solver.name, args.nfe, args.grid, **plan_kwargs)
     seeds = list(range(args.seed, args.seed + args.n))

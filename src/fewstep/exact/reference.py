@@ -22,16 +22,17 @@ __all__ = ["reference_solution"]
 
 def reference_solution(denoiser: ExactDenoiser, x_T: Tensor, *, t_end: float | None = None,
                        rtol: float = 1e-10, atol: float = 1e-10, lam_clean: float = 16.0) -> Tensor:
-    """Integrate the PF-ODE of an exact model from ``t_max`` to ``t_end`` (``None``: clean data).
+    """Integrate the PF-ODE of an exact model from the process's ``t_start`` (where sampling starts; its ``t_max``
+    unless the schedule's end is singular) to ``t_end`` (``None``: clean data).
 
     Returns float64 samples shaped like ``x_T``; solves each sample independently of the batch.
     """
     from scipy.integrate import solve_ivp  # scipy loads in about a second: only exact references need it
 
     process, model = denoiser.process, denoiser.model
-    lam0 = float(process.lam(process.t_max))
+    lam0 = float(process.lam(process.t_start))
     lam1 = lam_clean if t_end is None else float(process.lam(t_end))
-    a0 = float(process.alpha(process.t_max))
+    a0 = float(process.alpha(process.t_start))
     y0 = (x_T.reshape(len(x_T), -1).to(torch.float64) / a0)
     shape = y0.shape
 

@@ -1,7 +1,8 @@
 """Time grids and the noise schedule a solver walks along.
 
-A grid of ``n`` steps is ``n + 1`` times ``t_0 = t_max > t_1 > ... > t_n = t_min``: it always
-starts at the process's ``t_max`` (no hidden 'leading' offset).  With ``clean_end=True`` (the
+A grid of ``n`` steps is ``n + 1`` times ``t_0 = t_start > t_1 > ... > t_n = t_min``: it starts at the
+process's ``t_start`` (its ``t_max`` unless the schedule's end is singular for the model, see
+:func:`fewstep.processes.well_conditioned_start`; no hidden 'leading' offset).  With ``clean_end=True`` (the
 default when sampling) the last point is replaced by clean data, ``sigma = 0``: the last step
 lands on the data prediction, as diffusers' ``final_sigmas_type="zero"`` and k-diffusion's
 appended ``sigma = 0`` do, without an extra network evaluation.
@@ -30,8 +31,8 @@ GridSpec = str | os.PathLike | Sequence[float] | Tensor
 def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *, rho: float = 7.0,
               t_max: float | None = None, t_min: float | None = None, solver: str | None = None,
               nfe: int | None = None) -> Tensor:
-    """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min`` (defaults: the process's; they shape the
-    named grids only: explicit times and grid file entries keep their own).
+    """``steps + 1`` decreasing float64 times from ``t_max`` to ``t_min`` (defaults: the process's ``t_start`` and
+    ``t_min``; they shape the named grids only: explicit times and grid file entries keep their own).
 
     ``kind``: ``"uniform"`` in t; ``"logsnr"`` uniform in lambda (DPM-Solver); ``"quadratic"``
     time-quadratic (DDIM, Song et al. 2021, sec. D.2); ``"karras"`` uniform in
@@ -44,7 +45,7 @@ def make_grid(process: NoiseProcess, steps: int, kind: GridSpec | None = None, *
         kind = process.default_grid
     if isinstance(kind, (str, os.PathLike)) and str(kind) not in GRIDS and is_grid_file(kind):
         kind = grid_entry(kind, process, solver, nfe, steps).times
-    hi = process.t_max if t_max is None else t_max
+    hi = process.t_start if t_max is None else t_max
     lo = process.t_min if t_min is None else t_min
     if not isinstance(kind, str):
         ts = torch.as_tensor(kind, dtype=torch.float64).flatten()

@@ -64,8 +64,8 @@ def search_ratios(denoiser: DenoiserBase, shape: Sequence[int], nfe: int, seeds:
     knots = schedule.t.tolist()
     if schedule.clean_end:
         knots[-1] = process.t_min  # the reference's clean end is the data prediction there
-    skip = 1 if teleport is not None and knots[0] < process.t_max else 0
-    knots = [process.t_max] * skip + knots
+    skip = 1 if teleport is not None and knots[0] < process.t_start else 0
+    knots = [process.t_start] * skip + knots
     ref = near_exact_path(denoiser, x_T, knots, ReferenceSettings(nfe=reference_nfe), clean_end=schedule.clean_end,
                           cond=cond)[skip:]
     found = [1.0] * steps

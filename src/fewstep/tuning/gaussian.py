@@ -59,7 +59,7 @@ class _Gaussian:
 def gaussian_error(process: NoiseProcess, solver: str, nfe: int, stds: Tensor) -> Callable[[Tensor], float]:
     """``score(times)``: the solver's exact mean squared error on ``N(0, diag(stds^2))`` (eq. above)."""
     den = ExactDenoiser(_Gaussian(stds), process)  # type: ignore[arg-type]
-    t_max = process.t_max
+    t_max = process.t_start  # where sampling starts
     a, s = float(process.alpha(t_max)), float(process.sigma(t_max))
     exact = stds / torch.sqrt(a * a * stds * stds + s * s)
     x_T = torch.full((1, len(stds)), 1.0, dtype=torch.float64)
@@ -118,7 +118,7 @@ def analytic_grid(process: NoiseProcess, solver: str, nfe: int, *,
     if spec.stochastic or not spec.fixed_nfe:
         raise ValueError(f"analytic grids need a deterministic fixed-NFE solver; {spec.name!r} is not")
     steps, _ = spec.steps_for(nfe)
-    t_max, t_min = process.t_max, process.t_min
+    t_max, t_min = process.t_start, process.t_min  # the grid starts where sampling starts
     if steps == 1:
         return torch.tensor([t_max, t_min], dtype=torch.float64), float("nan")
     p = max(1, int(spec.order))

@@ -1,10 +1,10 @@
 """The near-exact solution of a model's probability-flow ODE: the one yardstick of tuning and evaluation.
 
-From ``x_T`` at ``t_max`` it is the point every deterministic solver converges to as its NFE grows.  With a
+From ``x_T`` at the process's start ``t_start`` (its ``t_max`` unless the schedule's end is singular) it is the point every deterministic solver converges to as its NFE grows.  With a
 clean end a solver's last evaluation is at the grid point just above ``t_min`` and lands on its data
 prediction, so the limit is
 
-    x_ref = x0_hat( x(t_min), t_min ),   x(t_min) the exact ODE solution from x_T at t_max.
+    x_ref = x0_hat( x(t_min), t_min ),   x(t_min) the exact ODE solution from x_T at t_start.
 
 :func:`near_exact_path` computes it with a high-order solver (``settings``: DPM-Solver++(3M), 200 NFE, logSNR
 grid by default) stopping at ``t_min`` with ``nfe - 1`` evaluations, plus one data prediction there: the
@@ -76,8 +76,8 @@ def near_exact_path(denoiser: Any, x_T: Tensor, times: Sequence[float], settings
 
     ``settings.solver`` spends ``settings.nfe - 1`` evaluations (``settings.nfe`` with the clean end's
     prediction) on a grid that passes through every time: each interval of ``times`` is refined into an equal
-    share of the steps, spaced as ``settings.grid`` spaces a whole grid (``[t_max, t_min]`` alone is that grid).
-    A teleported grid passes ``[t_max, *its times]`` and drops the first state: the network's own solution.
+    share of the steps, spaced as ``settings.grid`` spaces a whole grid (``[t_start, t_min]`` alone is that grid).
+    A teleported grid passes ``[t_start, *its times]`` and drops the first state: the network's own solution.
     Raises :class:`~fewstep.solvers.DivergedError` when the solve is not finite.
     """
     settings = settings or ReferenceSettings()
@@ -114,9 +114,9 @@ def near_exact_path(denoiser: Any, x_T: Tensor, times: Sequence[float], settings
 
 
 def near_exact(denoiser: Any, x_T: Tensor, settings: ReferenceSettings | None = None, *, cond: Cond = None) -> Tensor:
-    """``x0_hat(x(t_min), t_min)`` from ``x_T`` at ``t_max``: :func:`near_exact_path` over ``[t_max, t_min]``."""
+    """``x0_hat(x(t_min), t_min)`` from ``x_T`` at ``t_start``: :func:`near_exact_path` over ``[t_start, t_min]``."""
     process = denoiser.process
-    return near_exact_path(denoiser, x_T, [process.t_max, process.t_min], settings, cond=cond)[-1]
+    return near_exact_path(denoiser, x_T, [process.t_start, process.t_min], settings, cond=cond)[-1]
 
 
 def near_exact_batch(denoiser: Any, shape: Sequence[int], seeds: Sequence[int], settings: ReferenceSettings,

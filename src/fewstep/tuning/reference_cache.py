@@ -1,7 +1,8 @@
 """The near-exact solutions of a model's probability-flow ODE for given seeds, cached on disk.
 
 The solution is :func:`fewstep.tuning.reference.near_exact_batch` (``x0_hat(x(t_min), t_min)`` from the
-``x_T`` that :func:`fewstep.generate` draws for a seed; see :mod:`fewstep.tuning.reference`).
+``x_T`` that :func:`fewstep.generate` draws for a seed, solved from the process's default start ``t_start``;
+see :mod:`fewstep.tuning.reference`).
 
 :class:`NearExact` is that solution as a function ``seeds -> images`` over one seed range, kept
 in ``<cache_dir>/<key>/<start>-<stop>.safetensors`` chunk files (``images`` float32

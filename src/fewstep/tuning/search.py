@@ -44,7 +44,7 @@ def descend_grid(score_times: Callable[[Tensor], float], process: NoiseProcess, 
     ``free_start`` the first time moves too (between ``t_max`` and the second time: a teleported start)."""
     start = torch.as_tensor(start, dtype=torch.float64)
     t_max, t_min = float(start[0]), float(start[-1])
-    ends = (float(process.lam(process.t_max if free_start else t_max)), float(process.lam(t_min)))
+    ends = (float(process.lam(process.t_start if free_start else t_max)), float(process.lam(t_min)))
 
     def bracket(lams: list[float], i: int) -> tuple[float, float]:
         lo = lams[i - 1] if i > 0 else ends[0]

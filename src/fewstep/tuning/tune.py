@@ -76,7 +76,7 @@ def default_starts(process: Any) -> list[float]:
     out = []
     for s in START_NOISE_LEVELS:
         t = float(process.t_of_lambda(torch.tensor(-math.log(s), dtype=torch.float64)))
-        if process.t_min < t < process.t_max and all(abs(t - u) > 1e-6 * max(1.0, abs(u)) for u in out):
+        if process.t_min < t < process.t_start and all(abs(t - u) > 1e-6 * max(1.0, abs(u)) for u in out):
             out.append(t)
     return sorted(out, reverse=True)
 
