@@ -215,6 +215,9 @@ def train(kind: str, out: Path, minutes: float, max_steps: int | None, data: Pat
 
 def load_unet(model: Path):
     from diffusers import UNet2DModel
+    from diffusers.utils import logging as dlogging
+
+    dlogging.set_verbosity_error()  # no "install accelerate" / scheduler notices in the tables
 
     unet = UNet2DModel.from_pretrained(str(model), use_safetensors=True).eval()
     return unet, json.loads((model / "scheduler_config.json").read_text())
@@ -226,12 +229,9 @@ def seeded_noise(seeds, shape) -> torch.Tensor:
 
 
 @torch.no_grad()
-def diffusers_loop(unet, scheduler, noise: torch.Tensor, steps: int, seeds=None) -> torch.Tensor:
-    """The plain diffusers sampling loop over ``scheduler.timesteps`` (as in DDPMPipeline / DDIMPipeline).
-
-    Stochastic schedulers get one generator per sample is not possible in diffusers; a batch generator
-    seeded from the first seed is passed instead (only DDPM here, which is not evaluated).
-    """
+def diffusers_loop(unet, scheduler, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """The plain diffusers sampling loop over ``scheduler.timesteps`` (as in DDIMPipeline); one network call
+    per entry of ``scheduler.timesteps``.  Only deterministic (ODE) schedulers are used here."""
     scheduler.set_timesteps(steps)
     x = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
@@ -253,6 +253,300 @@ def preview(model: Path, out: Path, steps: int, n: int) -> None:
     print(f"wrote {out}: DDIM {steps} steps, {n} samples, max |x| {x.abs().max():.3f}")
 
 
+# ----------------------------------------------------------------------------- judge classifier
+
+class DigitsNet(nn.Module):
+    """conv3x3(16)-conv3x3(16)-pool-conv3x3(32)-conv3x3(32)-pool-fc(64)-fc(10) on (B, 1, 16, 16) in [-1, 1].
+
+    Features for the Frechet distance: the 64-d penultimate pre-activations, standardised with the train
+    split's mean and std (buffers saved with the weights), as fewstep's Fashion-MNIST classifier does.
+    """
+
+    def __init__(self, width: int = 16, features: int = 64, classes: int = 10):
+        super().__init__()
+        w = width
+        self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1),
+                                    nn.Conv2d(w, 2 * w, 3, padding=1), nn.Conv2d(2 * w, 2 * w, 3, padding=1)])
+        self.fc = nn.Linear(2 * w * (RES // 4) ** 2, features)
+        self.head = nn.Linear(features, classes)
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_scale", torch.ones(features))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x))
+            if i % 2 == 1:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.hidden(x) - self.feature_mean) / self.feature_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.dropout(F.relu(self.hidden(x)), 0.25, self.training))
+
+
+def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random +-1 pixel shifts (half a pixel of the 8x8 originals), background -1 filled in."""
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    return torch.roll(F.pad(x, (1, 1, 1, 1), value=-1.0), (dy, dx), (2, 3))[:, :, 1:RES + 1, 1:RES + 1]
+
+
+@torch.no_grad()
+def _accuracy(net: DigitsNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    return float((net(x).argmax(1) == y).float().mean())
+
+
+def train_classifier(out: Path, data: Path, epochs: int, lr: float, seed: int) -> None:
+    from safetensors.torch import save_file
+
+    from fewstep.metrics.features import sha256_file
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    xtr, ytr = load_split("train", data)
+    xte, yte = load_split("test", data)
+    net = DigitsNet()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    per_epoch = len(xtr) // 128
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
+    t0 = time.time()
+    for epoch in range(epochs):
+        net.train()
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(per_epoch):
+            idx = perm[i * 128:(i + 1) * 128]
+            loss = F.cross_entropy(net(_shift(xtr[idx], g)), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {_accuracy(net, xte, yte):.4f}, "
+                  f"{time.time() - t0:.0f}s", flush=True)
+    acc, train_acc = _accuracy(net, xte, yte), _accuracy(net, xtr, ytr)
+    with torch.no_grad():
+        h = net.hidden(xtr).double()
+    net.feature_mean.copy_(h.mean(0))
+    net.feature_scale.copy_(h.std(0).clamp(min=1e-6))
+    weights, meta_path = out.with_suffix(".safetensors"), out.with_suffix(".json")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, weights)
+    meta = {"name": "digits16-classifier-v1", "arch": {"width": 16, "features": 64, "classes": 10},
+            "test_accuracy": round(acc, 4), "train_accuracy": round(train_acc, 4),
+            "train_set": f"{TRAIN_NPZ} (1500)", "test_set": f"{TEST_NPZ} ({N_TEST})",
+            "recipe": {"optimizer": "Adam + OneCycle", "lr": lr, "batch": 128, "epochs": epochs,
+                       "augmentation": "+-1 px shifts", "seed": seed},
+            "input": "(B, 1, 16, 16) in [-1, 1]",
+            "features": "64-d penultimate pre-activations, standardised with the train split's mean and std",
+            "sha256": sha256_file(weights), "train_seconds": round(time.time() - t0, 1)}
+    _write_json_atomic(meta_path, meta)
+    print(f"test accuracy {acc:.4f} (train {train_acc:.4f}); wrote {weights} and {meta_path}")
+
+
+def load_extractor(path: Path):
+    """The judge as a fewstep feature extractor (features: :meth:`DigitsNet.embed`)."""
+    from safetensors.torch import load_file
+
+    from fewstep.metrics.features import FeatureExtractor
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    net = DigitsNet(**meta["arch"])
+    net.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    net.eval()
+
+    class DigitsExtractor(FeatureExtractor):
+        channels = (1,)
+
+        def __init__(self):
+            super().__init__()
+            self.net, self.name, self.num_features = net, meta["name"], meta["arch"]["features"]
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net.embed(images.float())
+
+        def logits(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net(images.float())
+
+    return DigitsExtractor(), meta
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def diffusers_rows(cfg: dict) -> list[tuple[str, object]]:
+    """``(label, factory)`` for each deterministic diffusers scheduler built from the model's own config,
+    plus 'trailing' variants of the common ones when the config does not already use trailing spacing."""
+    import diffusers as d
+
+    def make(cls, **over):
+        return lambda: cls.from_config({**cfg, **over})
+
+    rows = [("DDIM", make(d.DDIMScheduler)),
+            ("DPM++2M", make(d.DPMSolverMultistepScheduler)),
+            ("DPM++3M", make(d.DPMSolverMultistepScheduler, solver_order=3)),
+            ("DPM++2S (singlestep)", make(d.DPMSolverSinglestepScheduler)),
+            ("UniPC (bh2, order 2)", make(d.UniPCMultistepScheduler)),
+            ("DEIS", make(d.DEISMultistepScheduler)),
+            ("Euler", make(d.EulerDiscreteScheduler)),
+            ("Heun", make(d.HeunDiscreteScheduler)),
+            ("LMS", make(d.LMSDiscreteScheduler)),
+            ("PNDM (PLMS)", make(d.PNDMScheduler, skip_prk_steps=True))]
+    if cfg.get("timestep_spacing", "leading") != "trailing":
+        rows += [(f"{name} [trailing]", make(cls, timestep_spacing="trailing"))
+                 for name, cls in (("DDIM", d.DDIMScheduler), ("DPM++2M", d.DPMSolverMultistepScheduler),
+                                   ("UniPC (bh2, order 2)", d.UniPCMultistepScheduler),
+                                   ("Euler", d.EulerDiscreteScheduler))]
+    return rows
+
+
+def steps_for_nfe(factory, nfe: int) -> tuple[int, int]:
+    """The most inference steps whose loop makes at most ``nfe`` network calls: ``(steps, calls)``."""
+    for steps in range(nfe, 0, -1):
+        s = factory()
+        s.set_timesteps(steps)
+        if len(s.timesteps) <= nfe:
+            return steps, len(s.timesteps)
+    raise ValueError(f"no step count fits in {nfe} network calls")
+
+
+class MaxAbs:
+    """A sample function wrapper that records the largest |value| of the raw (unclamped) samples."""
+
+    def __init__(self, fn):
+        self.fn, self.max_abs = fn, 0.0
+
+    def __call__(self, seeds):
+        x = self.fn(seeds)
+        finite = x[torch.isfinite(x)]
+        self.max_abs = max(self.max_abs, float(finite.abs().max()) if finite.numel() else float("nan"))
+        if not bool(torch.isfinite(x).all()):
+            self.max_abs = float("inf")
+        return x
+
+
+def score(sample_fn, n: int, extractor, refs: dict, batch: int) -> dict:
+    """FD of ``n`` samples (seeds 0..n-1) to each reference, max |x|, seconds; errors become a message."""
+    from fewstep.metrics.evaluate import sample_stats
+    from fewstep.metrics.frechet import frechet_distance
+
+    wrapped = MaxAbs(sample_fn)
+    t0 = time.time()
+    try:
+        run = sample_stats(wrapped, n, extractor, seed=0, batch_size=batch, progress=False)
+    except Exception as err:  # a failing sampler is a table cell, not a crash
+        msg = f"{type(err).__name__}: {err}".replace("|", "/").replace("\n", " ")
+        return {"error": msg[:160], "max_abs": wrapped.max_abs, "seconds": round(time.time() - t0, 1)}
+    out = {name: frechet_distance(run.stats.mu, run.stats.sigma, r.mu, r.sigma) for name, r in refs.items()}
+    return {**out, "max_abs": wrapped.max_abs, "seconds": round(time.time() - t0, 1)}
+
+
+def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data: Path, batch: int,
+                   results: Path | None, only: str | None) -> None:
+    import diffusers
+
+    import fewstep
+    from fewstep.metrics.evaluate import images_stats
+    from fewstep.metrics.features import sha256_file
+    from fewstep.metrics.frechet import frechet_distance
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    extractor, meta = load_extractor(classifier)
+    xtr, _ = load_split("train", data)
+    xte, _ = load_split("test", data)
+    refs = {"test": images_stats(extractor, xte, progress=False), "train": images_stats(extractor, xtr, progress=False)}
+    unet, cfg = load_unet(model)
+    shape = (unet.config.in_channels, RES, RES)
+    print(f"model {model}: {cfg.get('beta_schedule')}, {cfg.get('prediction_type')}, "
+          f"spacing {cfg.get('timestep_spacing')}, zero-SNR rescale {cfg.get('rescale_betas_zero_snr', False)}; "
+          f"judge {meta['name']} (test accuracy {meta['test_accuracy']}); n = {n}, seeds 0..{n - 1}")
+    # Floors: what real images score (finite-n bias of a 64-d Frechet distance included).
+    g = torch.Generator().manual_seed(0)
+    sub = xtr[torch.randperm(len(xtr), generator=g)[:min(n, len(xtr))]]
+    s_sub = images_stats(extractor, sub, progress=False)
+    print(f"floors: FD(train split, test split) = {frechet_distance(refs['train'].mu, refs['train'].sigma, refs['test'].mu, refs['test'].sigma):.3f}; "
+          f"FD({len(sub)} train images, test split) = {frechet_distance(s_sub.mu, s_sub.sigma, refs['test'].mu, refs['test'].sigma):.3f}")
+
+    # Diffusers rows are deterministic given the weights, judge, diffusers version and seeds: cached.
+    # fewstep rows are always recomputed (the code under test changes).
+    key_base = {"weights": sha256_file(model / "diffusion_pytorch_model.safetensors")[:16],
+                "scheduler": cfg, "judge": meta["sha256"][:16], "diffusers": diffusers.__version__, "n": n}
+    cache: dict = {}
+    if results is not None and results.exists():
+        saved = json.loads(results.read_text())
+        if saved.get("key") == key_base:
+            cache = saved.get("diffusers", {})
+    table: dict[str, dict[int, dict]] = {}
+    for nfe in nfes:
+        for label, factory in diffusers_rows(cfg):
+            name = f"diffusers {label}"
+            if only and only not in name:
+                continue
+            ck = f"{label}|{nfe}"
+            if ck not in cache:
+                try:
+                    steps, calls = steps_for_nfe(factory, nfe)
+                    fn = (lambda seeds, f=factory, st=steps: diffusers_loop(unet, f(), seeded_noise(seeds, shape), st))
+                    cache[ck] = {**score(fn, n, extractor, refs, batch), "nfe_used": calls, "steps": steps}
+                except Exception as err:
+                    cache[ck] = {"error": f"{type(err).__name__}: {err}"[:160]}
+                if results is not None:
+                    results.parent.mkdir(parents=True, exist_ok=True)
+                    _write_json_atomic(results, {"key": key_base, "diffusers": cache})
+            table.setdefault(name, {})[nfe] = cache[ck]
+            print(f"  nfe {nfe:>2} {name}: {_cell(cache[ck])}", flush=True)
+        den = None
+        try:
+            den = fewstep.load_model(model)
+        except Exception as err:
+            load_err = f"{type(err).__name__}: {err}"[:160]
+        for label, solver in (("default (dpm++2m, default grid)", "dpm++2m"), ("unipc", "unipc"),
+                              ("dpm++3m", "dpm++3m")):
+            name = f"fewstep {label}"
+            if only and only not in name:
+                continue
+            if den is None:
+                res = {"error": load_err}
+            else:
+                fn = (lambda seeds, s=solver: fewstep.generate(den, shape, seeds, solver=s, nfe=nfe))
+                res = {**score(fn, n, extractor, refs, batch), "nfe_used": nfe}
+            table.setdefault(name, {})[nfe] = res
+            print(f"  nfe {nfe:>2} {name}: {_cell(res)}", flush=True)
+    print()
+    print(f"Frechet distance in the judge's feature space, to the test split / to the train split "
+          f"(n = {n}; lower is better; [k NFE]: the scheduler cannot spend exactly the budget):\n")
+    print("| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(_cell(row.get(k, {}), want=k) for k in nfes) + " |")
+    print("\nmax |x| of the raw samples (data lie in [-1, 1]):\n")
+    print("| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(_fmt(row.get(k, {}).get("max_abs")) for k in nfes) + " |")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _cell(res: dict, want: int | None = None) -> str:
+    if not res:
+        return "-"
+    if "error" in res:
+        return f"error: {res['error']}"
+    used = res.get("nfe_used")
+    note = f" [{used} NFE]" if want is not None and used is not None and used != want else ""
+    return f"{res['test']:.2f} / {res['train']:.2f}{note}"
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def main() -> None:
@@ -271,6 +565,22 @@ def main() -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    p = sub.add_parser("classifier", help="train the judge CNN on the train split (safetensors + json)")
+    p.add_argument("--out", type=Path, default=MODELS / "digits_classifier")
+    p.add_argument("--data", type=Path, default=MODELS)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("eval", help="diffusers schedulers vs fewstep samplers at few NFE")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--nfe", default="5,6,8,10")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--classifier", type=Path, default=MODELS / "digits_classifier")
+    p.add_argument("--data", type=Path, default=MODELS)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--results", type=Path, default=None,
+                   help="JSON cache of the diffusers rows (default benchmarks/results/digits_diffusers/<model>-n<N>.json)")
+    p.add_argument("--only", default=None, help="only rows whose name contains this text (e.g. fewstep)")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -282,6 +592,12 @@ def main() -> None:
     elif args.cmd == "train":
         train(args.kind, args.out, args.minutes, args.steps, args.data, args.lr, args.seed, args.batch,
               args.ema_decay, args.checkpoint_minutes)
+    elif args.cmd == "classifier":
+        train_classifier(args.out, args.data, args.epochs, args.lr, args.seed)
+    elif args.cmd == "eval":
+        results = args.results or HERE / "results" / "digits_diffusers" / f"{args.model.name}-n{args.n}.json"
+        evaluate_model(args.model, [int(v) for v in args.nfe.split(",")], args.n, args.classifier, args.data,
+                       args.batch, results, args.only)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 
