@@ -445,7 +445,7 @@ def score(sample_fn, n: int, extractor, refs: dict, batch: int) -> dict:
 
 
 def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data: Path, batch: int,
-                   results: Path | None, only: str | None) -> None:
+                   results: Path | None, only: str | None, plans: Path | None = None) -> None:
     import diffusers
 
     import fewstep
@@ -503,15 +503,21 @@ def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data:
             den = fewstep.load_model(model)
         except Exception as err:
             load_err = f"{type(err).__name__}: {err}"[:160]
-        for label, solver in (("default (dpm++2m, default grid)", "dpm++2m"), ("unipc", "unipc"),
-                              ("dpm++3m", "dpm++3m")):
+        rows = [("default (dpm++2m, default grid)", "dpm++2m", None), ("unipc", "unipc", None),
+                ("dpm++3m", "dpm++3m", None)]
+        if plans is not None:  # `fewstep tune`'s plans (tuned on other seeds than these), where they hold this NFE
+            from fewstep.grids.files import read_grid_file
+
+            rows += [(f"tuned plan ({e.solver})", e.solver, str(plans)) for e in read_grid_file(plans).entries
+                     if e.nfe == nfe]
+        for label, solver, grid in rows:
             name = f"fewstep {label}"
             if only and only not in name:
                 continue
             if den is None:
                 res = {"error": load_err}
             else:
-                fn = (lambda seeds, s=solver: fewstep.generate(den, shape, seeds, solver=s, nfe=nfe))
+                fn = (lambda seeds, s=solver, g=grid: fewstep.generate(den, shape, seeds, solver=s, nfe=nfe, grid=g))
                 res = {**score(fn, n, extractor, refs, batch), "nfe_used": nfe}
             table.setdefault(name, {})[nfe] = res
             print(f"  nfe {nfe:>2} {name}: {_cell(res)}", flush=True)
@@ -581,6 +587,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=None,
                    help="JSON cache of the diffusers rows (default benchmarks/results/digits_diffusers/<model>-n<N>.json)")
     p.add_argument("--only", default=None, help="only rows whose name contains this text (e.g. fewstep)")
+    p.add_argument("--plans", type=Path, default=None, help="a plan file of `fewstep tune` for this model: adds its "
+                   "plans as rows (the model folder needs the gaussian.safetensors tune wrote, for teleported starts)")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -597,7 +605,7 @@ def main() -> None:
     elif args.cmd == "eval":
         results = args.results or HERE / "results" / "digits_diffusers" / f"{args.model.name}-n{args.n}.json"
         evaluate_model(args.model, [int(v) for v in args.nfe.split(",")], args.n, args.classifier, args.data,
-                       args.batch, results, args.only)
+                       args.batch, results, args.only, args.plans)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 

@@ -97,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     if report.plans is not None:
         print(f"wrote {report.plans} ({len(report.kept)} plan(s)) and {report.report_md}; sample with "
               f"`fewstep sample --model {args.model} --plan {report.plans} --solver S --nfe N`"
-              + ("" if report.plans.name != "plans.json" else " (beside the checkpoint: --plan tuned)"))
+              + (" (beside the checkpoint: --plan tuned)" if report.plans.name == "plans.json"
+                 and Path(args.model).is_dir() and report.plans.resolve().parent == Path(args.model).resolve()
+                 else ""))
     else:
         print(f"no candidate beat the best standard solver on the validation seeds, so no plans were written; "
               f"see {report.report_md}")
