@@ -259,7 +259,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="folder: the diffusers folder")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--delta", type=float, default=0.03)
-    parser.add_argument("--floors", default="-7,-6,-5.5,-5.1,-4.5,-4,-3.5,-3")
+    parser.add_argument("--floors", default="-7,-6,-5.5,-5.1,-4.5,-4,-3.5,-3,-2.5,-2")
     parser.add_argument("--solvers", default="dpm++2m,unipc,ddim")
     parser.add_argument("--nfe", default="5,10,20")
     parser.add_argument("--train-steps", type=int, default=4000)
