@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/diffusers_start.py exact --n 2000
     PYTHONPATH=src python benchmarks/diffusers_start.py trained --n 2000 --train-steps 4000
+    PYTHONPATH=src python benchmarks/diffusers_start.py folder --model DIR --n 500 --solvers dpm++2m,unipc --nfe 10,20
 
 fewstep starts at the process's ``t_start``: for an eps-prediction network the last training step whose half
 log-SNR is at least -5.1 (:func:`fewstep.processes.well_conditioned_start`).  Each table scans the start over
@@ -14,6 +15,9 @@ perturbed by a fixed smooth error field of size ``--delta`` (``out + delta tanh(
 the error a trained network makes, in its native output (eps or v), on the linear, scaled-linear, capped-cosine,
 sigmoid, cosine T=500 and zero-terminal-SNR schedules.  ``trained``: small MLP denoisers trained on the digits
 themselves (eps on capped cosine, eps on linear, eps on sigmoid, v on capped cosine), their own errors.
+``folder``: a diffusers folder trained on the digits upscaled to its resolution (benchmarks/digits_diffusers.py),
+FD in pixel space to the upscaled digits' moments.  Each trained model also prints its network error against the
+training set's optimal denoiser at a few times (what decides how far below ``t_max`` it can be trusted).
 """
 
 from __future__ import annotations
@@ -81,7 +85,15 @@ class NativeError(DenoiserWrapper):
         return Prediction(a * x - s * v, s * x + a * v)
 
 
-def table(title: str, den_for, process: VPDiscrete, prediction: str, data_mean, data_cov, args) -> None:
+def estimation_floor(mean: torch.Tensor, cov: torch.Tensor, n: int) -> float:
+    """The FD of ``n`` exact draws from the data moments: what the estimate gives for a perfect sampler."""
+    g = torch.Generator().manual_seed(123)
+    z = torch.randn(n, len(mean), generator=g, dtype=torch.float64)
+    return frechet_distance_to_moments(mean + z @ torch.linalg.cholesky(cov).T, mean, cov)
+
+
+def table(title: str, den_for, process: VPDiscrete, prediction: str, data_mean, data_cov, args,
+          dtype: torch.dtype = torch.float64, shape: tuple[int, ...] = (64,)) -> None:
     rule, _ = well_conditioned_start(process, prediction)
     ts = sorted(set(starts(process, [float(v) for v in args.floors.split(",")])) | {rule}, reverse=True)
     lams = [float(process.lam(t)) for t in ts]
@@ -90,7 +102,7 @@ def table(title: str, den_for, process: VPDiscrete, prediction: str, data_mean, 
                                           for t, lam in zip(ts, lams)) + " |")
     print("|---|---:|" + "---:|" * len(ts))
     gens = fewstep.generators(range(args.n))
-    x_T = fewstep.prior_noise(process, (64,), gens, dtype=torch.float64)
+    x_T = fewstep.prior_noise(process, shape, gens, dtype=dtype)
     den = den_for(process)
     for solver in args.solvers.split(","):
         for nfe in [int(v) for v in args.nfe.split(",")]:
@@ -99,7 +111,7 @@ def table(title: str, den_for, process: VPDiscrete, prediction: str, data_mean, 
                 try:
                     x = fewstep.sample(den, x_T, solver, nfe, grid_options={"t_max": t},
                                        generator=fewstep.generators(range(args.n)))
-                    fd = frechet_distance_to_moments(x.double(), data_mean, data_cov)
+                    fd = frechet_distance_to_moments(x.double().reshape(len(x), -1), data_mean, data_cov)
                     cells.append(f"{fd:.3g}" if fd < 1e4 else f"{fd:.1e}")
                 except FloatingPointError:
                     cells.append("nan")
@@ -115,7 +127,7 @@ def exact(args: argparse.Namespace) -> None:
     mean, cov = data.mean(0), torch.cov(data.T) + 1e-4 * torch.eye(64, dtype=torch.float64)
     gm = GaussianMixture.from_covariances(mean[None], cov[None])
     print(f"exact digits Gaussian, native-output error delta = {args.delta}; cells: FD to the data moments "
-          f"(n = {args.n}); bold: the best start of the row")
+          f"(n = {args.n}; exact draws give {estimation_floor(mean, cov, args.n):.3f}); bold: the best start of the row")
     for name, make in SCHEDULES.items():
         for prediction in ("eps", "v"):
             proc = make()
@@ -170,11 +182,38 @@ def train(process: VPDiscrete, prediction: str, data: torch.Tensor, steps: int, 
     return net.eval()
 
 
+def error_profile(net, process: VPDiscrete, prediction: str, data: torch.Tensor,
+                  shape: tuple[int, ...] = (64,)) -> None:
+    """RMS error of the network's native output against the training set's optimal denoiser (the empirical
+    posterior mean, Karras et al. 2022 eq. 3) at noisy training points, and the data-prediction error it makes."""
+    from fewstep.exact import EmpiricalData
+
+    opt = EmpiricalData(data).denoiser(process)
+    param = parametrization(prediction, process)
+    g = torch.Generator().manual_seed(5)
+    x0 = data[torch.randint(0, len(data), (512,), generator=g)]
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    cells = []
+    for t in (999.0, 995.0, 990.0, 980.0, 950.0, 900.0, 500.0):
+        a, s = float(process.alpha(t)), float(process.sigma(t))
+        x = a * x0 + s * eps
+        best = opt.predict(x, t)
+        with torch.no_grad():
+            out = net(x.float().reshape(-1, *shape), torch.full((len(x),), t))
+            out = getattr(out, "sample", out).double().reshape(len(x), -1)
+        target = {"eps": best.eps, "v": a * best.eps - s * best.x0}[prediction]
+        x0_hat = param.prediction(x, t, out).x0
+        cells.append(f"t={t:g}: {float((out - target).pow(2).mean().sqrt()):.3g} / "
+                     f"{float((x0_hat - best.x0).pow(2).mean().sqrt()):.3g}")
+    print("network error against the optimal denoiser, RMS native / RMS x0: " + "; ".join(cells), flush=True)
+
+
 def trained(args: argparse.Namespace) -> None:
     data = digits()
     mean, cov = data.mean(0), torch.cov(data.T)
     print(f"MLP denoisers trained on the digits ({args.train_steps} steps); cells: FD to the data moments "
-          f"(n = {args.n}); bold: the best start of the row")
+          f"(n = {args.n}; exact draws give {estimation_floor(mean, cov + 1e-4 * torch.eye(64, dtype=torch.float64), args.n):.3f}); "
+          f"bold: the best start of the row")
     from safetensors.torch import load_file, save_file
 
     for name, prediction in [("cosine", "eps"), ("linear", "eps"), ("sigmoid", "eps"), ("cosine", "v")]:
@@ -191,24 +230,43 @@ def trained(args: argparse.Namespace) -> None:
                 os.makedirs(args.cache, exist_ok=True)
                 save_file(net.state_dict(), path)
         print(f"\n(trained {name}/{prediction}: {time.time() - tic:.0f} s)", flush=True)
+        error_profile(net, proc, prediction, data)
         with torch.no_grad():
             table(f"{name}, trained MLP", lambda p: fewstep.Denoiser(net, p, prediction), proc, prediction,
-                  mean, cov, args)
+                  mean, cov, args, torch.float32)
+
+
+def folder(args: argparse.Namespace) -> None:
+    den = fewstep.load_model(args.model)
+    shape = tuple(den.sample_shape)
+    x8 = (digits() + 1) / 2  # in [0, 1]
+    up = torch.nn.functional.interpolate(x8.reshape(-1, 1, 8, 8).float(), size=shape[1:], mode="bilinear",
+                                         align_corners=False)
+    data = ((up * 255).round() / 127.5 - 1).double().reshape(len(x8), -1)
+    mean, cov = data.mean(0), torch.cov(data.T) + 1e-4 * torch.eye(data.shape[1], dtype=torch.float64)
+    print(f"{args.model}: {den.process!r}, {den.prediction}; cells: FD to the upscaled digits' moments "
+          f"(n = {args.n}, {data.shape[1]}-d; exact draws give {estimation_floor(mean, cov, args.n):.3f}); bold: the "
+          f"best start of the row")
+    net = den.net
+    error_profile(net, den.process, den.prediction, data, shape)
+    with torch.no_grad():
+        table(args.model, lambda p: den, den.process, den.prediction, mean, cov, args, torch.float32, shape)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["exact", "trained"])
+    parser.add_argument("what", choices=["exact", "trained", "folder"])
+    parser.add_argument("--model", default=None, help="folder: the diffusers folder")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--delta", type=float, default=0.03)
-    parser.add_argument("--floors", default="-7,-6,-5.5,-5.1,-4.5,-4,-3.5,-3")
+    parser.add_argument("--floors", default="-7,-6,-5.5,-5.1,-4.5,-4,-3.5,-3,-2.5,-2")
     parser.add_argument("--solvers", default="dpm++2m,unipc,ddim")
     parser.add_argument("--nfe", default="5,10,20")
     parser.add_argument("--train-steps", type=int, default=4000)
     parser.add_argument("--cache", default=None, help="a folder keeping the trained MLPs (safetensors) for reruns")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    exact(args) if args.what == "exact" else trained(args)
+    {"exact": exact, "trained": trained, "folder": folder}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import fewstep
 from fewstep.diffusers_config import read_scheduler_config, read_unet_config
 from fewstep.loading import denoiser_from_diffusers
-from fewstep.processes import START_LAMBDA_FLOOR, VPDiscrete, check_start
+from fewstep.processes import SINGULAR_START_LAMBDA, START_LAMBDA_FLOOR, VPDiscrete, check_start
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -28,7 +28,7 @@ SCHEDULES = {
     "scaled_linear": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
     "cosine": {"beta_schedule": "squaredcos_cap_v2"},
     "sigmoid": {"beta_schedule": "sigmoid"},
-    "trained": {"trained_betas": torch.linspace(2e-4, 0.03, 1000).tolist()},  # lam(999) = -7.5: the rule cuts it
+    "trained": {"trained_betas": torch.linspace(2e-4, 0.03, 1000).tolist()},  # lam(999) = -7.6, no collapse
     "T500": {"num_train_timesteps": 500},
 }
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -92,14 +92,18 @@ def _setup(data, case, cls=None, **extra):
 
 
 def _expected_start(alphas_cumprod, prediction, zero_snr):
-    """The rule from diffusers' own table: eps starts at the last step with lam >= -5.1; v and x0 at T-1, one step
-    below a zero-SNR end."""
+    """The rule from diffusers' own table: v and x0 start at T-1, one step below a zero-SNR end; eps at T-1 if
+    lam(T-1) >= -5.1, else at the last step with lam >= -3 after a collapsing end (lam falls by more than 1 in the last
+    step), lam >= -5.1 after any other."""
     ac = alphas_cumprod.double()
     last = len(ac) - 1
     if prediction != "epsilon":
         return last - 1 if zero_snr else last
     lam = 0.5 * torch.log(ac / (1 - ac))
-    return int(torch.nonzero(lam >= START_LAMBDA_FLOOR).max())
+    if lam[last] >= START_LAMBDA_FLOOR:
+        return last
+    bound = SINGULAR_START_LAMBDA if lam[last - 1] - lam[last] > 1 else START_LAMBDA_FLOOR
+    return int(torch.nonzero(lam >= bound).max())
 
 
 def _lam_integer_grid(process, t0, t_end, n):
@@ -201,18 +205,17 @@ def test_zero_terminal_snr_exact_first_step_agrees_with_diffusers_ddim(data):
         assert "start=999" in check_start(den.process, 999.0) and check_start(den.process, 998.0) is None
 
 
-def test_start_rule_is_dpm_solvers_lambda_clip_in_diffusers():
-    """diffusers' DPMSolverMultistepScheduler with DPM-Solver's ``lambda_min_clipped=-5.1`` starts where fewstep's
-    rule does on the capped cosine schedule; a config's own ``lambda_min_clipped`` moves fewstep's start alike."""
-    for floor in (-5.1, -4.0):
-        s = diffusers.DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=floor,
-                                                  timestep_spacing="linspace")
-        s.set_timesteps(10)
-        proc = read_scheduler_config(dict(s.config)).process
-        assert proc.t_start == float(s.timesteps[0])
-    assert VPDiscrete.cosine().t_start == 995.0 and VPDiscrete.linear().t_start == 999.0
+def test_start_rule_values_and_warning():
+    """The rule's starts (docs/diffusers.md): regular ends stay at t_max, the capped cosine schedule's collapsing end
+    moves eps models to lambda >= -3; diffusers' own ``lambda_min_clipped`` is recorded as ignored."""
+    assert [p.t_start for p in (VPDiscrete.linear(), VPDiscrete.scaled_linear(), VPDiscrete.sigmoid())] == [999.0] * 3
+    assert VPDiscrete.cosine().t_start == 967.0 and VPDiscrete.cosine(500).t_start == 483.0
+    assert VPDiscrete.scaled_linear(zero_terminal_snr=True).t_start == 998.0  # v/x0 (eps is refused there)
+    s = diffusers.DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1)
+    schedule = read_scheduler_config(dict(s.config))
+    assert schedule.process.t_start == 967.0 and "lambda_min_clipped" in {k.key for k in schedule.uses("ignored")}
     warning = check_start(VPDiscrete.cosine(), 999.0, "t_max")
-    assert warning.startswith("t_max=999 is above the well-conditioned start t=995")
+    assert warning.startswith("t_max=999 is above the well-conditioned start t=967 (lambda = -9.92 at t=999)")
 
 
 def test_clipping_is_an_option_off_by_default(data):
@@ -306,5 +309,5 @@ def test_fewstep_scheduler_honours_or_refuses_every_key(data):
         FewstepScheduler.from_config(diffusers.EDMEulerScheduler().config)
     cos = FewstepScheduler(beta_schedule="squaredcos_cap_v2", solver="ddim")
     cos.set_timesteps(3)
-    assert float(cos.timesteps[0]) == 995.0
+    assert float(cos.timesteps[0]) == 967.0
     assert math.isinf(cos.config.lambda_min_clipped)

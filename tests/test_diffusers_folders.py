@@ -107,11 +107,11 @@ def test_learned_variance_folder_and_info(tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", "--model", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "t_start=995" in out and "learned variance (learned_range)" in out
+    assert "t_start=967" in out and "learned variance (learned_range)" in out
     assert "honoured  variance_type" in out and "mapped    clip_sample" in out and "ignored   timestep_spacing" in out
     assert main(["info", "--model", str(tmp_path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["t_start"] == 995.0 and record["prediction"] == "eps" and "lambda(999) = -9.92" in record["start_reason"]
+    assert record["t_start"] == 967.0 and record["prediction"] == "eps" and "lambda(999) = -9.92" in record["start_reason"]
     # a config fewstep cannot honour: one line naming the key
     cfg = json.loads((tmp_path / "scheduler_config.json").read_text())
     (tmp_path / "scheduler_config.json").write_text(json.dumps({**cfg, "beta_schedule": "laplace"}))

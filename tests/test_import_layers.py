@@ -231,19 +231,15 @@ def _name_in(module: str, package: str) -> str | None:
 
 
 def test_the_start_rule_uses_the_parametrizations_error_scale():
-    """processes.well_conditioned_start states k(t) without importing parametrization (a layer above): it must
-    agree with Parametrization.x0_error_scale wherever the rule compares it with its limit."""
-    import math
-
+    """processes.data_error_scale states k(t) without importing parametrization (a layer above): it must equal
+    Parametrization.x0_error_scale, which the start rule compares with its limits."""
     import torch
 
     from fewstep.parametrization import parametrization
-    from fewstep.processes import START_LAMBDA_FLOOR, VPDiscrete, well_conditioned_start
+    from fewstep.processes import VPDiscrete, data_error_scale
 
-    limit = math.exp(-START_LAMBDA_FLOOR)
     for proc in (VPDiscrete.cosine(), VPDiscrete.linear(1000, 1e-4, 0.02)):
-        steps = torch.arange(proc.num_train_timesteps, dtype=torch.float64)
+        steps = torch.arange(proc.num_train_timesteps - 1, dtype=torch.float64)  # finite log-SNR
         for pred in ("eps", "v", "x0"):
-            k = parametrization(pred, proc).x0_error_scale(steps)
-            ok = torch.isfinite(proc.lam(steps)) & (k <= limit)
-            assert well_conditioned_start(proc, pred)[0] == float(torch.nonzero(ok).max())
+            torch.testing.assert_close(data_error_scale(proc.lam(steps), pred),
+                                       parametrization(pred, proc).x0_error_scale(steps).to(torch.float64))

@@ -237,7 +237,7 @@ def guidance_mix(guided: Prediction, plain: Prediction, active: bool | Tensor) -
     if isinstance(active, bool):
         return guided if active else plain
     m = active.to(guided.x0.device).reshape(-1, *([1] * (guided.x0.ndim - 1)))
-    return Prediction(torch.where(m, guided.x0, plain.x0), torch.where(m, guided.eps, plain.eps))
+    return Prediction(torch.where(m, guided.x0, plain.x0), torch.where(m, guided.eps, plain.eps), guided.variance)
 
 
 class ClassifierFreeGuidance(DenoiserWrapper):

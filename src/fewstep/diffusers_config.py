@@ -8,10 +8,10 @@ became of every key (:class:`KeyUse`):
   (betas, ``num_train_timesteps``, ``prediction_type``, ``rescale_betas_zero_snr``, ``variance_type``, EDM's
   ``sigma_min`` / ``sigma_max`` / ``sigma_data``);
 * **mapped** - fewstep offers it in another form: the clipping keys (``clip_sample``, ``thresholding``, ...)
-  become an option that is off by default (``clipping="config"`` applies them), ``lambda_min_clipped`` becomes
-  the floor of the start rule (:func:`fewstep.processes.well_conditioned_start`);
+  become an option that is off by default (``clipping="config"`` applies them);
 * **ignored** - the key chooses diffusers' own sampling algorithm (``timestep_spacing``, ``steps_offset``,
-  ``solver_order``, ``use_karras_sigmas``, ...), which fewstep's solver, grid and ``t_start`` replace.
+  ``solver_order``, ``use_karras_sigmas``, ``lambda_min_clipped``, ...), which fewstep's solver, grid and
+  ``t_start`` (:func:`fewstep.processes.well_conditioned_start`) replace.
 
 Anything else - another kind of scheduler, a beta schedule or prediction type fewstep does not have, a key that
 would change the process (flow sigmas, dynamic shifting), an eps-prediction model at zero terminal SNR, or a key
@@ -22,11 +22,10 @@ configs here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .processes import EDM, START_LAMBDA_FLOOR, NoiseProcess, VPDiscrete, well_conditioned_start
+from .processes import EDM, NoiseProcess, VPDiscrete, well_conditioned_start
 from .denoisers import ClipDataPrediction, DynamicThresholding
 
 __all__ = ["KeyUse", "DiffusersSchedule", "read_scheduler_config", "UNetSpec", "read_unet_config", "UNET_CLASSES",
@@ -234,15 +233,9 @@ def _read_vp(cfg: dict[str, Any], source: str, note: Any) -> DiffusersSchedule:
     else:
         raise _refuse(source, "variance_type", variance,
                       "valid: fixed_small, fixed_small_log, fixed_large, fixed_large_log, learned, learned_range")
-    floor = cfg.get("lambda_min_clipped")
-    if floor is not None and math.isfinite(float(floor)):
-        note("lambda_min_clipped", MAPPED, f"the start rule's log-SNR floor ({float(floor):g} instead of "
-                                           f"{START_LAMBDA_FLOOR:g})")
-        floor = float(floor)
-    else:
-        note("lambda_min_clipped", IGNORED, f"no floor given: fewstep's start rule uses {START_LAMBDA_FLOOR:g}")
-        floor = START_LAMBDA_FLOOR
-    proc.set_start(*well_conditioned_start(proc, pred, floor=floor))
+    note("lambda_min_clipped", IGNORED, "diffusers' DPM-Solver's clip of its first timestep; fewstep starts at the "
+                                        "process's t_start (fewstep info shows it and why)")
+    proc.set_start(*well_conditioned_start(proc, pred))
     timestep_type = cfg.get("timestep_type", "discrete")
     if timestep_type != "discrete":
         raise _refuse(source, "timestep_type", timestep_type,

@@ -112,8 +112,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     refused: its data prediction is undefined at SNR 0).  ``clip_sample`` / ``thresholding`` (and their ranges)
     are kept but applied only with ``clipping="config"``: fewstep solves the model's own ODE by default
     (docs/diffusers.md).  Sampling starts at the process's ``t_start`` (below ``t_max`` where the schedule's end is
-    singular for the model; ``lambda_min_clipped`` sets the rule's floor).  ``timestep_spacing`` and
-    ``steps_offset`` are accepted and ignored: ``grid`` spaces the evaluations, with no leading offset.
+    singular for the model).  ``timestep_spacing``, ``steps_offset`` and ``lambda_min_clipped`` are accepted and
+    ignored: ``grid`` spaces the evaluations from ``t_start``, with no leading offset.
     """
 
     config_name = "scheduler_config.json"

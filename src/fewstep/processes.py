@@ -29,6 +29,7 @@ __all__ = [
     "RectifiedFlow",
     "process_from_config",
     "START_LAMBDA_FLOOR",
+    "SINGULAR_START_LAMBDA",
     "well_conditioned_start",
     "check_start",
     "rescale_zero_terminal_snr",
@@ -153,9 +154,9 @@ class VPDiscrete(NoiseProcess):
     ``rescale_betas_zero_snr``).  The last beta is then 1; on the last segment ``[T-2, T-1]`` ``alpha`` (not
     its log, which reaches ``-inf``) is interpolated linearly down to 0.
 
-    ``t_start`` defaults to :func:`well_conditioned_start` for an eps-prediction network (the last training step
-    whose log-SNR is at least :data:`START_LAMBDA_FLOOR`; one step below ``T-1`` at zero terminal SNR);
-    ``load_model`` sets it for the model's own prediction type.
+    ``t_start`` defaults to :func:`well_conditioned_start` for an eps-prediction network (``T-1`` unless the end's
+    log-SNR is below :data:`START_LAMBDA_FLOOR`; 967 on the capped cosine schedule) or, at zero terminal SNR, for a
+    v/x0 one (one step below ``T-1``); ``load_model`` sets it for the model's own prediction type.
     """
 
     def __init__(self, betas: Tensor | list[float], schedule: str = "custom", *, zero_terminal_snr: bool = False,
@@ -200,7 +201,8 @@ class VPDiscrete(NoiseProcess):
         """Improved-DDPM cosine betas (Nichol & Dhariwal 2021, eq. 17; diffusers ``"squaredcos_cap_v2"``).
 
         The last beta is clipped at ``max_beta``: alpha drops 1000x in the last training step, to 4.9e-5 at
-        ``T-1``, so an eps network's data prediction there is not to be trusted and ``t_start`` is below ``T-1``.
+        ``T-1``, so an eps network's data prediction there is not to be trusted and ``t_start`` is below ``T-1``
+        (967 for T = 1000).
         """
         def f(u: float) -> float:
             return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -460,50 +462,76 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     return 1 - steps
 
 
-#: The start rule's floor on the half log-SNR ``lam = log(alpha / sigma)``.  An eps network's data prediction
-#: ``x0 = (x - sigma eps) / alpha`` multiplies its eps error by ``sigma / alpha = exp(-lam)``; DPM-Solver
-#: (Lu et al. 2022) clips ``lam`` at -5.1 for improved-DDPM's cosine schedule (diffusers' ``lambda_min_clipped``),
-#: and DDPM's linear schedule, which samples well from its last step, ends at ``lam = -5.06``.  Measured on
-#: several schedules and models in benchmarks/diffusers_start.py (docs/diffusers.md, "Where sampling starts").
+#: The data prediction's error scale ``k(t)`` (``x0_hat - x0 = k(t) (out - target)``; ``sigma / alpha =
+#: exp(-lam)`` for an eps network) is trusted up to ``exp(-START_LAMBDA_FLOOR)``: ``lam >= -5.1`` for eps.
+#: DDPM's linear schedule, which samples well from its last step, ends at -5.06; -5.1 is also DPM-Solver's clip of
+#: lambda (diffusers' ``lambda_min_clipped``).
 START_LAMBDA_FLOOR = -5.1
+#: From a *collapsing* end - alpha falls more than e-fold in the last training step: a beta clipped near 1, as
+#: improved-DDPM's cosine schedule (alpha 1000x down to 4.9e-5 at t = 999), or zero terminal SNR - the steps below it
+#: still collapse (lambda falls ~1 / (T - t) per step) and a network is trained too sparsely there: sampling starts at
+#: the last training step with ``k <= exp(-SINGULAR_START_LAMBDA)``, ``lam >= -3`` for eps (alpha = 0.05, below
+#: Stable Diffusion's own terminal 0.068).  Measured on three models of the capped cosine schedule, where -5.1 left
+#: FDs 5-300x the best start's (benchmarks/diffusers_start.py; docs/diffusers.md, "Where sampling starts").
+SINGULAR_START_LAMBDA = -3.0
+
+
+def data_error_scale(lam: Tensor, prediction: str) -> Tensor:
+    """``k(t)`` of :meth:`~fewstep.parametrization.Parametrization.x0_error_scale` on a VP process from its log-SNR
+    ``lam`` (stated here, below the parametrizations, for the start rule; a test holds the two equal):
+    ``sigma / alpha = exp(-lam)`` for eps; ``sigma`` for v, 1 for x0, at most 1 for EDM's preconditioning."""
+    if prediction == "eps":
+        return torch.exp(-lam)
+    if prediction == "v":
+        return torch.sigmoid(-2 * lam).sqrt()  # sigma = 1 / sqrt(1 + e^{2 lam}) on a VP process
+    return torch.ones_like(lam)
 
 
 def well_conditioned_start(process: NoiseProcess, prediction: str = "eps", *, floor: float = START_LAMBDA_FLOOR,
-                           sigma_data: float = 0.5) -> tuple[float, str]:
+                           landing: float = SINGULAR_START_LAMBDA, sigma_data: float = 0.5) -> tuple[float, str]:
     """``(t_start, reason)``: the time sampling of a ``prediction``-type network on ``process`` starts at by default.
 
-    For a discrete VP schedule: the last training step (an integer, a time the network was trained at) where the
-    log-SNR is finite and the data prediction's error scale ``k(t)`` (``x0_hat - x0 = k(t) (out - target)``,
-    :meth:`~fewstep.parametrization.Parametrization.x0_error_scale`) is at most ``exp(-floor)``: for eps
-    prediction ``k = sigma / alpha = exp(-lam)``, i.e. ``lam >= floor``; v-, x0- and EDM-prediction are
-    well-conditioned everywhere (``k <= 1``), so only a zero-terminal-SNR end (``lam = -inf``) moves their start,
-    one training step below it.  Every other process starts at its ``t_max`` (chosen well already, e.g.
-    :class:`VPCosine`'s 0.9946).
+    For a discrete VP schedule, with ``k(t)`` the data prediction's error scale
+    (:meth:`~fewstep.parametrization.Parametrization.x0_error_scale`: ``exp(-lam)`` for eps, at most 1 for v-,
+    x0- and EDM-prediction), always at a training step (a time the network was trained at):
+
+    * ``t_max`` when ``k(t_max) <= exp(-floor)``;
+    * zero terminal SNR (``alpha(t_max) = 0``: no finite log-SNR) with a well-conditioned prediction type: one
+      training step below ``t_max``;
+    * a collapsing end (alpha falls more than e-fold in the last training step, e.g. a beta clipped at 0.999):
+      the last step with ``k <= exp(-landing)``;
+    * any other end: the last step with ``k <= exp(-floor)`` (DPM-Solver's clip).
+
+    Every other process starts at its ``t_max`` (chosen well already, e.g. :class:`VPCosine`'s 0.9946).
     """
     if not isinstance(process, VPDiscrete):
         return process.t_max, "the process's t_max"
     steps = torch.arange(process.num_train_timesteps, dtype=torch.float64)
     lam = process.lam(steps)
-    # k(t) of Parametrization.x0_error_scale on a VP process: sigma/alpha = exp(-lam) for eps; at most 1 for v
-    # (sigma), x0 (1) and EDM's preconditioning, so only their log-SNR's finiteness matters (tested against it)
-    scale = torch.exp(-lam) if prediction == "eps" else torch.ones_like(lam)
-    limit = math.exp(-floor)
-    ok = torch.isfinite(lam) & (scale <= limit)
+    scale = data_error_scale(lam, prediction)
     last = int(process.t_max)
-    i = int(torch.nonzero(ok).max()) if bool(ok.any()) else 0
-    if i == last:
-        why = (f"lambda(t_max) = {float(lam[last]):.3g} is above the floor {floor:g}" if prediction == "eps" else
+    lam_end, scale_end = float(lam[last]), float(scale[last])
+    if math.isfinite(lam_end) and scale_end <= math.exp(-floor):
+        why = (f"lambda({last}) = {lam_end:.3g} is above the floor {floor:g}" if prediction == "eps" else
                f"{prediction}-prediction's data prediction is well-conditioned up to t_max")
-        return float(i), f"{why}: sampling starts at t_max = {last}"
-    if not math.isfinite(float(lam[last])) and i == last - 1:
+        return float(last), f"{why}: sampling starts at t_max = {last}"
+    if not math.isfinite(lam_end) and float(scale[last - 1]) <= math.exp(-floor):
+        i = last - 1
         return float(i), (f"zero terminal SNR: alpha({last}) = 0 has no finite log-SNR; sampling starts one training "
                           f"step below, at t = {i} (alpha = {float(process.alpha(float(i))):.2g}), where x_T ~ N(0, 1) "
                           f"is the marginal up to alpha * x0")
-    at_end = (f"alpha({last}) = 0 leaves the data prediction undefined there" if not math.isfinite(float(lam[last])) else
-              f"lambda({last}) = {float(lam[last]):.3g} is below the floor {floor:g}: the data prediction's error is "
-              f"{float(scale[last]):.3g}x the network's error there")
-    return float(i), (f"{at_end}; t = {i} is the last training step where it is at most {limit:.3g}x "
-                      f"(lambda = {float(lam[i]):.3g})")
+    collapsing = float(lam[last - 1] - lam[last]) > 1.0
+    bound = landing if collapsing else floor
+    ok = torch.isfinite(lam) & (scale <= math.exp(-bound))
+    i = int(torch.nonzero(ok).max()) if bool(ok.any()) else 0
+    at_end = (f"alpha({last}) = 0 leaves the data prediction undefined there" if not math.isfinite(lam_end) else
+              f"lambda({last}) = {lam_end:.3g} is below the floor {floor:g}: the data prediction's error is "
+              f"{scale_end:.3g}x the network's error there")
+    where = (f"alpha collapses in the last training step (lambda falls {float(lam[last - 1] - lam[last]):.3g}), so "
+             f"sampling starts at t = {i}, the last training step where it is at most {math.exp(-bound):.3g}x"
+             if collapsing else f"t = {i} is the last training step where it is at most {math.exp(-bound):.3g}x")
+    return float(i), (f"{at_end}; {where} (lambda = {float(lam[i]):.3g}, alpha = "
+                      f"{float(process.alpha(float(i))):.2g})")
 
 
 def check_start(process: NoiseProcess, t: float, setting: str = "start") -> str | None:

@@ -104,5 +104,5 @@ class ClassifierGuidance(DenoiserWrapper):
             return p
         g = self.gradient(x, t, labels)
         a, s = self.coefficients(x, t)
-        guided = Prediction(p.x0 + self.scale * (s * s / a) * g, p.eps - self.scale * s * g)
+        guided = Prediction(p.x0 + self.scale * (s * s / a) * g, p.eps - self.scale * s * g, p.variance)
         return guidance_mix(guided, p, active)
