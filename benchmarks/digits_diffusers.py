@@ -445,7 +445,7 @@ def score(sample_fn, n: int, extractor, refs: dict, batch: int) -> dict:
 
 
 def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data: Path, batch: int,
-                   results: Path | None, only: str | None) -> None:
+                   results: Path | None, only: str | None, converged: int = 100) -> None:
     import diffusers
 
     import fewstep
@@ -480,6 +480,17 @@ def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data:
         if saved.get("key") == key_base:
             cache = saved.get("diffusers", {})
     table: dict[str, dict[int, dict]] = {}
+    if converged:  # what the model gives when the sampler error is small: the yardstick for the few-step rows
+        ck = f"converged|DDIM|{converged}"
+        if ck not in cache:
+            ddim = diffusers_rows(cfg)[0][1]
+            fn = (lambda seeds: diffusers_loop(unet, ddim(), seeded_noise(seeds, shape), converged))
+            cache[ck] = {**score(fn, n, extractor, refs, batch), "nfe_used": converged, "steps": converged}
+            if results is not None:
+                results.parent.mkdir(parents=True, exist_ok=True)
+                _write_json_atomic(results, {"key": key_base, "diffusers": cache})
+        print(f"converged: diffusers DDIM, {converged} steps, own config: {_cell(cache[ck])} "
+              f"(max |x| {_fmt(cache[ck].get('max_abs'))})", flush=True)
     for nfe in nfes:
         for label, factory in diffusers_rows(cfg):
             name = f"diffusers {label}"
@@ -581,6 +592,8 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=None,
                    help="JSON cache of the diffusers rows (default benchmarks/results/digits_diffusers/<model>-n<N>.json)")
     p.add_argument("--only", default=None, help="only rows whose name contains this text (e.g. fewstep)")
+    p.add_argument("--converged", type=int, default=100,
+                   help="also score diffusers DDIM at this many steps (own config), the near-converged yardstick; 0: off")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -597,7 +610,7 @@ def main() -> None:
     elif args.cmd == "eval":
         results = args.results or HERE / "results" / "digits_diffusers" / f"{args.model.name}-n{args.n}.json"
         evaluate_model(args.model, [int(v) for v in args.nfe.split(",")], args.n, args.classifier, args.data,
-                       args.batch, results, args.only)
+                       args.batch, results, args.only, args.converged)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 
