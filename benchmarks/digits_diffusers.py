@@ -62,10 +62,6 @@ UNET = dict(sample_size=RES, in_channels=1, out_channels=1, block_out_channels=(
             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8)
 
 
-def _atomic_replace(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
-
-
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -121,7 +117,7 @@ def _export(unet_cls, ema, unet_cfg, sched, out: Path) -> None:
     model.save_pretrained(str(tmp), safe_serialization=True)
     sched.save_pretrained(str(tmp))
     for f in sorted(tmp.iterdir()):
-        _atomic_replace(f, out / f.name)
+        os.replace(f, out / f.name)
     tmp.rmdir()
 
 
