@@ -62,10 +62,6 @@ UNET = dict(sample_size=RES, in_channels=1, out_channels=1, block_out_channels=(
             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8)
 
 
-def _atomic_replace(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
-
-
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -121,7 +117,7 @@ def _export(unet_cls, ema, unet_cfg, sched, out: Path) -> None:
     model.save_pretrained(str(tmp), safe_serialization=True)
     sched.save_pretrained(str(tmp))
     for f in sorted(tmp.iterdir()):
-        _atomic_replace(f, out / f.name)
+        os.replace(f, out / f.name)
     tmp.rmdir()
 
 
@@ -445,7 +441,7 @@ def score(sample_fn, n: int, extractor, refs: dict, batch: int) -> dict:
 
 
 def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data: Path, batch: int,
-                   results: Path | None, only: str | None, plans: Path | None = None) -> None:
+                   results: Path | None, only: str | None, plans: Path | None = None, converged: int = 100) -> None:
     import diffusers
 
     import fewstep
@@ -480,6 +476,17 @@ def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data:
         if saved.get("key") == key_base:
             cache = saved.get("diffusers", {})
     table: dict[str, dict[int, dict]] = {}
+    if converged:  # what the model gives when the sampler error is small: the yardstick for the few-step rows
+        ck = f"converged|DDIM|{converged}"
+        if ck not in cache:
+            ddim = diffusers_rows(cfg)[0][1]
+            fn = (lambda seeds: diffusers_loop(unet, ddim(), seeded_noise(seeds, shape), converged))
+            cache[ck] = {**score(fn, n, extractor, refs, batch), "nfe_used": converged, "steps": converged}
+            if results is not None:
+                results.parent.mkdir(parents=True, exist_ok=True)
+                _write_json_atomic(results, {"key": key_base, "diffusers": cache})
+        print(f"converged: diffusers DDIM, {converged} steps, own config: {_cell(cache[ck])} "
+              f"(max |x| {_fmt(cache[ck].get('max_abs'))})", flush=True)
     for nfe in nfes:
         for label, factory in diffusers_rows(cfg):
             name = f"diffusers {label}"
@@ -589,6 +596,8 @@ def main() -> None:
     p.add_argument("--only", default=None, help="only rows whose name contains this text (e.g. fewstep)")
     p.add_argument("--plans", type=Path, default=None, help="a plan file of `fewstep tune` for this model: adds its "
                    "plans as rows (the model folder needs the gaussian.safetensors tune wrote, for teleported starts)")
+    p.add_argument("--converged", type=int, default=100,
+                   help="also score diffusers DDIM at this many steps (own config), the near-converged yardstick; 0: off")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -605,7 +614,7 @@ def main() -> None:
     elif args.cmd == "eval":
         results = args.results or HERE / "results" / "digits_diffusers" / f"{args.model.name}-n{args.n}.json"
         evaluate_model(args.model, [int(v) for v in args.nfe.split(",")], args.n, args.classifier, args.data,
-                       args.batch, results, args.only, args.plans)
+                       args.batch, results, args.only, args.plans, args.converged)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 
