@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python benchmarks/diffusers_start.py exact --n 2000
     PYTHONPATH=src python benchmarks/diffusers_start.py trained --n 2000 --train-steps 4000
-    PYTHONPATH=src python benchmarks/diffusers_start.py folder --model DIR --n 500 --solvers dpm++2m,unipc --nfe 10,20
+    PYTHONPATH=src python benchmarks/diffusers_start.py folder --model DIR --n 500 --solvers dpm++2m --nfe 10,20 \
+        --grids uniform,logsnr
 
 fewstep starts at the process's ``t_start``: for an eps-prediction network the last training step whose half
 log-SNR is at least -5.1 (:func:`fewstep.processes.well_conditioned_start`).  Each table scans the start over
@@ -98,26 +99,26 @@ def table(title: str, den_for, process: VPDiscrete, prediction: str, data_mean, 
     ts = sorted(set(starts(process, [float(v) for v in args.floors.split(",")])) | {rule}, reverse=True)
     lams = [float(process.lam(t)) for t in ts]
     print(f"\n### {title} ({prediction}): rule t_start = {rule:g}\n", flush=True)
-    print("| solver | NFE | " + " | ".join(f"{'*' if t == rule else ''}t={t:g} (lam {lam:.2f})"
+    print("| solver | grid | NFE | " + " | ".join(f"{'*' if t == rule else ''}t={t:g} (lam {lam:.2f})"
                                           for t, lam in zip(ts, lams)) + " |")
-    print("|---|---:|" + "---:|" * len(ts))
+    print("|---|---|---:|" + "---:|" * len(ts))
     gens = fewstep.generators(range(args.n))
     x_T = fewstep.prior_noise(process, shape, gens, dtype=dtype)
     den = den_for(process)
-    for solver in args.solvers.split(","):
-        for nfe in [int(v) for v in args.nfe.split(",")]:
-            cells = []
-            for t in ts:
-                try:
-                    x = fewstep.sample(den, x_T, solver, nfe, grid_options={"t_max": t},
-                                       generator=fewstep.generators(range(args.n)))
-                    fd = frechet_distance_to_moments(x.double().reshape(len(x), -1), data_mean, data_cov)
-                    cells.append(f"{fd:.3g}" if fd < 1e4 else f"{fd:.1e}")
-                except FloatingPointError:
-                    cells.append("nan")
-            best = min(range(len(ts)), key=lambda i: float(cells[i]) if cells[i] != "nan" else math.inf)
-            cells[best] = f"**{cells[best]}**"
-            print(f"| {solver} | {nfe} | " + " | ".join(cells) + " |", flush=True)
+    rows = [(s, g, int(n)) for s in args.solvers.split(",") for g in args.grids.split(",") for n in args.nfe.split(",")]
+    for solver, grid, nfe in rows:
+        cells = []
+        for t in ts:
+            try:
+                x = fewstep.sample(den, x_T, solver, nfe, grid, grid_options={"t_max": t},
+                                   generator=fewstep.generators(range(args.n)))
+                fd = frechet_distance_to_moments(x.double().reshape(len(x), -1), data_mean, data_cov)
+                cells.append(f"{fd:.3g}" if fd < 1e4 else f"{fd:.1e}")
+            except FloatingPointError:
+                cells.append("nan")
+        best = min(range(len(ts)), key=lambda i: float(cells[i]) if cells[i] != "nan" else math.inf)
+        cells[best] = f"**{cells[best]}**"
+        print(f"| {solver} | {grid} | {nfe} | " + " | ".join(cells) + " |", flush=True)
 
 
 def exact(args: argparse.Namespace) -> None:
@@ -262,6 +263,7 @@ def main() -> None:
     parser.add_argument("--floors", default="-7,-6,-5.5,-5.1,-4.5,-4,-3.5,-3,-2.5,-2")
     parser.add_argument("--solvers", default="dpm++2m,unipc,ddim")
     parser.add_argument("--nfe", default="5,10,20")
+    parser.add_argument("--grids", default="uniform", help="time grids, e.g. uniform,logsnr (fewstep.grids.GRIDS)")
     parser.add_argument("--train-steps", type=int, default=4000)
     parser.add_argument("--cache", default=None, help="a folder keeping the trained MLPs (safetensors) for reruns")
     args = parser.parse_args()

@@ -193,7 +193,11 @@ def _load_diffusers(folder: Path, clipping: str = "off") -> DenoiserBase:
         import diffusers
     except ImportError:
         raise ImportError("loading a diffusers folder needs the optional extra: pip install 'fewstep[diffusers]'") from None
-    unet = getattr(diffusers, spec.cls).from_pretrained(str(unet_dir), use_safetensors=True)
+    from importlib.util import find_spec
+
+    # without accelerate diffusers prints a warning and falls back to low_cpu_mem_usage=False: ask for that directly
+    unet = getattr(diffusers, spec.cls).from_pretrained(str(unet_dir), use_safetensors=True,
+                                                        low_cpu_mem_usage=find_spec("accelerate") is not None)
     config = {"diffusers": str(unet_dir), "unet": {"class": spec.cls, "conditioning": spec.conditioning},
               "scheduler": schedule.report()}
     return denoiser_from_diffusers(DiffusersUNet(unet, spec.cls, spec.conditioning), schedule,
