@@ -62,7 +62,7 @@ def _prepare(config: Any, args: argparse.Namespace, spec: str | None = None) -> 
         if value is not None:
             training[key] = value
     data_cfg = config.setdefault("data", {})
-    net = config.get("network", config.get("classifier", {}))  # the trained network's input size sets the data's
+    net = config.get("network", config.get("classifier", config.get("encoder", {})))  # the trained network's input size sets the data's
     if not isinstance(data_cfg, dict) or not isinstance(net, dict):
         raise ValueError("config data and network must be JSON objects")
     data_cfg["spec"] = args.data or data_cfg.get("spec") or spec

@@ -14,7 +14,7 @@ import typing
 from typing import Any, Iterable, Mapping, TypeVar
 
 from .. import processes as P
-from ..nets import NET_KINDS
+from ..nets import NET_KINDS, WRAPPER_KEYS
 
 __all__ = ["CHECKPOINT_KEYS", "check_keys", "check_type", "settings_from_dict", "check_network", "check_process",
            "check_data", "check_positive", "check_non_negative"]
@@ -117,7 +117,16 @@ def check_network(cfg: Any, path: str = "network") -> None:
     kind = cfg.get("kind")
     if kind not in NET_KINDS:
         raise ValueError(f"config {path}.kind must be one of {', '.join(NET_KINDS)}, got {kind!r}")
-    settings_from_dict(NET_KINDS[kind][1], {k: v for k, v in cfg.items() if k != "kind"}, path)
+    for key, annotation in WRAPPER_KEYS.items():
+        if key in cfg:
+            check_type(cfg[key], annotation, f"{path}.{key}")
+    wrapper_free = {k: v for k, v in cfg.items() if k != "kind" and k not in WRAPPER_KEYS}
+    try:
+        settings_from_dict(NET_KINDS[kind][1], wrapper_free, path)
+    except ValueError as err:  # name the wrapper keys among the valid ones
+        if "unknown config key" in str(err):
+            raise ValueError(f"{err}; also valid: {', '.join(f'{path}.{k}' for k in WRAPPER_KEYS)}") from None
+        raise
 
 
 def _parameters(fn: Any, skip: Iterable[str] = ()) -> dict[str, Any]:

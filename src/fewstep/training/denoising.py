@@ -7,7 +7,7 @@ file names (``model``, ``ema``, ``optimizer``) that :func:`fewstep.load_model` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -23,6 +23,7 @@ from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
 from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss, draw_noising
 from .objective import CheckpointFiles, Objective, Phase, register_objective
+from .patches import PatchSchedule, crop_patches
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -45,6 +46,13 @@ class DenoisingSettings:
     sample_nfe: int = 20
     init_from: str = ""
     class_lr_scale: float = 1.0
+    #: Patch Diffusion (Wang et al. 2023): the fraction ``p`` of steps on full images (1: ordinary training).
+    patch_full_fraction: float = 1.0
+    #: The smaller patch sizes ([]: the paper's R // 2 and R // 4) and their weights ([]: 3 : 2, or equal).
+    patch_sizes: list[int] = field(default_factory=list)
+    patch_weights: list[float] = field(default_factory=list)
+    #: Cut (R // s)^2 patches of size s from each image (as many pixels per step as full images).
+    patch_batch_scale: bool = True
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -59,6 +67,11 @@ class DenoisingSettings:
         check_positive("objective.class_lr_scale", self.class_lr_scale)
         if self.label_dropout and not self.use_labels:
             raise ValueError("objective.label_dropout needs objective.use_labels = true")
+        if not 0.0 <= self.patch_full_fraction <= 1.0:
+            raise ValueError(f"objective.patch_full_fraction must lie in [0, 1], got {self.patch_full_fraction}")
+        if (self.patch_sizes or self.patch_weights) and self.patch_full_fraction == 1.0:
+            raise ValueError("objective.patch_sizes / patch_weights need objective.patch_full_fraction below 1 "
+                             "(the fraction of full-size steps); at 1 every step is full size")
 
 
 @register_objective
@@ -81,6 +94,16 @@ class DenoisingObjective(Objective):
             raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
                              f"{want}; set network.in_channels to {data.images.shape[1]}")
         self.num_classes = int(config["network"].get("num_classes", 0))
+        self.patches: PatchSchedule | None = None
+        if settings.patch_full_fraction < 1.0:
+            if not config["network"].get("coordinates", False):
+                raise ValueError("Patch Diffusion (objective.patch_full_fraction < 1) needs the coordinate channels: "
+                                 "set network.coordinates to true")
+            res = int(data.images.shape[-1])
+            if data.images.shape[-2] != res:
+                raise ValueError(f"Patch Diffusion needs square images, got {tuple(data.images.shape[-2:])}")
+            self.patches = PatchSchedule.paper(res, settings.patch_full_fraction, settings.patch_sizes,
+                                               settings.patch_weights, settings.patch_batch_scale)
         if settings.init_from:
             from .warmstart import warm_start
             warm_start(self.model, settings.init_from, config)
@@ -126,11 +149,24 @@ class DenoisingObjective(Objective):
         With ``label_dropout`` p, each label is replaced by the null class ``num_classes`` with
         probability p, so one network learns the conditional and the unconditional denoiser
         (classifier-free guidance, Ho & Salimans 2022, section 3.2).
+
+        With Patch Diffusion, one patch size is then drawn for the step (:class:`PatchSchedule`): at full
+        size the batch is exactly the ordinary one (the network appends the full coordinate grid); at a
+        smaller size ``s``, ``k`` patches per image are cut from ``x0`` with their coordinates and drawn
+        their own times and noise: ``x0``, ``eps`` and ``coords`` are ``(B, k, C, s, s)``, ``t`` ``(B, k)``.
         """
         s = self.settings
         x0, t, eps = draw_noising(self.process, data.images[indices], generator, hflip=s.hflip,
                                   time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std)
         out = {"x0": x0, "t": t, "eps": eps}
+        if self.patches is not None:
+            size = self.patches.draw_size(generator)
+            if size != self.patches.resolution:
+                k = self.patches.patches_per_image(size)
+                x0, coords = crop_patches(x0, size, k, generator)
+                t = TIME_SAMPLERS[s.time_sampling](self.process, x0.shape[0] * k, generator, p_mean=s.p_mean,
+                                                   p_std=s.p_std).reshape(x0.shape[0], k)
+                out = {"x0": x0, "t": t, "eps": torch.randn(x0.shape, generator=generator), "coords": coords}
         if s.use_labels and data.labels is not None:
             labels = data.labels[indices].clone()
             if s.label_dropout:
@@ -140,11 +176,21 @@ class DenoisingObjective(Objective):
         return out
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
-        """Per-sample :func:`~fewstep.training.losses.diffusion_loss` of ``nets["model"]``."""
+        """Per-sample :func:`~fewstep.training.losses.diffusion_loss` of ``nets["model"]`` (of a batch of
+        patches: the mean over each image's patches)."""
         s = self.settings
-        cond = {"class_labels": batch["labels"]} if "labels" in batch else None
-        return diffusion_loss(nets["model"], self.prediction, self.process, batch["x0"], batch["t"], batch["eps"],
-                              weighting=s.weighting, cond=cond, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
+        x0, t, eps = batch["x0"], batch["t"], batch["eps"]
+        b, k = x0.shape[0], (x0.shape[1] if x0.ndim == 5 else 1)
+        cond: dict[str, Any] = {}
+        if "labels" in batch:
+            cond["class_labels"] = batch["labels"].repeat_interleave(k)
+        if "coords" in batch:
+            cond["coords"] = batch["coords"].flatten(0, 1)
+        if k > 1 or x0.ndim == 5:
+            x0, t, eps = x0.flatten(0, 1), t.flatten(0, 1), eps.flatten(0, 1)
+        loss = diffusion_loss(nets["model"], self.prediction, self.process, x0, t, eps, weighting=s.weighting,
+                              cond=cond or None, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
+        return loss.reshape(b, k).mean(dim=1)
 
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:
