@@ -5,6 +5,7 @@ Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.da
 
 from .classifier import ClassifierObjective, ClassifierSettings
 from .denoising import DenoisingObjective, DenoisingSettings
+from .encoder import EncoderObjective, EncoderSettings, load_encoder
 from .losses import diffusion_loss
 from .objective import OBJECTIVES, CheckpointFiles, Objective, Phase, register_objective
 from .settings import TrainSettings, resolve_config
@@ -12,4 +13,4 @@ from .trainer import Trainer, TrainingDiverged
 
 __all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
            "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss",
-           "ClassifierObjective", "ClassifierSettings"]
+           "ClassifierObjective", "ClassifierSettings", "EncoderObjective", "EncoderSettings", "load_encoder"]

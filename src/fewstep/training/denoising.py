@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,7 @@ from ..imagegrid import save_image_grid
 from ..nets import build_net
 from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
+from .alignment import ALIGNMENTS, Projector, TapRecorder, dispersive_loss, feature_map, recording_context, repa_loss
 from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss, draw_noising
 from .objective import CheckpointFiles, Objective, Phase, register_objective
 from .patches import PatchSchedule, crop_patches
@@ -53,6 +54,20 @@ class DenoisingSettings:
     patch_weights: list[float] = field(default_factory=list)
     #: Cut (R // s)^2 patches of size s from each image (as many pixels per step as full images).
     patch_batch_scale: bool = True
+    #: Representation regulariser: "off", "repa" (align with align_encoder) or "dispersive" (no encoder).
+    align: str = "off"
+    align_weight: float = 0.5
+    #: The network's block tap whose output is regularised (UNet: in, down.k, mid, up.k; DiT: block.k).
+    align_tap: str = "mid"
+    align_encoder: str = ""
+    #: HASTE: no alignment from this step on (0: never stop).
+    align_stop_step: int = 0
+    align_temperature: float = 0.5
+    align_projector_dim: int = 256
+    #: Keys newer than the ``training`` section's legacy objective settings: accepted under ``objective`` only.
+    objective_only: ClassVar[tuple[str, ...]] = (
+        "patch_full_fraction", "patch_sizes", "patch_weights", "patch_batch_scale", "align", "align_weight",
+        "align_tap", "align_encoder", "align_stop_step", "align_temperature", "align_projector_dim")
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -72,6 +87,20 @@ class DenoisingSettings:
         if (self.patch_sizes or self.patch_weights) and self.patch_full_fraction == 1.0:
             raise ValueError("objective.patch_sizes / patch_weights need objective.patch_full_fraction below 1 "
                              "(the fraction of full-size steps); at 1 every step is full size")
+        if self.align not in ALIGNMENTS:
+            raise ValueError(f"unknown objective.align {self.align!r}; valid: {', '.join(ALIGNMENTS)}")
+        check_positive("objective.align_weight", self.align_weight, allow_zero=True)
+        check_positive("objective.align_temperature", self.align_temperature)
+        check_positive("objective.align_projector_dim", self.align_projector_dim)
+        check_positive("objective.align_stop_step", self.align_stop_step, allow_zero=True)
+        if self.align == "repa" and not self.align_encoder:
+            raise ValueError("objective.align 'repa' needs objective.align_encoder (a run of `fewstep train --config "
+                             "fashion-encoder`)")
+        if self.align_encoder and self.align != "repa":
+            raise ValueError(f"objective.align_encoder is set but objective.align is {self.align!r}; set align to 'repa'")
+        if self.align != "off" and self.patch_full_fraction < 1.0:
+            raise ValueError("objective.align with Patch Diffusion (patch_full_fraction < 1) is not supported: "
+                             "the aligned features are those of full images")
 
 
 @register_objective
@@ -104,6 +133,11 @@ class DenoisingObjective(Objective):
                 raise ValueError(f"Patch Diffusion needs square images, got {tuple(data.images.shape[-2:])}")
             self.patches = PatchSchedule.paper(res, settings.patch_full_fraction, settings.patch_sizes,
                                                settings.patch_weights, settings.patch_batch_scale)
+        self.encoder: nn.Module | None = None
+        self.projector: nn.Module | None = None
+        self._stash: dict[tuple[float, ...], tuple[Tensor, Tensor]] = {}
+        if settings.align != "off":
+            self._setup_alignment(data)
         if settings.init_from:
             from .warmstart import warm_start
             warm_start(self.model, settings.init_from, config)
@@ -129,11 +163,37 @@ class DenoisingObjective(Objective):
             check_type(config["sigma_data"], float, "sigma_data")
             check_positive("sigma_data", config["sigma_data"])
 
+    def _setup_alignment(self, data: ImageData) -> None:
+        """Check the tap on a dry run of the network; for REPA load the encoder and size the projector."""
+        s = self.settings
+        if not getattr(self.model, "accepts_step_context", False):
+            raise ValueError("objective.align reads a block tap, and this network takes no step context")
+        x = torch.zeros(1, *data.images.shape[1:])
+        rec = TapRecorder(s.align_tap)
+        with torch.no_grad():
+            self.model(x, torch.zeros(1), ctx=recording_context(rec))
+        channels = feature_map(rec.get()).shape[1]
+        if s.align == "repa":
+            from .encoder import load_encoder
+            self.encoder = load_encoder(s.align_encoder)
+            with torch.no_grad():
+                dim = self.encoder.features(x).shape[1]
+            self.projector = Projector(channels, s.align_projector_dim, dim)
+
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
+        return {"model": self.model, **({"projector": self.projector} if self.projector is not None else {})}
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder} if self.encoder is not None else {}
 
     def phases(self) -> list[Phase]:
-        return [Phase("model", self.loss, "loss")]
+        """The denoising loss (plus lambda times the alignment); with REPA then the projector's own update on
+        the same hidden states (REPA trains projector and network jointly; a phase updates one module)."""
+        main = [Phase("model", self.loss, "loss")]
+        return main + [Phase("projector", self.projector_loss, "align")] if self.projector is not None else main
+
+    def ema_modules(self) -> tuple[str, ...]:
+        return ("model",)
 
     def lr_scales(self, name: str) -> dict[str, float]:
         """``class_lr_scale`` on the class table: a table added to a warm-started network starts at zero
@@ -141,6 +201,9 @@ class DenoisingObjective(Objective):
         return {"embed.classes.": self.settings.class_lr_scale} if self.settings.class_lr_scale != 1.0 else {}
 
     def checkpoint_files(self, name: str) -> CheckpointFiles:
+        """The historical names for ``model``; REPA's projector gets ``projector*.safetensors``."""
+        if name != "model":
+            return super().checkpoint_files(name)
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
 
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -167,6 +230,9 @@ class DenoisingObjective(Objective):
                 t = TIME_SAMPLERS[s.time_sampling](self.process, x0.shape[0] * k, generator, p_mean=s.p_mean,
                                                    p_std=s.p_std).reshape(x0.shape[0], k)
                 out = {"x0": x0, "t": t, "eps": torch.randn(x0.shape, generator=generator), "coords": coords}
+        if s.align != "off":  # HASTE: the alignment's weight is lambda until align_stop_step, then 0
+            on = not s.align_stop_step or step < s.align_stop_step
+            out["align_weight"] = torch.full((len(indices),), s.align_weight if on else 0.0)
         if s.use_labels and data.labels is not None:
             labels = data.labels[indices].clone()
             if s.label_dropout:
@@ -188,9 +254,49 @@ class DenoisingObjective(Objective):
             cond["coords"] = batch["coords"].flatten(0, 1)
         if k > 1 or x0.ndim == 5:
             x0, t, eps = x0.flatten(0, 1), t.flatten(0, 1), eps.flatten(0, 1)
+        weight = batch.get("align_weight")
+        rec = None
+        if weight is not None and bool((weight > 0).any()):
+            rec = TapRecorder(s.align_tap)
+            cond["ctx"] = recording_context(rec)
         loss = diffusion_loss(nets["model"], self.prediction, self.process, x0, t, eps, weighting=s.weighting,
                               cond=cond or None, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
-        return loss.reshape(b, k).mean(dim=1)
+        loss = loss.reshape(b, k).mean(dim=1)
+        if rec is None:
+            return loss
+        h = feature_map(rec.get())
+        if s.align == "dispersive":
+            return loss + weight * dispersive_loss(h, s.align_temperature)
+        with torch.no_grad():
+            target = nets["encoder"].features(x0)
+        if len(self._stash) > 64:  # left by an interrupted step
+            self._stash.clear()
+        self._stash[self._key(batch)] = (h.detach(), target)
+        return loss + weight * repa_loss(nets["projector"](h), target)
+
+    @staticmethod
+    def _key(batch: dict[str, Tensor]) -> tuple[float, ...]:
+        t = batch["t"].double()
+        return (float(t.sum()), float(t.flatten()[0]), float(t.numel()))
+
+    def projector_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        """REPA's alignment loss as a function of the projector, on the hidden states the model phase stashed
+        for this micro-batch (recomputed if it did not); zero (and no alignment) after ``align_stop_step``."""
+        weight = batch["align_weight"]
+        proj = nets["projector"]
+        if not bool((weight > 0).any()):
+            return sum(p.sum() for p in proj.parameters()) * 0.0 + torch.zeros_like(weight)
+        h, target = self._stash.pop(self._key(batch), (None, None))
+        if h is None:
+            with torch.no_grad():
+                rec = TapRecorder(self.settings.align_tap)
+                param_cond = {"ctx": recording_context(rec)}
+                if "labels" in batch:
+                    param_cond["class_labels"] = batch["labels"]
+                diffusion_loss(nets["model"], self.prediction, self.process, batch["x0"], batch["t"], batch["eps"],
+                               cond=param_cond, sigma_data=self.sigma_data)
+                h, target = feature_map(rec.get()), nets["encoder"].features(batch["x0"])
+        return (weight > 0).to(h.dtype) * repa_loss(proj(h), target)
 
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:

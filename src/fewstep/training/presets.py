@@ -47,6 +47,19 @@ PRESETS["fashion-noisy-classifier"] = {
                  "log_every": 20},
 }
 
+# The frozen encoder of representation alignment (REPA, docs/training.md): a small CNN classifier trained on the
+# training split only; its last feature map (64 x 7 x 7) is the alignment target.  Not the FID extractor nor the
+# shipped classifier that judges samples.
+PRESETS["fashion-encoder"] = {
+    "encoder": {"kind": "patch_encoder", "in_channels": 1, "resolution": 28, "channels": 32, "feature_dim": 64,
+                "num_classes": 10},
+    "data": {"spec": "fashion-mnist", "resolution": 28, "channels": 1},
+    "objective": {"kind": "encoder", "hflip": True},
+    "training": {"steps": 1000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 50, "grad_clip": 1.0,
+                 "ema_half_life_images": 20000, "ema_rampup": 0.05, "seed": 0, "checkpoint_every_seconds": 120,
+                 "log_every": 20},
+}
+
 
 def get_preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:

@@ -79,11 +79,12 @@ def resolve_config(config: Mapping[str, Any], objective: type[Objective] | None 
         raise ValueError(f"config objective.kind is {kind!r} but the trainer was given {objective.kind!r}")
     check_keys(config, {"training", "data", "objective", *CHECKPOINT_KEYS, *objective.sections}, "")
     training = config.get("training", {})
-    check_keys(training, {f.name for f in dataclasses.fields(TrainSettings)}
-               | {f.name for f in dataclasses.fields(objective.settings_class)}, "training")
+    legacy = [f.name for f in dataclasses.fields(objective.settings_class)
+              if f.name not in getattr(objective.settings_class, "objective_only", ())]
+    check_keys(training, {f.name for f in dataclasses.fields(TrainSettings)} | set(legacy), "training")
     section = {k: v for k, v in section.items() if k != "kind"}
     hints = typing.get_type_hints(objective.settings_class)
-    for key in [f.name for f in dataclasses.fields(objective.settings_class)]:
+    for key in legacy:
         if key in training and key not in {f.name for f in dataclasses.fields(TrainSettings)}:
             check_type(training[key], hints[key], f"training.{key}")
             if key in section and section[key] != training[key]:
