@@ -50,9 +50,11 @@ def subset(n: int, folder: Path) -> Path:
     return path
 
 
-def recipe(name: str, encoder: str | None) -> dict:
+def recipe(name: str, encoder: str | None, channels: int, warmup: int) -> dict:
     cfg = get_preset("fashion-unet")
-    cfg["training"].update(sample_every_steps=0, checkpoint_every_seconds=0, checkpoint_every_steps=0, steps=10**7)
+    cfg["network"]["channels"] = channels
+    cfg["training"].update(sample_every_steps=0, checkpoint_every_seconds=0, checkpoint_every_steps=0, steps=10**7,
+                           warmup_steps=warmup)
     if name == "patch":
         cfg["network"]["coordinates"] = True
         cfg["objective"]["patch_full_fraction"] = 0.5
@@ -74,6 +76,8 @@ def main() -> None:
     ap.add_argument("--cpu-minutes", type=float, default=12.0)
     ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     ap.add_argument("--encoder", default=None)
+    ap.add_argument("--channels", type=int, default=32, help="the UNet's base width (32: bundled:fashion's)")
+    ap.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps (200: the preset's)")
     ap.add_argument("--milestones", default="", help="comma-separated CPU minutes at which a copy of the checkpoint "
                     "is kept under <out>/milestones/cpu-<M>min (an equal-compute point for shorter runs)")
     ap.add_argument("--out", required=True)
@@ -81,7 +85,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     data = load_array(subset(args.subset, out.parent))
-    trainer = Trainer(recipe(args.recipe, args.encoder), data, out, device="cpu", progress=False)
+    trainer = Trainer(recipe(args.recipe, args.encoder, args.channels, args.warmup), data, out, device="cpu", progress=False)
     ledger = out / "budget.json"
     spent = {"cpu_s": 0.0, "wall_s": 0.0}
     if latest_checkpoint(out) is not None:
