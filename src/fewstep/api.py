@@ -16,7 +16,7 @@ from .solvers._common import Callback, Cond, Generator
 __all__ = ["sample", "plan_solve", "generators", "prior_noise", "generate", "make_plan", "SamplingPlan"]
 
 
-def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str | SamplingPlan = "dpm++2m", nfe: int | None = None,
+def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str | SamplingPlan = solvers.DEFAULT_SOLVER, nfe: int | None = None,
            grid: GridSpec | None = None, generator: Generator = None, *, cond: Cond = None,
            callback: Callback = None, grad: bool = False, **plan_args: Any) -> Tensor:
     """Solve from ``x_T`` (a draw from the prior) to data with exactly the planned number of evaluations.
@@ -82,7 +82,7 @@ def prior_noise(process, shape: Sequence[int], gens: Sequence[torch.Generator],
     return (process.prior_std * noise).to(device)
 
 
-def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str | SamplingPlan = "dpm++2m",
+def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str | SamplingPlan = solvers.DEFAULT_SOLVER,
              nfe: int | None = None, grid: GridSpec | None = None, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, **options: Any) -> Tensor:
     """Draw ``x_T`` from per-sample ``seeds`` and sample: the same seed gives the same image in any batch.

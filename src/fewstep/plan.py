@@ -215,7 +215,7 @@ def _check_teleport(process: Any, teleport: Any) -> float:
     return t
 
 
-def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridSpec | None = None, *,
+def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10, grid: GridSpec | None = None, *,
               teleport: float | None = None, gaussian: Any = None, borrow: str | None = None,
               t_start: float | None = None, clean_end: bool = True, grid_options: dict[str, float] | None = None,
               **options: Any) -> SamplingPlan:
