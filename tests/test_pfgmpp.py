@@ -154,3 +154,15 @@ def test_config_round_trip_and_bad_D():
     for bad in (0, 2.5, -3, float("nan")):
         with pytest.raises(ValueError, match="positive integer or inf"):
             PFGMPP(D=bad)
+
+
+def test_gaussian_only_methods_are_refused_for_a_finite_D():
+    """Stochastic solvers inject Gaussian noise and a teleported start follows the Gaussian kernel's flow: neither
+    is derived for PFGM++'s kernel, so both are refused by name (D = inf, EDM, keeps them)."""
+    den = EmpiricalData(torch.tensor([[1.0, 0.0]]), D=16).denoiser(PFGMPP(D=16))
+    stochastic = next(s.name for s in specs() if s.stochastic)
+    with pytest.raises(ValueError, match="deterministic solver"):
+        fewstep.make_plan(den, stochastic, 10)
+    with pytest.raises(ValueError, match="teleport"):
+        fewstep.make_plan(den, "heun", 9, teleport=10.0)
+    assert fewstep.make_plan(EmpiricalData(torch.tensor([[1.0, 0.0]])).denoiser(PFGMPP(D=math.inf)), stochastic, 10)

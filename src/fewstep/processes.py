@@ -48,6 +48,9 @@ class NoiseProcess(ABC):
 
     t_min: float
     t_max: float
+    #: Whether the perturbation kernel (:meth:`noise`) is Gaussian: stochastic solvers and the teleported start
+    #: (the data Gaussian's exact flow) assume it; ``make_plan`` refuses them otherwise (PFGM++ with finite D).
+    gaussian_kernel: bool = True
     #: The time grid used when none is given (``fewstep.grids``): the one the process's own paper
     #: samples with, checked by measurement (docs/solvers.md, "Default grids").
     default_grid: str = "uniform"
@@ -429,6 +432,7 @@ class PFGMPP(EDM):
             raise ValueError(f"PFGM++ needs D, the number of augmented dimensions, to be a positive integer or inf "
                              f"(the paper uses 64 to 3072); got {D}")
         self.D = D
+        self.gaussian_kernel = D == math.inf
 
     def noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None, *,
               dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> Tensor:
