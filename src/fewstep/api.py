@@ -77,8 +77,10 @@ def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list
 
 def prior_noise(process, shape: Sequence[int], gens: Sequence[torch.Generator],
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
-    """``x_T``: per-sample draws from the prior ``N(0, prior_std^2)``, ``shape`` excluding the batch."""
-    noise = torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in gens])
+    """``x_T``: per-sample draws from the prior, ``prior_std`` times the process's kernel (``process.noise``:
+    ``N(0, prior_std^2)`` for a Gaussian process, PFGM++'s heavy-tailed kernel at ``r_max``), ``shape`` excluding
+    the batch."""
+    noise = torch.stack([process.noise((1, *shape), g, dtype=dtype)[0] for g in gens])
     return (process.prior_std * noise).to(device)
 
 

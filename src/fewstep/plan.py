@@ -233,6 +233,9 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
     process = denoiser.process
     spec = solvers.get(solver)
     spec.check_options(options)
+    if spec.stochastic and not getattr(process, "gaussian_kernel", True):
+        raise ValueError(f"{spec.name} injects Gaussian noise, but {process!r} perturbs with a non-Gaussian kernel "
+                         f"(PFGM++): sample it with a deterministic solver (the ODE, Xu et al. 2023, sec. 4)")
     tuned_file = None
     if isinstance(grid, str) and grid == TUNED:
         from .attachments import attached
@@ -283,6 +286,9 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
         if abs(t0 - teleport) > 1e-6 * max(1.0, abs(teleport)):
             raise ValueError(f"teleport={teleport:g} but the grid starts at t={t0:g}; an explicit grid used with "
                              f"teleport must start at the teleport time")
+        if not getattr(process, "gaussian_kernel", True):
+            raise ValueError(f"teleport starts by the data Gaussian's exact flow under a Gaussian kernel, but "
+                             f"{process!r} perturbs with a non-Gaussian one (PFGM++); start at the prior instead")
         start = Start(t0, "gaussian", gaussian, sources.get("start", "teleport argument"))
     else:
         if gaussian is not None:
