@@ -31,7 +31,7 @@ LAYERS = [
                   "modelinfo"}),
     ("tuning", {"tuning"}),
     ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
-                      "detect"}),
+                      "detect", "dmcmc"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 

@@ -1,0 +1,10 @@
+"""Denoising MCMC (Kim & Ye 2022): Langevin-Gibbs chains on (data, noise level), then a short ODE solve from
+each chain state (docs/dmcmc.md)."""
+
+from .chain import draw_levels, gibbs_step, run_chain
+from .levels import NoiseLevels
+from .posterior import ExactLevelPosterior, LevelClassifier, LevelPosterior, NetworkLevelPosterior
+from .sampler import DMCMCConfig, dmcmc_generate
+
+__all__ = ["NoiseLevels", "LevelPosterior", "ExactLevelPosterior", "NetworkLevelPosterior", "LevelClassifier",
+           "gibbs_step", "run_chain", "draw_levels", "DMCMCConfig", "dmcmc_generate"]
