@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .levels import NoiseLevels
 
-__all__ = ["LevelPosterior", "ExactLevelPosterior", "NetworkLevelPosterior", "LevelClassifier"]
+__all__ = ["LevelPosterior", "ExactLevelPosterior", "NetworkLevelPosterior", "LevelClassifier", "restrict_levels"]
 
 
 class LevelPosterior(Protocol):
@@ -47,12 +47,11 @@ class ExactLevelPosterior:
 class LevelClassifier(nn.Module):
     """A small CNN: image ``(n, C, H, W)`` -> logits over ``L`` noise levels (the noise-level estimator)."""
 
-    def __init__(self, channels: int, levels: int, width: int = 32) -> None:
+    def __init__(self, channels: int, levels: int, width: int = 16) -> None:
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(w, w, 3, 2, 1), nn.GroupNorm(8, w), nn.SiLU(),
+            nn.Conv2d(channels, w, 3, 2, 1), nn.SiLU(),
             nn.Conv2d(w, 2 * w, 3, 1, 1), nn.SiLU(),
             nn.Conv2d(2 * w, 2 * w, 3, 2, 1), nn.GroupNorm(8, 2 * w), nn.SiLU(),
             nn.Conv2d(2 * w, 4 * w, 3, 1, 1), nn.SiLU())
@@ -79,3 +78,28 @@ class NetworkLevelPosterior:
         p = next(self.net.parameters())
         with torch.inference_mode():
             return torch.log_softmax(self.net(x.to(p.dtype)).double(), 1)
+
+
+class _Restricted:
+    """A posterior over the kept levels only: ``pi`` set to zero elsewhere, so ``pi(l | x)`` is renormalised over
+    the kept ones (Bayes' rule with the smaller prior)."""
+
+    def __init__(self, inner: LevelPosterior, keep: Tensor) -> None:
+        self.inner, self.keep = inner, keep
+        lv = inner.levels
+        self.levels = NoiseLevels(lv.times[keep], torch.log_softmax(lv.log_prior[keep], 0))
+
+    @property
+    def calls(self):
+        return getattr(self.inner, "calls", None)
+
+    def log_posterior(self, x: Tensor) -> Tensor:
+        return torch.log_softmax(self.inner.log_posterior(x)[:, self.keep], 1)
+
+
+def restrict_levels(posterior: LevelPosterior, t_max: float) -> LevelPosterior:
+    """``posterior`` with the chain kept to levels at times ``<= t_max`` (at least one must remain)."""
+    keep = (posterior.levels.times <= t_max + 1e-9).nonzero().reshape(-1)
+    if len(keep) == 0:
+        raise ValueError(f"no noise level at or below t = {t_max:g} (the lowest is {float(posterior.levels.times[-1]):g})")
+    return _Restricted(posterior, keep)
