@@ -214,3 +214,27 @@ def test_gibbs_step_runs_a_trained_network_with_per_chain_times():
     one, _ = gibbs_step(den, x[1:], level[1:], Fixed(), gens()[1:], step_scale=0.1)
     assert torch.allclose(both[1:], one, atol=1e-5)
     assert not torch.allclose(both, x)
+
+
+def test_cli_train_estimator_and_sample(tmp_path, capsys):
+    import numpy as np
+
+    from fewstep.cli import main
+
+    data = tmp_path / "d.npz"
+    np.savez(data, images=(np.random.default_rng(0).random((16, 1, 28, 28)) * 255).astype(np.uint8))
+    est = str(tmp_path / "est")
+    assert main(["dmcmc", "train-estimator", "--model", "bundled:fashion", "--data", str(data), "--out", est,
+                 "--levels", "3", "--steps", "2", "--batch-size", "4", "--width", "8", "--no-progress"]) == 0
+    out = str(tmp_path / "x.npz")
+    assert main(["dmcmc", "sample", "--model", "bundled:fashion", "--estimator", est, "--ode-nfe", "1",
+                 "--burn-in", "2", "--per-chain", "2", "--n", "4", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "network evaluations per image 3 (planned 3" in printed  # 1 + 1 + 2/2
+    assert np.load(out)["images"].shape[0] == 4
+    assert main(["dmcmc", "sample", "--model", "bundled:fashion", "--estimator", str(tmp_path), "--n", "2",
+                 "--out", str(tmp_path / "y.npz")]) != 0
+    assert "not a noise-level estimator folder" in capsys.readouterr().err
+    assert main(["dmcmc", "sample", "--model", "bundled:fashion", "--estimator", est, "--step-scale", "2",
+                 "--out", str(tmp_path / "y.npz")]) != 0
+    assert "step_scale" in capsys.readouterr().err
