@@ -110,8 +110,8 @@ def test_cli_fit_and_score(tmp_path, capsys):
     assert main(["detect", "fit", "--real", r, "--fake", f, "--out", d, "--n", "40", "--reference", "30", "--k",
                  "5", "--trees", "20", "--no-progress"]) == 0
     js = str(tmp_path / "s.json")
-    assert main(["detect", "score", "--detector", d, "--real", r, "--fake", f, "--start", "70", "--n", "40",
-                 "--json", js, "--no-progress"]) == 0
+    assert main(["detect", "score", "--detector", d, "--real", r, "--fake", f, "--start", "70", "--fake-start", "50",
+                 "--n", "40", "--json", js, "--no-progress"]) == 0
     out = json.loads(open(js).read())
     assert out["n_real"] == out["n_fake"] == 40 and out["accuracy"] > 0.9 and out["auc"] > 0.95
     assert "AUC" in capsys.readouterr().out

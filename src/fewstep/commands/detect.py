@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--real", default=None, help=f"held-out real images: {_SPEC}")
     s.add_argument("--fake", "--generated", dest="fake", default=None, help=f"held-out generated images: {_SPEC}")
     s.add_argument("--start", type=int, default=0, help="first image of each set scored (default 0)")
+    s.add_argument("--fake-start", type=int, default=None, help="first generated image scored (default: --start)")
     s.add_argument("--n", type=int, default=None, help="images of each set scored (default: all from --start)")
     s.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     _common(s)
@@ -126,7 +127,8 @@ def run_score(args: argparse.Namespace) -> int:
     for kind, spec in (("real", args.real), ("fake", args.fake), ("images", args.images)):
         if not spec:
             continue
-        images, rng = _load(spec, args.start, args.n, f"--{kind}")
+        start = args.fake_start if kind == "fake" and args.fake_start is not None else args.start
+        images, rng = _load(spec, start, args.n, f"--{kind}")
         for role in ("real", "fake"):
             if _overlap(seen.get(role, {}), spec, rng):
                 raise ValueError(f"--{kind} {spec} [{rng[0]}, {rng[1]}) overlaps the {role} images the detector was "
