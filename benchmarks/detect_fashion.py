@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fewstep._io import atomic_path
 from fewstep.detect import detection_metrics
 from fewstep.detect.detector import Detector, DetectorConfig
 from fewstep.detect.forest import fit_forest, forest_proba
@@ -30,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sets", nargs="+", help="NAME=SPEC of generated images (>= 2000 each)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cache", default=None, help="folder keeping each set's features (a rerun reads them back)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -37,13 +40,27 @@ def main() -> None:
     ref = real[:256]
     det = Detector(DetectorConfig(shape=tuple(ref.shape[1:])), LIDNet(1, 16, 0),
                    ((ref + 1) * 127.5).round().to(torch.uint8), {})
-    feats = {"real": (det.features(real[256:1256]), det.features(real[5000:6000]))}
+    cache = Path(args.cache) if args.cache else None
+
+    def features(name: str, x: torch.Tensor, train: slice, test: slice) -> tuple[np.ndarray, np.ndarray]:
+        path = cache / f"{name.replace(' ', '_').replace(':', '_')}.npz" if cache else None
+        if path is not None and path.is_file():
+            f = np.load(path)
+            return f["train"], f["test"]
+        out = (det.features(x[train]), det.features(x[test]))
+        if path is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                np.savez(tmp.with_suffix(".npz"), train=out[0], test=out[1])
+                tmp.with_suffix(".npz").replace(tmp)
+        print(f"features of {name}: {time.time() - t0:.0f} s", flush=True)
+        return out
+
+    feats = {"real": features("real", real, slice(256, 1256), slice(5000, 6000))}
     sets = dict(s.split("=", 1) for s in args.sets)
     sets["control: fashion-mnist:train"] = "fashion-mnist:train"
     for name, spec in sets.items():
-        x = load_images(spec)
-        feats[name] = (det.features(x[:1000]), det.features(x[1000:2000]))
-        print(f"features of {name}: {time.time() - t0:.0f} s", flush=True)
+        feats[name] = features(name, load_images(spec), slice(0, 1000), slice(1000, 2000))
     rows = []
     names = [n for n in feats if n != "real"]
     for fit_name in names:
