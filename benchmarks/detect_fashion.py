@@ -22,7 +22,7 @@ import torch
 
 from fewstep._io import atomic_path
 from fewstep.detect import detection_metrics
-from fewstep.detect.detector import Detector, DetectorConfig
+from fewstep.detect.detector import Detector, DetectorConfig, minibatch_multilid_features
 from fewstep.detect.forest import fit_forest, forest_proba
 from fewstep.detect.network import LIDNet
 from fewstep.metrics.data import load_images
@@ -32,6 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sets", nargs="+", help="NAME=SPEC of generated images (>= 2000 each)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--protocol", choices=["reference", "minibatch"], default="reference",
+                    help="reference: neighbours among 256 fixed real images (fewstep detect); minibatch: among the "
+                         "other 99 images of the same 100-image batch, each batch all real or all generated")
     ap.add_argument("--cache", default=None, help="folder keeping each set's features (a rerun reads them back)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -43,11 +46,14 @@ def main() -> None:
     cache = Path(args.cache) if args.cache else None
 
     def features(name: str, x: torch.Tensor, train: slice, test: slice) -> tuple[np.ndarray, np.ndarray]:
-        path = cache / f"{name.replace(' ', '_').replace(':', '_')}.npz" if cache else None
+        path = cache / f"{args.protocol}-{name.replace(' ', '_').replace(':', '_')}.npz" if cache else None
         if path is not None and path.is_file():
             f = np.load(path)
             return f["train"], f["test"]
-        out = (det.features(x[train]), det.features(x[test]))
+        if args.protocol == "minibatch":
+            out = (minibatch_multilid_features(det.net, x[train], 20), minibatch_multilid_features(det.net, x[test], 20))
+        else:
+            out = (det.features(x[train]), det.features(x[test]))
         if path is not None:
             cache.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:

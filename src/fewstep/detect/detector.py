@@ -26,7 +26,7 @@ from .forest import FOREST_KEYS, fit_forest, forest_proba
 from .lid import knn_distances, lid_terms
 from .network import LAYER_NAMES, LIDNet
 
-__all__ = ["DetectorConfig", "Detector", "multilid_features", "fit_detector", "load_detector",
+__all__ = ["DetectorConfig", "Detector", "multilid_features", "minibatch_multilid_features", "fit_detector", "load_detector",
            "detection_metrics", "roc_auc"]
 
 CONFIG_FILE, WEIGHTS_FILE, FORMAT = "detector.json", "detector.safetensors", "fewstep-multilid"
@@ -75,6 +75,21 @@ def multilid_features(net: LIDNet, images: Tensor, reference: Tensor, k: int, la
             acts = net(quantize(images[i:i + batch_size]))
             out.append(torch.cat([lid_terms(knn_distances(acts[name], ref[name], k)) for name in layers], 1))
     return torch.cat(out).numpy() if out else np.zeros((0, len(layers) * k))
+
+
+def minibatch_multilid_features(net: LIDNet, images: Tensor, k: int, layers=LAYER_NAMES, *,
+                                 batch_size: int = 100) -> np.ndarray:
+    """multiLID features with the neighbours among the *other images of the same minibatch* (consecutive
+    ``batch_size`` images; Ma et al. 2018 and Lorenz et al. 2023 estimate LID within minibatches).  An image's
+    features then depend on the batch it is in: a batch of only generated images describes the generated set, not
+    the image.  For comparison with the per-image protocol of :class:`Detector` (docs/detection.md)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            acts = net(quantize(images[i:i + batch_size]))
+            out.append(torch.cat([lid_terms(knn_distances(acts[n], acts[n], k, exclude_self=True))
+                                  for n in layers], 1))
+    return torch.cat(out).numpy()
 
 
 @dataclass
