@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--nfe", default="6,8,10")
-    ap.add_argument("--solvers", default="dpm++2m,unipc,ipndm")
+    ap.add_argument("--solvers", default="dpm++2m,unipc,ipndm", help="NAME or NAME:TELEPORT_TIME, comma-separated")
     ap.add_argument("--dmcmc", default="20:20:1:0.1:999,20:20:1:0.1:500",
                     help="configs per_chain:burn_in:stride:step_scale:t_max, comma-separated")
     args = ap.parse_args()
@@ -70,9 +70,11 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     for nfe in [int(v) for v in args.nfe.split(",")]:
-        for solver in args.solvers.split(","):
-            record(f"{solver}@{nfe}", solver_sample_fn(den, den.sample_shape, solver, nfe), {"nfe": nfe}, 100)
-        for spec in args.dmcmc.split(","):
+        for solver in filter(None, args.solvers.split(",")):  # NAME or NAME:TELEPORT_TIME
+            name, _, tele = solver.partition(":")
+            kw = {"teleport": float(tele)} if tele else {}
+            record(f"{solver}@{nfe}", solver_sample_fn(den, den.sample_shape, name, nfe, **kw), {"nfe": nfe}, 100)
+        for spec in filter(None, args.dmcmc.split(",")):
             per_chain, burn_in, stride, step, t_max = spec.split(":")
             per_chain, burn_in, stride = int(per_chain), int(burn_in), int(stride)
             ode = nfe - stride - burn_in // per_chain
