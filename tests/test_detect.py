@@ -120,3 +120,19 @@ def test_cli_fit_and_score(tmp_path, capsys):
     assert "overlaps the fake images" in capsys.readouterr().err
     assert main(["detect", "score", "--detector", d, "--images", str(small), "--no-progress"]) != 0
     assert "fitted on 1x12x12" in capsys.readouterr().err
+
+
+def test_minibatch_features_read_the_batch_dimension():
+    """The paper's protocol: neighbours within the minibatch.  Images spanned by 3 fixed patterns: the pixel
+    layer's unfolded terms give LID ~ 3 (the first layer, 'pixels', is the input itself)."""
+    from fewstep.detect.detector import minibatch_multilid_features
+    from fewstep.detect.network import LIDNet
+
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.randn(3, 1, 12, 12, generator=g) * 0.3
+    x = torch.einsum("nk,kchw->nchw", torch.randn(400, 3, generator=g) * 0.5, patterns).clamp(-1, 1)
+    f = minibatch_multilid_features(LIDNet(1, 8, 0), x, 20, batch_size=400)
+    assert f.shape == (400, 5 * 20)
+    terms = torch.from_numpy(f[:, :20])  # pixels layer
+    lid = (19 / terms[:, :-1].sum(1)).median().item()
+    assert 2.4 < lid < 3.6
