@@ -13,7 +13,7 @@ from fewstep.processes import EDM, PFGMPP, process_from_config
 from fewstep.solvers import specs
 from fewstep.training.config import check_process
 from fewstep.training.losses import diffusion_loss, draw_noising
-from tests.conftest import TINY_UNET, tiny_images
+from conftest import TINY_UNET, tiny_images
 
 
 def _radius_sq_over_r_sq(D: int, shape: tuple[int, ...], n: int, seed: int = 0) -> np.ndarray:
