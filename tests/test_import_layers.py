@@ -30,7 +30,8 @@ LAYERS = [
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
                   "modelinfo"}),
     ("tuning", {"tuning"}),
-    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
+    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
+                      "pruning"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 

@@ -110,7 +110,7 @@ def taylor_scores(den: Denoiser, net: UNet, units: Sequence[Unit], x0: Tensor, *
             used += 1
             if progress:
                 progress(1)
-            value = float(loss)
+            value = float(loss.detach())
             loss_max = max(loss_max, value)
             if value < thr * loss_max:
                 break

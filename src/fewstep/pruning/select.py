@@ -19,14 +19,14 @@ def check_ratio(ratio: float) -> float:
 
 
 def select_global(units: Sequence[Unit], scores: Sequence[float], ratio: float) -> list[Unit]:
-    """The lowest-scored units, in increasing score, until they hold ``ratio`` of all units' channels
-    (LD-Pruner ranks every operator on one scale).  A ResBlock may lose all its groups: its residual branch goes."""
+    """The lowest-scored units, in increasing score, as long as they hold at most ``ratio`` of all units'
+    channels: the ranking's longest prefix within the budget (LD-Pruner ranks every operator on one scale).  A ResBlock may lose all its groups: its residual branch goes."""
     check_ratio(ratio)
     budget = ratio * sum(u.size for u in units)
     chosen, total = [], 0
     for score, u in sorted(zip(scores, units), key=lambda su: su[0]):
         if total + u.size > budget + 1e-9:
-            continue
+            break
         chosen.append(u)
         total += u.size
     return chosen
