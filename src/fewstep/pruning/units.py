@@ -61,7 +61,7 @@ def blocks(net: UNet) -> tuple[list[ResBlock], list[nn.Module]]:
 
 def check_prunable(net: object) -> UNet:
     """``net`` as a UNet with at least one unit, or a ValueError naming what is supported."""
-    if not isinstance(net, UNet):
+    if type(net) is not UNet:
         raise ValueError(f"structured pruning supports fewstep UNet networks; this model's network is "
                          f"{type(net).__name__} (DiT, diffusers and quantized networks are not prunable)")
     if not prunable_units(net):
