@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_dir
-from ..checkpoint import FORMAT, FORMAT_VERSION, write_checksums
+from ..checkpoint import FORMAT, FORMAT_VERSION, read_config, write_checksums
 from ..denoisers import Denoiser
 from ..nets import net_config
+from ..training.settings import resolve_config
 from .scores import ld_scores, taylor_scores
 from .select import check_ratio, select_global, select_per_block
 from .structure import prune_unet
@@ -122,9 +123,6 @@ def finetune_config(pruned_folder: str | os.PathLike, steps: int, *, lr: float |
     """The training config of the fine-tune: the source's own config (process, prediction, objective, data,
     optimiser) with the pruned network, warm-started from ``pruned_folder`` (``objective.init_from``), for
     ``steps`` steps, without preview grids."""
-    from ..checkpoint import read_config
-    from ..training.settings import resolve_config
-
     if steps < 1:
         raise ValueError(f"fine-tune steps must be positive, got {steps}")
     cfg = read_config(pruned_folder)
