@@ -63,7 +63,7 @@ def check_prunable(net: object) -> UNet:
     """``net`` as a UNet with at least one unit, or a ValueError naming what is supported."""
     if type(net) is not UNet:
         raise ValueError(f"structured pruning supports fewstep UNet networks; this model's network is "
-                         f"{type(net).__name__} (DiT, diffusers and quantized networks are not prunable)")
+                         f"{type(net).__name__} (DiT, MaskUNet, diffusers and quantized networks are not prunable)")
     if not prunable_units(net):
         raise ValueError("this UNet has no prunable blocks left (every residual branch and attention block is "
                          "already removed)")
