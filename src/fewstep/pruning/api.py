@@ -22,7 +22,7 @@ from ..training.settings import resolve_config
 from .scores import ld_scores, taylor_scores
 from .select import check_ratio, select_global, select_per_block
 from .structure import prune_unet
-from .units import Unit, check_prunable, prunable_units
+from .units import check_prunable, prunable_units
 
 __all__ = ["METHODS", "PruneResult", "prune_denoiser", "save_pruned", "finetune_config", "count_parameters"]
 
