@@ -31,7 +31,7 @@ LAYERS = [
                   "modelinfo"}),
     ("tuning", {"tuning"}),
     ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
-                      "detect", "dmcmc"}),
+                      "detect", "dmcmc", "pruning"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 

@@ -12,7 +12,7 @@ import re
 import sys
 
 COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems", "gaussian",
-            "tune", "quantize", "restore", "invert", "probe", "distill", "info", "detect", "dmcmc"]
+            "tune", "quantize", "restore", "invert", "probe", "distill", "info", "detect", "dmcmc", "prune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
