@@ -8,8 +8,9 @@ shrinks ``dt = t - r`` in stages (EDM noise levels ``t, r`` = the process's ``si
 
 * ``t``: ``ln t ~ N(P_mean, P_std^2)``, ``P_mean = -1.1``, ``P_std = 2.0`` (paper sec. 3.3 / App.);
 * the mapping function (paper eq. 9): ``r / t = 1 - n(t) / q^a``, ``n(t) = 1 + k sigmoid(-b t)``,
-  ``a`` the stage (``a = ceil(iteration / d)``), ``q = 2``, ``k = 8``, ``b = 1``; ``r`` clipped at 0,
-  and ``r = 0`` means the target is the data ``x0`` itself (the boundary);
+  ``a`` the stage (``a = ceil(iteration / d)``), ``q = 2``, ``k = 8``, ``b = 1``; ``r`` clipped at 0;
+  ``r = 0`` means the target is the boundary value: the paper's ``x0`` at ``sigma = 0``, here
+  ``x0 + sigma_min eps`` at the process's smallest level ``sigma_min`` (``f(x, sigma_min) = x``);
 * the loss: ``w(t, r) d(f(x_t, t), sg f(x_r, r))`` with ``w = 1 / (t - r)`` and the pseudo-Huber
   ``d(x, y) = sqrt(||x - y||^2 + c^2) - c`` (``c = 0``: the L2 norm, the paper's adaptive weighting
   with p = 1/2); ``weighting = "snr"`` is the ``1/t^2 + 1/sigma_data^2`` weight of the authors' later
@@ -135,7 +136,7 @@ class ECTObjective(DistillObjective):
 
     def times(self, step: int, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``(t, r)`` as EDM noise levels (float64): ``t`` log-normal clipped to the process's range, ``r`` from
-        :func:`ect_r` at ``step``'s stage; ``r`` below ``sigma_min`` becomes 0 (the target is then the data)."""
+        :func:`ect_r` at ``step``'s stage; ``r`` below ``sigma_min`` becomes 0 (the target is then the boundary)."""
         s = self.settings
         t = torch.exp(s.p_mean + s.p_std * torch.randn(n, generator=generator, dtype=torch.float64))
         t = t.clamp(self.sigma_min, self.sigma_max)
@@ -158,23 +159,20 @@ class ECTObjective(DistillObjective):
         return consistency_x0(self.process, x, t, x0_of(net, self.param, x, t), self.sigma_min)
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
-        """Per-sample ECT loss; both evaluations see the same dropout mask (the CPU RNG state is replayed)."""
+        """Per-sample ECT loss.  The target is ``sg f(x_r, max(r, sigma_min))``: at ``sigma_min`` the consistency
+        function is its input ``x0 + sigma_min eps`` by construction (the boundary), whatever the network; the
+        weight keeps ``r`` (0 there).  Both evaluations see the same dropout mask (the CPU RNG state is replayed)."""
         x0, eps, t, r = batch["x0"], batch["eps"], batch["t"], batch["r"]
         net = nets["model"]
         state = torch.get_rng_state()
         f_t = self.f(net, x0, eps, t)
         end = torch.get_rng_state()
-        target = x0
-        boundary = r == 0
-        if not bool(boundary.all()):
-            torch.set_rng_state(state)
-            with torch.no_grad():
-                f_r = self.f(net, x0, eps, r.clamp(min=self.sigma_min))
-            torch.set_rng_state(end)
-            target = torch.where(boundary.to(x0.device).reshape(-1, *[1] * (x0.ndim - 1)), x0, f_r)
+        torch.set_rng_state(state)
+        with torch.no_grad():
+            f_r = self.f(net, x0, eps, r.clamp(min=self.sigma_min))
+        torch.set_rng_state(end)
         s = self.settings
-        return ect_loss_terms(f_t, target.detach(), t, r, c=s.huber_c, weighting=s.weighting,
-                              sigma_data=self.sigma_data)
+        return ect_loss_terms(f_t, f_r, t, r, c=s.huber_c, weighting=s.weighting, sigma_data=self.sigma_data)
 
     def consistency_model(self, net: nn.Module) -> ConsistencyModel:
         return ConsistencyModel(net, self.process, self.prediction, self.sigma_data, sample_shape=self.shape,
