@@ -24,13 +24,13 @@ LAYERS = [
                     "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
     ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments",
-                   "diffusers_config"}),
+                   "diffusers_config", "consistency"}),
     ("grids", {"grids"}),
     ("solvers", {"solvers"}),
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
                   "modelinfo"}),
     ("tuning", {"tuning"}),
-    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
+    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench", "reflow"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 
