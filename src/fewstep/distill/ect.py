@@ -60,7 +60,8 @@ def ect_r(t: Tensor, stage: int, *, q: float = 2.0, k: float = 8.0, b: float = 1
 def ect_loss_terms(f_t: Tensor, f_r: Tensor, t: Tensor, r: Tensor, *, c: float = 0.0, weighting: str = "inv_dt",
                    sigma_data: float = 0.5) -> Tensor:
     """Per-sample ``w(t, r) (sqrt(||f_t - f_r||^2 + c^2) - c)`` (``t, r`` EDM noise levels, shape ``(batch,)``)."""
-    sq = (f_t.float() - f_r.float()).square().flatten(1).sum(1)
+    dtype = torch.promote_types(f_t.dtype, torch.float32)  # at least float32 (autocast), float64 kept
+    sq = (f_t.to(dtype) - f_r.to(dtype)).square().flatten(1).sum(1)
     dist = torch.sqrt(sq + c * c) - c if c > 0 else torch.sqrt(sq + 1e-20)
     t, r = t.to(dist), r.to(dist)
     w = 1 / (t - r) if weighting == "inv_dt" else (t * t + sigma_data**2) / (t * sigma_data) ** 2
