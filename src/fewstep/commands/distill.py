@@ -1,5 +1,5 @@
-"""``fewstep distill``: distill a diffusion model into a one-step generator (SiD, SiDA) or fine-tune it
-for a fixed few-step sampler (MMD), on the shared Trainer."""
+"""``fewstep distill``: distill a diffusion model into a one-step generator (SiD, SiDA), fine-tune it
+for a fixed few-step sampler (MMD) or into a consistency model (ECT), on the shared Trainer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill", help="distill a model into a one-step generator (sid, sida) or fine-tune it for "
-                                       "a few-step sampler (mmd)", description=(
+    p = sub.add_parser("distill", help="distill a model into a one-step generator (sid, sida), fine-tune it for "
+                                       "a few-step sampler (mmd) or into a consistency model (ect)", description=(
         "Checkpoints go to OUT/checkpoints/step-N (a model load_model, sample, eval and bench read), losses and "
         "the tracked FID to OUT/log.jsonl, FID against generator images to OUT/fid_vs_images.png, sample grids "
         "to OUT/samples. Run under torchrun for several GPUs. See docs/distillation.md."))
