@@ -30,7 +30,8 @@ LAYERS = [
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
                   "modelinfo"}),
     ("tuning", {"tuning"}),
-    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench", "reflow"}),
+    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
+                      "detect", "dmcmc", "pruning", "reflow"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 
@@ -57,6 +58,7 @@ OPTIONAL = {
     "matplotlib": "plots only (optional)",
     "scipy": "DPM-Solver-v3's splines and the exact ODE reference only",
     "diffusers": "optional: diffusers folders only",
+    "sklearn": "optional (fewstep[detect]): only fitting a detector's random forest",
     "torch": "torch.distributed and torch.func, loaded where they are used",
 }
 

@@ -26,7 +26,7 @@ def _with(path: str, value):
 @pytest.mark.parametrize("path,value,message", [
     ("traning", {}, r"unknown config key\(s\) traning; valid keys: data, .*network, objective, .*training"),
     ("data.resolutoin", 8, r"data\.resolutoin; valid keys in data: channels, resolution, spec"),
-    ("network.channel", 8, r"network\.channel; valid keys in network: attn_resolutions, channel_mult, channels"),
+    ("network.channel", 8, r"network\.channel; valid keys in network: attn_removed, attn_resolutions, channel_mult"),
     ("process.beta_stat", 0.1, r"process\.beta_stat; valid keys in process: beta_end, beta_start, kind"),
     ("training.stepz", 3, r"training\.stepz; valid keys in training: adam_betas, batch_size"),
     ("objective.weightng", "edm", r"objective\.weightng; valid keys in objective: class_lr_scale, hflip, init_from, label_dropout, min_snr_gamma"),
@@ -43,7 +43,7 @@ def _with(path: str, value):
     ("data.resolution", "28", r"config data\.resolution must be int"),
     ("sigma_data", "0.5", r"config sigma_data must be float"),
     ("network", [1], r"config network must be a JSON object"),
-    ("network.kind", "unet2", r"config network\.kind must be one of unet, dit, got 'unet2'"),
+    ("network.kind", "unet2", r"config network\.kind must be one of unet, dit, maskunet, got 'unet2'"),
     ("process.kind", "vp", r"config process\.kind must be one of vp_discrete, .*got 'vp'"),
     ("prediction", "epsilon", r"config prediction must be one of eps, x0, v, flow, edm, got 'epsilon'"),
     ("training.steps", 0, r"config training\.steps must be positive, got 0"),

@@ -8,11 +8,12 @@ from typing import Any
 from torch import nn
 
 from .dit import DiT, DiTConfig
+from .masked import MaskUNet, MaskUNetConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig", "DiT", "DiTConfig", "build_net", "net_config", "NET_KINDS"]
+__all__ = ["UNet", "UNetConfig", "DiT", "DiTConfig", "MaskUNet", "MaskUNetConfig", "build_net", "net_config", "NET_KINDS"]
 
-NET_KINDS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
+NET_KINDS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig), "maskunet": (MaskUNet, MaskUNetConfig)}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:

@@ -6,10 +6,11 @@ Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.da
 from .classifier import ClassifierObjective, ClassifierSettings
 from .denoising import DenoisingObjective, DenoisingSettings
 from .losses import diffusion_loss
+from .masking import MaskingObjective
 from .objective import OBJECTIVES, CheckpointFiles, Objective, Phase, register_objective
 from .settings import TrainSettings, resolve_config
 from .trainer import Trainer, TrainingDiverged
 
 __all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
            "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss",
-           "ClassifierObjective", "ClassifierSettings"]
+           "ClassifierObjective", "ClassifierSettings", "MaskingObjective"]

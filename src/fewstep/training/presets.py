@@ -53,6 +53,20 @@ PRESETS["fashion-noisy-classifier"] = {
                  "log_every": 20},
 }
 
+# EDM (Karras et al. 2022) and PFGM++ (Xu et al. 2023) on the bundled UNet: the same network, data, EDM
+# preconditioning, weighting and log-normal noise levels; only the process's perturbation kernel differs
+# (Gaussian vs PFGM++'s at D = 128, r = sigma sqrt(D)).  docs/pfgm.md compares them at equal compute.
+PRESETS["fashion-unet-edm"] = copy.deepcopy(PRESETS["fashion-unet"])
+PRESETS["fashion-unet-edm"].update({"process": {"kind": "edm", "sigma_min": 0.002, "sigma_max": 80.0},
+                                    "prediction": "edm", "sigma_data": 0.5})
+PRESETS["fashion-unet-edm"]["objective"] = {"kind": "denoising", "weighting": "edm", "time_sampling": "lognormal",
+                                            "p_mean": -1.2, "p_std": 1.2}
+# Their training section is the short equal-compute run of docs/pfgm.md (~6 CPU-minutes each; --steps for more).
+PRESETS["fashion-unet-edm"]["training"].update({"steps": 250, "warmup_steps": 25, "ema_half_life_images": 4000,
+                                                "checkpoint_every_seconds": 120, "sample_every_steps": 250})
+PRESETS["fashion-unet-pfgmpp"] = copy.deepcopy(PRESETS["fashion-unet-edm"])
+PRESETS["fashion-unet-pfgmpp"]["process"] = {"kind": "pfgmpp", "sigma_min": 0.002, "sigma_max": 80.0, "D": 128}
+
 
 def get_preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
