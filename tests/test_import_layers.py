@@ -24,14 +24,14 @@ LAYERS = [
                     "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
     ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments",
-                   "diffusers_config"}),
+                   "diffusers_config", "consistency"}),
     ("grids", {"grids"}),
     ("solvers", {"solvers"}),
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
                   "modelinfo"}),
     ("tuning", {"tuning"}),
     ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
-                      "detect", "dmcmc", "pruning"}),
+                      "detect", "dmcmc", "pruning", "reflow"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 

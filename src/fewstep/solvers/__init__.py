@@ -5,6 +5,7 @@
 """
 
 from . import ddim, deis, dpm_solver, dpm_v3, dpmpp, euler, lms, pndm, unipc  # noqa: F401  (registration)
+from . import consistency  # noqa: F401  (registration)
 from . import dc  # noqa: F401  (registration; after unipc, whose loop it uses)
 from . import time_shift  # noqa: F401  (registration of ts-*: last, it wraps the solvers registered above)
 from ._common import DivergedError, NonFiniteError, randn_like

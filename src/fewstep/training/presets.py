@@ -33,6 +33,12 @@ PRESETS["fashion-unet-cond"]["objective"].update({"weighting": "uniform", "use_l
                                                   "init_from": "bundled:fashion", "class_lr_scale": 20.0})
 PRESETS["fashion-unet-cond"]["training"].update({"steps": 3000, "warmup_steps": 20})
 
+# Flow matching / rectified flow (Liu et al. 2023; Lipman et al. 2023) with the same UNet: x_t = (1 - t) x0 + t eps,
+# the network predicts the velocity eps - x0 (plain velocity loss, t uniform).  Sample with euler/heun/dpm++2m.
+PRESETS["fashion-flow"] = copy.deepcopy(PRESETS["fashion-unet"])
+PRESETS["fashion-flow"].update({"process": {"kind": "rectified_flow"}, "prediction": "flow"})
+PRESETS["fashion-flow"]["objective"] = {"kind": "denoising", "weighting": "uniform", "time_sampling": "uniform"}
+
 # A noise-aware Fashion-MNIST classifier for classifier guidance (docs/guidance.md): cross-entropy on
 # x0 + sigma_hat eps at the noise levels of the bundled models' process (DDPM linear, uniform times).
 PRESETS["fashion-noisy-classifier"] = {
