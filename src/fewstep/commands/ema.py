@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "snapshots and writes it as an ordinary checkpoint folder (config.json + ema.safetensors) that "
         "fewstep sample / eval / load_model read."))
     p.add_argument("--run", required=True, help="the training run folder (holds posthoc-ema/ and checkpoints/)")
-    p.add_argument("--sigma-rel", type=float, required=True,
+    p.add_argument("--sigma-rel", type=float, default=None,
                    help="relative EMA length, in (0, 0.2887); EDM2 found 0.05-0.15 best for its models")
     p.add_argument("--out", help="new checkpoint folder to write (must not exist)")
     p.add_argument("--step", type=int, default=None, help="training step of the EMA (default: the newest snapshot's)")
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         for s in list_snapshots(args.run):
             print(f"{s.stem}  step {s.step:>9}  sigma_rel {s.sigma_rel:.4f}  gamma {s.gamma:.3f}  {s.path.name}")
         return 0
-    if not args.out:
-        raise ValueError("fewstep ema needs --out (a new folder for the rebuilt checkpoint), or --list")
+    if args.sigma_rel is None or not args.out:
+        raise ValueError("fewstep ema needs --sigma-rel and --out (a new folder for the rebuilt checkpoint), or --list")
     out, info = write_posthoc_checkpoint(args.run, args.sigma_rel, args.out, step=args.step)
     print(json.dumps({"out": str(out), **info}, indent=2))
     return 0
