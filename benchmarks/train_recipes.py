@@ -11,7 +11,7 @@ Every recipe trains ``bundled:fashion``'s network, process and settings (src/few
 1.19M-parameter UNet, v-prediction, DDPM linear schedule, min-SNR-5, AdamW 5e-4, batch 64, half-life EMA with
 ramp-up) with one torch thread until the process has spent ``--cpu-minutes`` of CPU time on training steps
 (``time.process_time``, data loading excluded), checkpointing at each quarter of the budget.  Every run also
-keeps EDM2's two post-hoc EMA tracks (sigma_rel 0.05, 0.10; snapshots every 100 steps), which do not change
+keeps EDM2's two post-hoc EMA tracks (sigma_rel 0.05, 0.10; snapshots every 25 steps), which do not change
 training, so the post-hoc EMA is measured on the same runs (``eval`` rebuilds ``--posthoc`` lengths of each
 run's final step with ``fewstep ema``).
 
@@ -36,10 +36,10 @@ FASHION_CONFIG = ROOT / "src" / "fewstep" / "assets" / "fashion" / "config.json"
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
     "uncertainty": ({}, {"uncertainty_weighting": True}),
-    "curriculum": ({}, {"curriculum": "time", "curriculum_clusters": 10, "curriculum_stage_steps": 25}),
-    "curriculum-snr": ({}, {"curriculum": "snr", "curriculum_clusters": 10, "curriculum_stage_steps": 25}),
+    "curriculum": ({}, {"curriculum": "time", "curriculum_clusters": 10, "curriculum_stage_steps": 8}),
+    "curriculum-snr": ({}, {"curriculum": "snr", "curriculum_clusters": 10, "curriculum_stage_steps": 8}),
 }
-POSTHOC = {"posthoc_ema_sigma_rels": [0.05, 0.10], "posthoc_ema_snapshot_every": 100}
+POSTHOC = {"posthoc_ema_sigma_rels": [0.05, 0.10], "posthoc_ema_snapshot_every": 25}
 
 
 def recipe_config(recipe: str) -> dict[str, Any]:
