@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from .._io import atomic_dir, atomic_path
+from ..checkpoint import newest_readable_config, write_checksums
 
 __all__ = ["SIGMA_REL_MAX", "SNAPSHOT_DIR", "gamma_from_sigma_rel", "sigma_rel_from_gamma", "power_beta",
            "power_weights", "profile_inner", "solve_snapshot_weights", "Snapshot", "save_snapshot",
@@ -180,8 +181,6 @@ def write_posthoc_checkpoint(run_dir: str | os.PathLike, sigma_rel: float, out: 
     (``config.json`` of the run's newest checkpoint + each rebuilt weights file, e.g. ``ema.safetensors``),
     which :func:`fewstep.load_model` reads.  ``out`` must not exist yet."""
     from safetensors.torch import save_file
-
-    from ..checkpoint import newest_readable_config, write_checksums
 
     run = Path(run_dir)
     if not run.is_dir():
