@@ -147,7 +147,7 @@ def evaluations(out: Path, posthoc: list[float]) -> list[tuple[str, str, int, Pa
 def evaluate_all(args: argparse.Namespace) -> None:
     out = Path(args.out)
     for recipe, label, step, folder in evaluations(out, args.posthoc):
-        if args.recipes and recipe not in args.recipes:
+        if (args.recipes and recipe not in args.recipes) or (args.labels and label not in args.labels):
             continue
         if label != "half-life" and not args.all_posthoc and recipe != "default":
             continue
@@ -200,6 +200,7 @@ def main() -> None:
     e.add_argument("--nfe", type=int, default=10)
     e.add_argument("--posthoc", type=float, nargs="*", default=[0.05, 0.10, 0.15, 0.20])
     e.add_argument("--recipes", nargs="*", default=None)
+    e.add_argument("--labels", nargs="*", default=None, help="only these EMAs: half-life, posthoc-0.050 ...")
     e.add_argument("--all-posthoc", action="store_true", help="rebuild post-hoc EMAs of every recipe (default: "
                                                               "only of 'default')")
     e.add_argument("--final-only", action="store_true", help="only the final checkpoint of each run")
