@@ -104,3 +104,35 @@ def test_setting_is_strict(tmp_path):
     with pytest.raises(ValueError, match="objective.uncertainty_weighting must be bool"):
         Trainer({**tiny_config(), "objective": {"kind": "denoising", "uncertainty_weighting": 1}},
                 ImageData(tiny_images()), tmp_path / "r", progress=False)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        tr = Trainer(tiny_config(grad_accum=2, uncertainty_weighting=True), ImageData(tiny_images()), out_dir,
+                     device="cpu", progress=False)
+        tr.accumulate_gradients()
+        if rank == 0:
+            torch.save({n: p.grad.clone() for n, p in tr.modules["uncertainty"].named_parameters()},
+                       os.path.join(out_dir, "ddp.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_averages_the_heads_gradient(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    ddp = torch.load(out / "ddp.pt", weights_only=True)
+    single = _trainer(tmp_path, "single", uncertainty_weighting=True)
+    single.accumulate_gradients()
+    for name, p in single.modules["uncertainty"].named_parameters():
+        assert torch.allclose(p.grad, ddp[name], rtol=1e-4, atol=1e-7), name
