@@ -39,7 +39,7 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "curriculum": ({}, {"curriculum": "time", "curriculum_clusters": 10, "curriculum_stage_steps": 12}),
     "curriculum-snr": ({}, {"curriculum": "snr", "curriculum_clusters": 10, "curriculum_stage_steps": 12}),
 }
-#: ``--network small``: bundled:fashion's UNet at half the width and without attention (about 4x cheaper per step),
+#: ``--network small``: bundled:fashion's UNet at half the width and without attention (about 3x cheaper per step),
 #: for when the CPU is shared too thinly for the full network to get anywhere within the budget.
 SMALL_NETWORK = {"channels": 16, "attn_resolutions": []}
 POSTHOC = {"posthoc_ema_sigma_rels": [0.05, 0.10], "posthoc_ema_snapshot_every": 25}
