@@ -29,7 +29,7 @@ def _with(path: str, value):
     ("network.channel", 8, r"network\.channel; valid keys in network: attn_removed, attn_resolutions, channel_mult"),
     ("process.beta_stat", 0.1, r"process\.beta_stat; valid keys in process: beta_end, beta_start, kind"),
     ("training.stepz", 3, r"training\.stepz; valid keys in training: adam_betas, batch_size"),
-    ("objective.weightng", "edm", r"objective\.weightng; valid keys in objective: class_lr_scale, hflip, init_from, label_dropout, min_snr_gamma"),
+    ("objective.weightng", "edm", r"objective\.weightng; valid keys in objective: class_lr_scale, curriculum, curriculum_clusters, curriculum_stage_steps, hflip, init_from, label_dropout, min_snr_gamma"),
     ("training.batch_size", "8", r"config training\.batch_size must be int, got str '8'"),
     ("training.steps", 4.0, r"config training\.steps must be int, got float 4\.0"),
     ("training.hflip", 1, r"config training\.hflip must be bool, got int 1"),

@@ -13,7 +13,7 @@ import sys
 
 COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems", "gaussian",
             "tune", "quantize", "restore", "invert", "probe", "distill", "info", "detect", "dmcmc", "prune",
-            "reflow"]
+            "reflow", "ema"]
 
 
 def build_parser() -> argparse.ArgumentParser:

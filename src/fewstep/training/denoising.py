@@ -21,8 +21,10 @@ from ..imagegrid import save_image_grid
 from ..nets import build_net
 from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
+from .curriculum import SPACINGS, Curriculum
 from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss, draw_noising
 from .objective import CheckpointFiles, Objective, Phase, register_objective
+from .uncertainty import UncertaintyHead, uncertainty_loss
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -45,6 +47,10 @@ class DenoisingSettings:
     sample_nfe: int = 20
     init_from: str = ""
     class_lr_scale: float = 1.0
+    uncertainty_weighting: bool = False
+    curriculum: str = "none"
+    curriculum_clusters: int = 10
+    curriculum_stage_steps: int = 0
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -59,6 +65,19 @@ class DenoisingSettings:
         check_positive("objective.class_lr_scale", self.class_lr_scale)
         if self.label_dropout and not self.use_labels:
             raise ValueError("objective.label_dropout needs objective.use_labels = true")
+        if self.curriculum not in ("none", *SPACINGS):
+            raise ValueError(f"unknown objective.curriculum {self.curriculum!r}; valid: none, {', '.join(SPACINGS)}")
+        if self.curriculum != "none":
+            if self.time_sampling != "uniform":
+                raise ValueError(f"objective.curriculum draws times uniformly on the unlocked clusters; it needs "
+                                 f"time_sampling 'uniform', got {self.time_sampling!r}")
+            self.make_curriculum()
+
+    def make_curriculum(self) -> Curriculum | None:
+        """The :class:`~fewstep.training.curriculum.Curriculum` of these settings, None without one."""
+        if self.curriculum == "none":
+            return None
+        return Curriculum(self.curriculum_clusters, self.curriculum_stage_steps, self.curriculum)
 
 
 @register_objective
@@ -76,6 +95,8 @@ class DenoisingObjective(Objective):
         self.prediction: str = config["prediction"]
         self.sigma_data = float(config.get("sigma_data", 0.5))
         self.model = build_net(config["network"])
+        self.uncertainty = UncertaintyHead() if settings.uncertainty_weighting else None
+        self.curriculum = settings.make_curriculum()
         want = config["network"].get("in_channels", 1)
         if data.images.shape[1] != want:
             raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
@@ -107,10 +128,11 @@ class DenoisingObjective(Objective):
             check_positive("sigma_data", config["sigma_data"])
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
+        """``model``, and with ``uncertainty_weighting`` EDM2's ``uncertainty`` head (trained, saved, never sampled)."""
+        return {"model": self.model, **({"uncertainty": self.uncertainty} if self.uncertainty is not None else {})}
 
     def phases(self) -> list[Phase]:
-        return [Phase("model", self.loss, "loss")]
+        return [Phase("model", self.loss, "loss", also=("uncertainty",) if self.uncertainty is not None else ())]
 
     def lr_scales(self, name: str) -> dict[str, float]:
         """``class_lr_scale`` on the class table: a table added to a warm-started network starts at zero
@@ -118,6 +140,8 @@ class DenoisingObjective(Objective):
         return {"embed.classes.": self.settings.class_lr_scale} if self.settings.class_lr_scale != 1.0 else {}
 
     def checkpoint_files(self, name: str) -> CheckpointFiles:
+        if name != "model":
+            return super().checkpoint_files(name)
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
 
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
@@ -129,7 +153,8 @@ class DenoisingObjective(Objective):
         """
         s = self.settings
         x0, t, eps = draw_noising(self.process, data.images[indices], generator, hflip=s.hflip,
-                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std)
+                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std,
+                                  curriculum=self.curriculum, step=step)
         out = {"x0": x0, "t": t, "eps": eps}
         if s.use_labels and data.labels is not None:
             labels = data.labels[indices].clone()
@@ -140,11 +165,16 @@ class DenoisingObjective(Objective):
         return out
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
-        """Per-sample :func:`~fewstep.training.losses.diffusion_loss` of ``nets["model"]``."""
+        """Per-sample :func:`~fewstep.training.losses.diffusion_loss` of ``nets["model"]``; with
+        ``uncertainty_weighting`` divided by ``exp(u(sigma))`` plus ``u(sigma)`` (EDM2)."""
         s = self.settings
         cond = {"class_labels": batch["labels"]} if "labels" in batch else None
-        return diffusion_loss(nets["model"], self.prediction, self.process, batch["x0"], batch["t"], batch["eps"],
+        loss = diffusion_loss(nets["model"], self.prediction, self.process, batch["x0"], batch["t"], batch["eps"],
                               weighting=s.weighting, cond=cond, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
+        if "uncertainty" not in nets:
+            return loss
+        log_sigma = (-self.process.lam(batch["t"].double().cpu())).clamp(-40.0, 40.0).to(loss.device)
+        return uncertainty_loss(loss, nets["uncertainty"](log_sigma))
 
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..data import to_model_range
 from ..parametrization import network_output, parametrization
 from ..processes import NoiseProcess
+from .curriculum import Curriculum
 
 __all__ = ["sample_t_uniform", "sample_t_lognormal", "weight_uniform", "weight_min_snr", "weight_edm",
            "network_output", "diffusion_loss", "WEIGHTINGS", "TIME_SAMPLERS"]
@@ -87,16 +88,21 @@ def diffusion_loss(net: Callable[..., Tensor], prediction: str, process: NoisePr
 
 
 def draw_noising(process: Any, images: Tensor, generator: torch.Generator, *, hflip: bool = False,
-                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2) -> tuple[Tensor, Tensor, Tensor]:
+                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+                 curriculum: Curriculum | None = None, step: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """One training batch's ``(x0, t, eps)``: uint8 ``images`` in [-1, 1] (each flipped left-right with
-    probability 1/2 when ``hflip``), times from ``TIME_SAMPLERS[time_sampling]`` and noise from the process's
-    perturbation kernel (:meth:`~fewstep.processes.NoiseProcess.noise`: Gaussian, or PFGM++'s), all
-    drawn from ``generator`` in that order (a step's batch is a function of its seed alone)."""
+    probability 1/2 when ``hflip``), times from ``TIME_SAMPLERS[time_sampling]`` (or from ``curriculum`` at
+    ``step``) and noise from the process's perturbation kernel (:meth:`~fewstep.processes.NoiseProcess.noise`:
+    Gaussian, or PFGM++'s), all drawn from ``generator`` in that order (a step's batch is a function of its
+    seed and step alone)."""
     x0 = to_model_range(images)
     if hflip:
         flip = torch.rand(len(x0), generator=generator) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-    t = TIME_SAMPLERS[time_sampling](process, len(x0), generator, p_mean=p_mean, p_std=p_std)
+    if curriculum is not None:
+        t = curriculum.sample(process, len(x0), generator, step)
+    else:
+        t = TIME_SAMPLERS[time_sampling](process, len(x0), generator, p_mean=p_mean, p_std=p_std)
     eps = process.noise(x0.shape, generator, dtype=x0.dtype)  # the process's kernel (Gaussian; PFGM++'s t)
     return x0, t, eps
 
