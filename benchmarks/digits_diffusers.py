@@ -510,8 +510,8 @@ def evaluate_model(model: Path, nfes: list[int], n: int, classifier: Path, data:
             den = fewstep.load_model(model)
         except Exception as err:
             load_err = f"{type(err).__name__}: {err}"[:160]
-        rows = [("default (dpm++2m, default grid)", "dpm++2m", None), ("unipc", "unipc", None),
-                ("dpm++3m", "dpm++3m", None)]
+        rows = [(f"default ({fewstep.solvers.DEFAULT_SOLVER}, default grid)", fewstep.solvers.DEFAULT_SOLVER, None)]
+        rows += [(name, name, None) for name in ("dpm++2m", "unipc", "dpm++3m") if name != fewstep.solvers.DEFAULT_SOLVER]
         if plans is not None:  # `fewstep tune`'s plans (tuned on other seeds than these), where they hold this NFE
             from fewstep.grids.files import read_grid_file
 
@@ -560,6 +560,69 @@ def _cell(res: dict, want: int | None = None) -> str:
     return f"{res['test']:.2f} / {res['train']:.2f}{note}"
 
 
+def _features(sample_fn, seeds: list[int], extractor, batch: int) -> torch.Tensor:
+    """Per-sample features, the images quantized to 8 bits as in every FD of this benchmark (``sample_stats``)."""
+    from fewstep.metrics.evaluate import quantize
+
+    out = []
+    for i in range(0, len(seeds), batch):
+        with torch.no_grad():
+            out.append(extractor(quantize(sample_fn(seeds[i:i + batch]).float())).double())
+    return torch.cat(out)
+
+
+def _sampler(spec: str, unet, cfg: dict, den, shape, nfe: int):
+    """``fewstep:SOLVER`` (the default grid and start) or ``diffusers:LABEL`` (a row of :func:`diffusers_rows`)."""
+    import fewstep
+
+    kind, _, name = spec.partition(":")
+    if kind == "fewstep":
+        return lambda seeds: fewstep.generate(den, shape, seeds, solver=name, nfe=nfe)
+    if kind == "diffusers":
+        factory = dict(diffusers_rows(cfg))[name]
+        steps, calls = steps_for_nfe(factory, nfe)
+        if calls != nfe:
+            raise SystemExit(f"{spec} cannot spend exactly {nfe} NFE ({calls})")
+        return lambda seeds: diffusers_loop(unet, factory(), seeded_noise(seeds, shape), steps)
+    raise SystemExit(f"sampler {spec!r}: write fewstep:SOLVER or diffusers:LABEL")
+
+
+def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot: int, classifier: Path, data: Path,
+           batch: int) -> None:
+    """FD(a) - FD(b) to the test split on the same seeds, with a paired bootstrap 95% interval: both samplers'
+    features are resampled with the same seed indices, so the interval is of the difference, not of each FD."""
+    import fewstep
+    from fewstep.metrics.frechet import frechet_distance
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    extractor, _ = load_extractor(classifier)
+    xte, _ = load_split("test", data)
+    with torch.no_grad():
+        ref = extractor(xte).double()
+    mu_r, cov_r = ref.mean(0).numpy(), torch.cov(ref.T).numpy()
+    unet, cfg = load_unet(model)
+    den = fewstep.load_model(model)
+    shape = (unet.config.in_channels, RES, RES)
+    seeds = list(range(seed, seed + n))
+
+    def fd(f: torch.Tensor) -> float:
+        return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu_r, cov_r)
+
+    print(f"model {model}; seeds {seed}..{seed + n - 1}; FD to the test split; {boot} paired bootstrap resamples")
+    print("| NFE | " + a + " | " + b + " | difference [95% interval] |\n|---:|---:|---:|---:|")
+    for nfe in nfes:
+        fa = _features(_sampler(a, unet, cfg, den, shape, nfe), seeds, extractor, batch)
+        fb = _features(_sampler(b, unet, cfg, den, shape, nfe), seeds, extractor, batch)
+        g = torch.Generator().manual_seed(0)
+        diffs = []
+        for _ in range(boot):
+            idx = torch.randint(0, n, (n,), generator=g)
+            diffs.append(fd(fa[idx]) - fd(fb[idx]))
+        lo, hi = torch.tensor(diffs, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        da, db = fd(fa), fd(fb)
+        print(f"| {nfe} | {da:.3f} | {db:.3f} | {da - db:+.3f} [{lo:+.3f}, {hi:+.3f}] |", flush=True)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def main() -> None:
@@ -598,6 +661,17 @@ def main() -> None:
                    "plans as rows (the model folder needs the gaussian.safetensors tune wrote, for teleported starts)")
     p.add_argument("--converged", type=int, default=100,
                    help="also score diffusers DDIM at this many steps (own config), the near-converged yardstick; 0: off")
+    p = sub.add_parser("paired", help="FD(a) - FD(b) on the same seeds with a paired bootstrap interval")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--nfe", default="5,6,8,10")
+    p.add_argument("--a", required=True, help="fewstep:SOLVER (default grid and start) or diffusers:LABEL")
+    p.add_argument("--b", required=True)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--boot", type=int, default=300)
+    p.add_argument("--classifier", type=Path, default=MODELS / "digits_classifier")
+    p.add_argument("--data", type=Path, default=MODELS)
+    p.add_argument("--batch", type=int, default=250)
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -615,6 +689,9 @@ def main() -> None:
         results = args.results or HERE / "results" / "digits_diffusers" / f"{args.model.name}-n{args.n}.json"
         evaluate_model(args.model, [int(v) for v in args.nfe.split(",")], args.n, args.classifier, args.data,
                        args.batch, results, args.only, args.plans, args.converged)
+    elif args.cmd == "paired":
+        paired(args.model, [int(v) for v in args.nfe.split(",")], args.a, args.b, args.n, args.seed, args.boot,
+               args.classifier, args.data, args.batch)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 

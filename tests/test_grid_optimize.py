@@ -189,7 +189,7 @@ def test_cli_grid_optimize_show_and_sample(tmp_path, capsys):
     assert np.array_equal(np.asarray(to_uint8(want)), got) or np.allclose(got, want.numpy(), atol=1e-6)
     assert main(["sample", "--model", "bundled:fashion", "--nfe", "5", "--n", "1", "--grid", str(fashion),
                  "--out", str(tmp_path / "b.npz"), "--no-progress"]) == 1
-    assert "no entry for dpm++2m at nfe=5" in capsys.readouterr().err
+    assert f"no entry for {fewstep.solvers.DEFAULT_SOLVER} at nfe=5" in capsys.readouterr().err
 
 
 def test_grid_file_options_apply_to_their_own_solver_only(tmp_path, gmm8, ddpm_linear):

@@ -74,7 +74,7 @@ def test_sample_cfg_matches_the_library(runs):
     den = load_model(runs / "cond")
     guided = ClassifierFreeGuidance(den, 2.5, {"class_labels": 3}, (0.5, math.inf))
     labels = torch.tensor([0, 1, 2, 0, 1])
-    want = to_uint8(generate(guided, (1, 8, 8), range(5), "dpm++2m", 3, cond={"class_labels": labels}))
+    want = to_uint8(generate(guided, (1, 8, 8), range(5), nfe=3, cond={"class_labels": labels}))
     assert np.array_equal(_npz(runs / "cfg.npz"), want)
     # scale 1 is the conditional model
     assert main(base + ["--class", "all", "--guidance", "cfg", "--guidance-scale", "1", "--out", str(runs / "c1.npz")]) == 0
@@ -91,7 +91,7 @@ def test_sample_classifier_guidance_with_calibration_matches_the_library(runs):
                  "--guidance", "classifier", "--guidance-scale", "3", "--classifier", str(runs / "clf"),
                  "--calibration", str(runs / "cal.json"), "--out", str(runs / "clf.npz")]) == 0
     guided = ClassifierGuidance(load_model(runs / "plain"), calibrated, 3.0)
-    want = to_uint8(generate(guided, (1, 8, 8), range(4), "dpm++2m", 3, cond={"class_labels": torch.tensor([2, 0, 2, 0])}))
+    want = to_uint8(generate(guided, (1, 8, 8), range(4), nfe=3, cond={"class_labels": torch.tensor([2, 0, 2, 0])}))
     assert np.array_equal(_npz(runs / "clf.npz"), want)
 
 

@@ -24,13 +24,14 @@ LAYERS = [
                     "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
     ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments",
-                   "diffusers_config"}),
+                   "diffusers_config", "consistency"}),
     ("grids", {"grids"}),
     ("solvers", {"solvers"}),
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",
                   "modelinfo"}),
     ("tuning", {"tuning"}),
-    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench"}),
+    ("applications", {"compose", "metrics", "restoration", "guidance", "training", "probe", "distill", "bench",
+                      "detect", "dmcmc", "pruning", "reflow"}),
     ("interface", {"commands", "cli", "__main__", "fewstep"}),
 ]
 
@@ -57,6 +58,7 @@ OPTIONAL = {
     "matplotlib": "plots only (optional)",
     "scipy": "DPM-Solver-v3's splines and the exact ODE reference only",
     "diffusers": "optional: diffusers folders only",
+    "sklearn": "optional (fewstep[detect]): only fitting a detector's random forest",
     "torch": "torch.distributed and torch.func, loaded where they are used",
 }
 

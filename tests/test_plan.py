@@ -91,3 +91,18 @@ def test_tuned_plans_load_with_the_model_and_the_cli_records_the_plan(tmp_path, 
                  "--out", str(tmp_path / "c.npz"), "--no-progress"]) == 1
     assert "--plan and --grid" in capsys.readouterr().err
     fewstep.load_model("bundled:fashion")  # the shipped model still loads with its shipped plans
+
+
+def test_a_plan_file_entry_s_tuned_options_are_a_field_recorded_and_stored(tmp_path, gmm8, ddpm_linear):
+    den = gmm8.denoiser(ddpm_linear)
+    times = make_grid(ddpm_linear, 5, "logsnr").tolist()
+    ratios = [1.1, 0.9, 1.05, 1.0, 1.0]
+    path = write_grid_file(tmp_path / "plans.json", ddpm_linear,
+                           [GridEntry("dc_solver", 5, 5, times, "dc", options={"ratios": ratios})])
+    plan = fewstep.make_plan(den, "dc_solver", 5, path)
+    assert plan.tuned_options == ("ratios",) and plan.options["ratios"] == ratios
+    assert plan.describe()["tuned_options"] == {"ratios": ratios}
+    assert "options_keys" not in plan.describe()["sources"]
+    back = fewstep.SamplingPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert back.tuned_options == ("ratios",) and back.describe()["tuned_options"] == {"ratios": ratios}
+    assert fewstep.make_plan(den, "dc_solver", 5, "logsnr").tuned_options == ()

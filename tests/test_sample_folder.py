@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import tiny_config, tiny_images
 from fewstep.cli import main
+from fewstep.solvers import DEFAULT_SOLVER
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,11 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     manifest = json.loads((tmp_path / "imgs" / "fewstep-samples.json").read_text())
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
-                        "ema": True, "solver": "dpm++2m", "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
+                        "ema": True, "solver": DEFAULT_SOLVER, "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
                         "sample_shape": [1, 8, 8], "plan": manifest["plan"], "fewstep_version": manifest["fewstep_version"]}
     # the resolved plan: start, times and where they came from
     plan = manifest["plan"]
-    assert plan["solver"] == "dpm++2m" and plan["nfe"] == 2 and plan["grid"] == "uniform"
+    assert plan["solver"] == DEFAULT_SOLVER and plan["nfe"] == 2 and plan["grid"] == "uniform"
     assert plan["start"] == {"t": 999.0, "kind": "prior", "source": "process start"}
     assert len(plan["times"]) == 3 and plan["times"][0] == 999.0 and plan["times"][-1] == 0.0 and plan["clean_end"]
     import fewstep
@@ -54,7 +55,7 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
 
 @pytest.mark.parametrize("extra, field", [
     (["--nfe", "3"], "nfe 2 there, 3 now"),
-    (["--solver", "euler"], 'solver "dpm++2m" there, "euler" now'),
+    (["--solver", "euler"], f'solver "{DEFAULT_SOLVER}" there, "euler" now'),
     (["--grid", "karras"], 'grid "uniform" there, "karras" now'),
     (["--class-label", "1"], "class_label null there, 1 now"),
     (["--raw"], "ema true there, false now"),

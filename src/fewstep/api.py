@@ -16,7 +16,7 @@ from .solvers._common import Callback, Cond, Generator
 __all__ = ["sample", "plan_solve", "generators", "prior_noise", "generate", "make_plan", "SamplingPlan"]
 
 
-def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str | SamplingPlan = "dpm++2m", nfe: int | None = None,
+def sample(denoiser: DenoiserBase, x_T: Tensor, solver: str | SamplingPlan = solvers.DEFAULT_SOLVER, nfe: int | None = None,
            grid: GridSpec | None = None, generator: Generator = None, *, cond: Cond = None,
            callback: Callback = None, grad: bool = False, **plan_args: Any) -> Tensor:
     """Solve from ``x_T`` (a draw from the prior) to data with exactly the planned number of evaluations.
@@ -77,12 +77,14 @@ def generators(seeds: Iterable[int], device: str | torch.device = "cpu") -> list
 
 def prior_noise(process, shape: Sequence[int], gens: Sequence[torch.Generator],
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Tensor:
-    """``x_T``: per-sample draws from the prior ``N(0, prior_std^2)``, ``shape`` excluding the batch."""
-    noise = torch.stack([torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in gens])
+    """``x_T``: per-sample draws from the prior, ``prior_std`` times the process's kernel (``process.noise``:
+    ``N(0, prior_std^2)`` for a Gaussian process, PFGM++'s heavy-tailed kernel at ``r_max``), ``shape`` excluding
+    the batch."""
+    noise = torch.stack([process.noise((1, *shape), g, dtype=dtype)[0] for g in gens])
     return (process.prior_std * noise).to(device)
 
 
-def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str | SamplingPlan = "dpm++2m",
+def generate(denoiser: DenoiserBase, shape: Sequence[int], seeds: Iterable[int], solver: str | SamplingPlan = solvers.DEFAULT_SOLVER,
              nfe: int | None = None, grid: GridSpec | None = None, *, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32, **options: Any) -> Tensor:
     """Draw ``x_T`` from per-sample ``seeds`` and sample: the same seed gives the same image in any batch.

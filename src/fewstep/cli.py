@@ -12,7 +12,8 @@ import re
 import sys
 
 COMMANDS = ["bench", "solvers", "train", "sample", "stats", "eval", "dc-search", "grid", "ems", "gaussian",
-            "tune", "quantize", "restore", "invert", "probe", "distill", "info"]
+            "tune", "quantize", "restore", "invert", "probe", "distill", "info", "detect", "dmcmc", "prune",
+            "reflow", "ema"]
 
 
 def build_parser() -> argparse.ArgumentParser:

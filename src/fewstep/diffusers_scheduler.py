@@ -122,7 +122,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas: list[float] | None = None,
-                 prediction_type: str = "epsilon", solver: str = "dpm++2m", grid: str | list[float] | None = None,
+                 prediction_type: str = "epsilon", solver: str = solvers.DEFAULT_SOLVER, grid: str | list[float] | None = None,
                  solver_options: dict[str, Any] | None = None, rescale_betas_zero_snr: bool = False,
                  variance_type: str | None = None, clip_sample: bool = False, clip_sample_range: float = 1.0,
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,

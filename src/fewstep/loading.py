@@ -19,6 +19,7 @@ from .denoisers import Denoiser, DenoiserBase
 from .devices import resolve_device
 from .diffusers_config import CLIPPING_MODES, UNET_CLASSES, read_scheduler_config, read_unet_config
 from .nets import build_net
+from .consistency import ConsistencyModel
 from .onestep import OneStepGenerator
 from .processes import NoiseProcess, process_from_config, well_conditioned_start
 from .quant.io import load_quantized
@@ -99,6 +100,12 @@ def _load_fewstep(folder: Path, ema: bool) -> Denoiser:
                                 cfg.get("sigma_data", 0.5), float(gen["sigma_init"]), sample_shape=shape, config=cfg)
     process = process_from_config(cfg["process"])
     process.set_start(*well_conditioned_start(process, cfg["prediction"], sigma_data=cfg.get("sigma_data", 0.5)))
+    if "consistency" in cfg:  # a consistency model (fewstep distill --method ect): sample it with nfe=1 or cm at 2
+        sec = cfg["consistency"]
+        if not isinstance(sec, dict) or not isinstance(sec.get("sigma_min"), (int, float)):
+            raise ValueError(f"{folder / 'config.json'}: consistency must be {{\"sigma_min\": <float>}}, got {sec!r}")
+        return ConsistencyModel(net, process, cfg["prediction"], cfg.get("sigma_data", 0.5), sample_shape=shape,
+                                config=cfg, sigma_min=float(sec["sigma_min"]))
     return Denoiser(net, process, cfg["prediction"], cfg.get("sigma_data", 0.5), sample_shape=shape, config=cfg)
 
 

@@ -91,6 +91,7 @@ class SamplingPlan:
     grid: str | None = None
     entry: dict[str, Any] | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    tuned_options: tuple[str, ...] = ()
 
     @property
     def spec(self) -> solvers.SolverSpec:
@@ -148,7 +149,7 @@ class SamplingPlan:
         return {"solver": self.solver, "nfe": self.nfe, "times": [float(t) for t in self.times.tolist()],
                 "start": {"t": self.start.t, "kind": self.start.kind}, "options": options,
                 "net_times": None if self.net_times is None else list(self.net_times), "clean_end": self.clean_end,
-                "grid": self.grid}
+                "grid": self.grid, "tuned_options": list(self.tuned_options)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], gaussian: Any = None) -> "SamplingPlan":
@@ -165,7 +166,7 @@ class SamplingPlan:
         net = d.get("net_times")
         return cls(spec.name, int(d["nfe"]), times, start, dict(d["options"]), bool(d.get("clean_end", True)),
                    None if net is None else tuple(float(t) for t in net), d.get("grid"), None,
-                   {"times": "stored plan"})
+                   {"times": "stored plan"}, tuple(k for k in d.get("tuned_options", ()) if k in d["options"]))
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of the resolved plan (manifests, eval/bench JSON, reports)."""
@@ -174,12 +175,12 @@ class SamplingPlan:
                                "clean_end": self.clean_end}
         if self.net_times is not None:
             out["net_times"] = [_num(t) for t in self.net_times]
-        tuned = {k: v for k, v in self.options.items() if k in self.sources.get("options_keys", "").split(",")}
+        tuned = {k: self.options[k] for k in self.tuned_options}
         if tuned:
             out["tuned_options"] = _jsonable(tuned)
         if self.entry is not None:
             out["entry"] = self.entry
-        out["sources"] = {k: v for k, v in self.sources.items() if k != "options_keys"}
+        out["sources"] = dict(self.sources)
         return out
 
 
@@ -214,7 +215,7 @@ def _check_teleport(process: Any, teleport: Any) -> float:
     return t
 
 
-def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridSpec | None = None, *,
+def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10, grid: GridSpec | None = None, *,
               teleport: float | None = None, gaussian: Any = None, borrow: str | None = None,
               t_start: float | None = None, clean_end: bool = True, grid_options: dict[str, float] | None = None,
               **options: Any) -> SamplingPlan:
@@ -232,6 +233,9 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
     process = denoiser.process
     spec = solvers.get(solver)
     spec.check_options(options)
+    if spec.stochastic and not getattr(process, "gaussian_kernel", True):
+        raise ValueError(f"{spec.name} injects Gaussian noise, but {process!r} perturbs with a non-Gaussian kernel "
+                         f"(PFGM++): sample it with a deterministic solver (the ODE, Xu et al. 2023, sec. 4)")
     tuned_file = None
     if isinstance(grid, str) and grid == TUNED:
         from .attachments import attached
@@ -282,6 +286,9 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
         if abs(t0 - teleport) > 1e-6 * max(1.0, abs(teleport)):
             raise ValueError(f"teleport={teleport:g} but the grid starts at t={t0:g}; an explicit grid used with "
                              f"teleport must start at the teleport time")
+        if not getattr(process, "gaussian_kernel", True):
+            raise ValueError(f"teleport starts by the data Gaussian's exact flow under a Gaussian kernel, but "
+                             f"{process!r} perturbs with a non-Gaussian one (PFGM++); start at the prior instead")
         start = Start(t0, "gaussian", gaussian, sources.get("start", "teleport argument"))
     else:
         if gaussian is not None:
@@ -297,14 +304,14 @@ def make_plan(denoiser: Any, solver: str = "dpm++2m", nfe: int = 10, grid: GridS
             spec.check_options(tuned)
             sources["options"] = sources["times"]
     kwargs = {**planned, **tuned, **options}
-    sources["options_keys"] = ",".join(sorted(tuned))
     desc_grid = str(grid) if isinstance(grid, (str, os.PathLike)) else ("explicit" if grid is not None
                                                                           else process.default_grid)
     if tuned_file is not None:
         desc_grid = f"tuned ({tuned_file})"
     entry_desc = None if entry is None else {"solver": entry.solver, "nfe": entry.nfe, "method": entry.method,
                                              "borrowed": entry.solver != spec.name}
-    return SamplingPlan(spec.name, int(nfe), times, start, kwargs, clean_end, net_times, desc_grid, entry_desc, sources)
+    return SamplingPlan(spec.name, int(nfe), times, start, kwargs, clean_end, net_times, desc_grid, entry_desc, sources,
+                        tuned_options=tuple(sorted(tuned)))
 
 
 def _warn_start(process: Any, t: float) -> None:

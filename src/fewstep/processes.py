@@ -26,6 +26,7 @@ __all__ = [
     "VPCosine",
     "VE",
     "EDM",
+    "PFGMPP",
     "RectifiedFlow",
     "process_from_config",
     "START_LAMBDA_FLOOR",
@@ -47,6 +48,9 @@ class NoiseProcess(ABC):
 
     t_min: float
     t_max: float
+    #: Whether the perturbation kernel (:meth:`noise`) is Gaussian: stochastic solvers and the teleported start
+    #: (the data Gaussian's exact flow) assume it; ``make_plan`` refuses them otherwise (PFGM++ with finite D).
+    gaussian_kernel: bool = True
     #: The time grid used when none is given (``fewstep.grids``): the one the process's own paper
     #: samples with, checked by measurement (docs/solvers.md, "Default grids").
     default_grid: str = "uniform"
@@ -108,6 +112,18 @@ class NoiseProcess(ABC):
     def prior_std(self) -> float:
         """Standard deviation of the Gaussian that ``x`` at ``t_max`` is drawn from."""
         return float(self.sigma(self.t_max))
+
+    def noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None, *,
+              dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> Tensor:
+        """A unit-scale draw of the perturbation kernel, batch first: ``x_t = alpha(t) x0 + sigma(t) * noise``.
+
+        The kernel is a property of the process: Gaussian (``torch.randn``) here; a heavy-tailed one for
+        :class:`PFGMPP`.  Training noise (``training.losses.draw_noising``) and the prior draw at ``t_max``
+        (``fewstep.prior_noise``) both come from it; each row of ``shape[0]`` is one sample.
+        """
+        if device is None and generator is not None:
+            device = generator.device
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
     def derivatives(self, t: TimeLike) -> tuple[Tensor, Tensor]:
         """``(d alpha / dt, d sigma / dt)`` by a float64 central difference (override if exact)."""
@@ -396,6 +412,43 @@ class EDM(NoiseProcess):
         return {"kind": "edm", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
+class PFGMPP(EDM):
+    """PFGM++ (Xu et al. 2023): the data augmented by ``D`` extra dimensions, aligned with EDM by ``r = sigma sqrt(D)``.
+
+    With that alignment the backward ODE is EDM's in ``sigma`` with the same denoiser ``E[x0 | x_t]`` (Xu et al.
+    2023, sec. 4, eq. 10), so every solver applies unchanged; what changes is the perturbation kernel
+    ``p_r(x | y) ~ (||x - y||^2 + r^2)^(-(N + D) / 2)`` (eq. 4), for training noise and for the prior at ``r_max``.
+    Its radius is drawn by the paper's construction (Appendix B): ``R1 ~ Beta(N/2, D/2)``, ``R2 = R1 / (1 - R1)``,
+    ``R = r sqrt(R2)``, direction uniform on the sphere.  ``R2`` is a ratio ``chi2_N / chi2_D`` of independent
+    chi-square draws and the direction is ``z / |z|`` of the same ``z ~ N(0, I_N)``, so (with integer ``D``)
+    ``noise = z / sqrt(chi2_D / D)``, ``chi2_D = |w|^2``, ``w ~ N(0, I_D)``: the multivariate t with ``D`` degrees
+    of freedom, from normal draws of a seeded generator.  ``D = inf`` is EDM exactly (the same draws).
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, D: float = 128):
+        super().__init__(sigma_min, sigma_max)
+        D = float(D)
+        if not (D == math.inf or (D >= 1 and D == int(D))):
+            raise ValueError(f"PFGM++ needs D, the number of augmented dimensions, to be a positive integer or inf "
+                             f"(the paper uses 64 to 3072); got {D}")
+        self.D = D
+        self.gaussian_kernel = D == math.inf
+
+    def noise(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None, *,
+              dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> Tensor:
+        """``z / sqrt(chi2_D / D)`` per sample (batch first): ``sigma`` times it has the PFGM++ kernel at
+        ``r = sigma sqrt(D)``; ``z`` is drawn first, so ``D = inf`` draws exactly EDM's Gaussian."""
+        z = super().noise(shape, generator, dtype=dtype, device=device)
+        if self.D == math.inf:
+            return z
+        w = super().noise((z.shape[0], int(self.D)), generator, dtype=torch.float64, device=z.device)
+        scale = torch.rsqrt(w.square().mean(dim=1)).to(dtype)
+        return z * scale.reshape(-1, *([1] * (z.dim() - 1)))
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "pfgmpp", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "D": self.D}
+
+
 class RectifiedFlow(NoiseProcess):
     """Rectified flow / flow matching (Liu et al. 2023): alpha = 1 - t, sigma = t."""
 
@@ -428,6 +481,7 @@ _KINDS = {
     "vp_cosine": VPCosine,
     "ve": VE,
     "edm": EDM,
+    "pfgmpp": PFGMPP,
     "rectified_flow": RectifiedFlow,
 }
 

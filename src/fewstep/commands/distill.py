@@ -1,5 +1,5 @@
-"""``fewstep distill``: distill a diffusion model into a one-step generator (SiD, SiDA) or fine-tune it
-for a fixed few-step sampler (MMD), on the shared Trainer."""
+"""``fewstep distill``: distill a diffusion model into a one-step generator (SiD, SiDA), fine-tune it
+for a fixed few-step sampler (MMD) or into a consistency model (ECT), on the shared Trainer."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill", help="distill a model into a one-step generator (sid, sida) or fine-tune it for "
-                                       "a few-step sampler (mmd)", description=(
+    p = sub.add_parser("distill", help="distill a model into a one-step generator (sid, sida), fine-tune it for "
+                                       "a few-step sampler (mmd) or into a consistency model (ect)", description=(
         "Checkpoints go to OUT/checkpoints/step-N (a model load_model, sample, eval and bench read), losses and "
         "the tracked FID to OUT/log.jsonl, FID against generator images to OUT/fid_vs_images.png, sample grids "
         "to OUT/samples. Run under torchrun for several GPUs. See docs/distillation.md."))
     p.add_argument("--teacher", default="bundled:fashion", help="the model to distill (default: bundled:fashion)")
-    p.add_argument("--method", choices=["sid", "sida", "mmd"], default="sid")
+    p.add_argument("--method", choices=["sid", "sida", "mmd", "ect"], default="sid",
+                   help="sid, sida (one-step generators), mmd (fine-tune for a sampler), ect (consistency tuning)")
     p.add_argument("--data", help="real data (default: the teacher's); SiDA's discriminator and MMD use it")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
@@ -26,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", help="SiDA: a SiD run or checkpoint to start generator and fake score from")
     p.add_argument("--solver", help="MMD: the sampler the model is fine-tuned for (default ddim)")
     p.add_argument("--nfe", type=int, help="MMD: its NFE (default 4)")
+    p.add_argument("--stage-steps", type=int, help="ECT: steps per stage of the shrinking dt (default: steps / 8)")
+    p.add_argument("--q", type=float, help="ECT: dt shrinks by this factor per stage (default 2)")
+    p.add_argument("--huber-c", type=float, help="ECT: pseudo-Huber constant c (default 0: the L2 norm)")
     p.add_argument("--fid-every", type=int, help="steps between FID measurements and sample grids (default 200)")
     p.add_argument("--fid-n", type=int, help="samples per tracked FID (default 1000; 0: no FID)")
     p.add_argument("--ema-half-life", type=float, help="EMA half-life of the generator in images (default 5000)")
@@ -52,11 +56,12 @@ def _overrides(args: argparse.Namespace) -> tuple[dict, dict]:
         if getattr(args, name) is not None}
     objective = {key: getattr(args, name) for name, key in [
         ("fake_lr", "fake_lr"), ("alpha", "alpha"), ("init_from", "init_from"), ("solver", "solver"),
-        ("nfe", "nfe"), ("fid_n", "fid_n")] if getattr(args, name) is not None}
-    if args.method == "mmd":
-        bad = [k for k in ("fake_lr", "alpha", "init_from") if k in objective]
-    else:
-        bad = [k for k in ("solver", "nfe") if k in objective]
+        ("nfe", "nfe"), ("fid_n", "fid_n"), ("stage_steps", "stage_steps"), ("q", "q"), ("huber_c", "huber_c")]
+        if getattr(args, name) is not None}
+    own = {"mmd": ("solver", "nfe"), "ect": ("stage_steps", "q", "huber_c"), "sid": ("fake_lr", "alpha", "init_from"),
+           "sida": ("fake_lr", "alpha", "init_from")}
+    bad = [k for k in ("fake_lr", "alpha", "init_from", "solver", "nfe", "stage_steps", "q", "huber_c")
+           if k in objective and k not in own[args.method]]
     if bad:
         raise ValueError(f"--{bad[0].replace('_', '-')} does not apply to --method {args.method}")
     return training, objective

@@ -7,6 +7,7 @@ import json
 
 from .stats import add_extractor_args
 from ._compose import add_guidance_args, check_guidance_args, guidance_from_args
+from ..solvers import DEFAULT_SOLVER
 from ._plan import add_plan_args, plan_from_args
 
 
@@ -17,7 +18,7 @@ def _shape(text: str) -> list[int]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="sample a model and score it against reference statistics")
     p.add_argument("--model", default="bundled:fashion", help="model name or path for fewstep.load_model")
-    p.add_argument("--solver", default="dpm++2m")
+    p.add_argument("--solver", default=DEFAULT_SOLVER, help=f"a solver name (`fewstep solvers`; default {DEFAULT_SOLVER})")
     p.add_argument("--nfe", type=int, default=10)
     add_plan_args(p)
     add_guidance_args(p)

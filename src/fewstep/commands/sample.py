@@ -9,6 +9,7 @@ from typing import Any
 from ._destination import Destination, check_writable, parse_destination
 from ._samplefolder import MANIFEST, PNG_KEY, check_manifest, image_name, is_valid_png, manifest_text, write_manifest
 from ._compose import add_guidance_args, check_guidance_args, guidance_from_args, guidance_settings
+from ..solvers import DEFAULT_SOLVER
 from ._plan import add_plan_args, plan_from_args
 
 
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "refused, and broken images are drawn again."))
     p.add_argument("--model", required=True, help="a checkpoint folder, a run folder, a diffusers UNet2DModel folder, "
                                                   "or bundled:fashion")
-    p.add_argument("--solver", default="dpm++2m")
+    p.add_argument("--solver", default=DEFAULT_SOLVER, help=f"a solver name (`fewstep solvers`; default {DEFAULT_SOLVER})")
     p.add_argument("--nfe", type=int, default=20)
     add_plan_args(p)
     p.add_argument("--n", type=int, default=64)

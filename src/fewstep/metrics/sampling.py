@@ -19,7 +19,7 @@ from ..compose import compose_sampler
 from ..denoisers import NFECounter
 from ..guidance.build import class_cycle, num_classes
 from ..plan import make_plan
-from ..solvers import DivergedError
+from ..solvers import DEFAULT_SOLVER, DivergedError
 from ..solvers._common import NonFiniteError
 
 __all__ = ["SampleFn", "SolverSampleFn", "solver_sample_fn", "KeepFirst", "DivergedError"]
@@ -39,7 +39,7 @@ class SolverSampleFn:
     description then records it and :attr:`evals_used` what the evaluations really cost.
     """
 
-    def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10,
+    def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = DEFAULT_SOLVER, nfe: int = 10,
                  grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, guidance: Any = None,
                  class_label: Any = None, first_seed: int = 0, **options: Any):
         composed = compose_sampler(denoiser, cache=cache, guidance=guidance)
@@ -96,7 +96,7 @@ class SolverSampleFn:
             raise DivergedError(f"{self.solver} at nfe={self.nfe} diverged: {err}") from err
 
 
-def solver_sample_fn(denoiser: Any, shape: Sequence[int], solver: str = "dpm++2m", nfe: int = 10, grid: Any = None,
+def solver_sample_fn(denoiser: Any, shape: Sequence[int], solver: str = DEFAULT_SOLVER, nfe: int = 10, grid: Any = None,
                      device: str | torch.device = "cpu", *, cache: Any = None, guidance: Any = None,
                      class_label: Any = None, first_seed: int = 0, **options: Any) -> SolverSampleFn:
     """A sample function running ``solver`` at ``nfe`` on ``grid`` (None: the process's default grid), composed

@@ -9,12 +9,13 @@ from torch import nn
 
 from .coords import COORD_CHANNELS, CoordinateInput
 from .dit import DiT, DiTConfig
+from .masked import MaskUNet, MaskUNetConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig", "DiT", "DiTConfig", "CoordinateInput", "build_net", "net_config", "NET_KINDS",
-           "WRAPPER_KEYS"]
+__all__ = ["UNet", "UNetConfig", "DiT", "DiTConfig", "MaskUNet", "MaskUNetConfig", "CoordinateInput", "build_net",
+           "net_config", "NET_KINDS", "WRAPPER_KEYS"]
 
-NET_KINDS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
+NET_KINDS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig), "maskunet": (MaskUNet, MaskUNetConfig)}
 
 #: Keys of a network config that wrap the network rather than set its hyper-parameters, and their types:
 #: ``coordinates`` adds Patch Diffusion's two coordinate channels (:class:`~fewstep.nets.coords.CoordinateInput`).

@@ -18,8 +18,8 @@ from ..context import StepContext, tap
 from ._layers import ConditionEmbedding, broadcast_time
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
+def _norm(ch: int, groups: int | None = None) -> nn.GroupNorm:
+    groups = groups or next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
     return nn.GroupNorm(groups, ch, eps=1e-6)
 
 
@@ -30,17 +30,28 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, scale/shift from the embedding, GN-SiLU-dropout-conv, plus a skip."""
+    """GN-SiLU-conv, scale/shift from the embedding, GN-SiLU-dropout-conv, plus a skip.
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+    ``hidden`` (default ``cout``) is the width between the two convolutions and ``groups`` the group count
+    of the GroupNorm there (default as for any width); structured pruning narrows them
+    (:mod:`fewstep.pruning`).  ``hidden=0`` removes the residual branch: the block is its skip path.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, hidden: int | None = None,
+                 groups: int | None = None):
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2, self.drop = _norm(cout), nn.Dropout(dropout)
-        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        hidden = cout if hidden is None else hidden
+        self.hidden = hidden
+        if hidden:
+            self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, hidden, 3, padding=1)
+            self.emb = nn.Linear(emb_dim, 2 * hidden)
+            self.norm2, self.drop = _norm(hidden, groups), nn.Dropout(dropout)
+            self.conv2 = _zero(nn.Conv2d(hidden, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if not self.hidden:
+            return self.skip(x)
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
@@ -79,9 +90,19 @@ class UNetConfig:
     dropout: float = 0.0
     num_classes: int = 0
     time_scale: float = 1.0
+    #: Structured pruning (:mod:`fewstep.pruning`): the hidden width of each ResBlock in build order (down,
+    #: mid, up; 0 removes its residual branch), its GroupNorm group count, and the attention blocks (by index
+    #: in build order) replaced by the identity.  Empty: the unpruned network.
+    res_hidden: list[int] = field(default_factory=list)
+    res_groups: list[int] = field(default_factory=list)
+    attn_removed: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "unet", **asdict(self)}
+        d = {"kind": "unet", **asdict(self)}
+        for key in ("res_hidden", "res_groups", "attn_removed"):  # unpruned configs stay as they always were
+            if not d[key]:
+                del d[key]
+        return d
 
 
 class UNet(nn.Module):
@@ -104,36 +125,63 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.channels
         self.embed = ConditionEmbedding(cfg.channels, emb_dim, cfg.num_classes, cfg.time_scale)
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
+        self._n_res = self._n_attn = 0
         self.down, skips = nn.ModuleList(), [cfg.channels]
         ch, res = cfg.channels, cfg.resolution
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                blocks = [ResBlock(ch, cfg.channels * mult, emb_dim, cfg.dropout)]
+                blocks = [self._res(ch, cfg.channels * mult, emb_dim)]
                 ch = cfg.channels * mult
                 if res in cfg.attn_resolutions:
-                    blocks.append(AttnBlock(ch, cfg.head_dim))
+                    blocks.append(self._attn(ch))
                 self.down.append(nn.ModuleList(blocks))
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
                 res = (res + 1) // 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, cfg.dropout), AttnBlock(ch, cfg.head_dim),
-                                  ResBlock(ch, ch, emb_dim, cfg.dropout)])
+        self.mid = nn.ModuleList([self._res(ch, ch, emb_dim), self._attn(ch), self._res(ch, ch, emb_dim)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(cfg.channel_mult))):
             mult = cfg.channel_mult[level]
             for _ in range(cfg.num_res_blocks + 1):
-                blocks = [ResBlock(ch + skips.pop(), cfg.channels * mult, emb_dim, cfg.dropout)]
+                blocks = [self._res(ch + skips.pop(), cfg.channels * mult, emb_dim)]
                 ch = cfg.channels * mult
                 if res in cfg.attn_resolutions:
-                    blocks.append(AttnBlock(ch, cfg.head_dim))
+                    blocks.append(self._attn(ch))
                 self.up.append(nn.ModuleList(blocks))
             if level > 0:
                 self.up.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, padding=1)]))
                 res = res * 2
         self.norm_out = _norm(ch)
         self.conv_out = _zero(nn.Conv2d(ch, out_ch, 3, padding=1))
+        self._check_pruning()
+
+    def _res(self, cin: int, cout: int, emb_dim: int) -> ResBlock:
+        """The next ResBlock in build order, with its pruned width where the config records one."""
+        cfg, i = self.config, self._n_res
+        self._n_res += 1
+        hidden = cfg.res_hidden[i] if i < len(cfg.res_hidden) else None
+        groups = cfg.res_groups[i] if i < len(cfg.res_groups) else None
+        if hidden is not None and (hidden < 0 or (hidden and groups is not None and (groups < 1 or hidden % groups))):
+            raise ValueError(f"res_hidden[{i}] = {hidden} with res_groups[{i}] = {groups}: the width must be 0 or a "
+                             f"positive multiple of the group count")
+        return ResBlock(cin, cout, emb_dim, cfg.dropout, hidden, groups)
+
+    def _attn(self, ch: int) -> nn.Module:
+        """The next attention block in build order, or the identity where the config removes it."""
+        i = self._n_attn
+        self._n_attn += 1
+        return nn.Identity() if i in self.config.attn_removed else AttnBlock(ch, self.config.head_dim)
+
+    def _check_pruning(self) -> None:
+        cfg = self.config
+        for key, n in (("res_hidden", self._n_res), ("res_groups", self._n_res)):
+            if getattr(cfg, key) and len(getattr(cfg, key)) != n:
+                raise ValueError(f"{key} lists {len(getattr(cfg, key))} widths but the network has {n} ResBlocks")
+        bad = [i for i in cfg.attn_removed if not 0 <= i < self._n_attn]
+        if bad:
+            raise ValueError(f"attn_removed {bad}: the network has {self._n_attn} attention blocks (0..{self._n_attn - 1})")
 
     def _run(self, blocks: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
         for block in blocks:

@@ -22,9 +22,11 @@ from ..nets import build_net
 from ..processes import process_from_config
 from .config import check_network, check_positive, check_process, check_type
 from .alignment import ALIGNMENTS, Projector, TapRecorder, dispersive_loss, feature_map, recording_context, repa_loss
+from .curriculum import SPACINGS, Curriculum
 from .losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss, draw_noising
 from .objective import CheckpointFiles, Objective, Phase, register_objective
 from .patches import PatchSchedule, crop_patches
+from .uncertainty import UncertaintyHead, uncertainty_loss
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -47,6 +49,10 @@ class DenoisingSettings:
     sample_nfe: int = 20
     init_from: str = ""
     class_lr_scale: float = 1.0
+    uncertainty_weighting: bool = False
+    curriculum: str = "none"
+    curriculum_clusters: int = 10
+    curriculum_stage_steps: int = 0
     #: Patch Diffusion (Wang et al. 2023): the fraction ``p`` of steps on full images (1: ordinary training).
     patch_full_fraction: float = 1.0
     #: The smaller patch sizes ([]: the paper's R // 2 and R // 4) and their weights ([]: 3 : 2, or equal).
@@ -82,6 +88,14 @@ class DenoisingSettings:
         check_positive("objective.class_lr_scale", self.class_lr_scale)
         if self.label_dropout and not self.use_labels:
             raise ValueError("objective.label_dropout needs objective.use_labels = true")
+        if self.curriculum not in ("none", *SPACINGS):
+            raise ValueError(f"unknown objective.curriculum {self.curriculum!r}; valid: none, {', '.join(SPACINGS)}")
+        if self.curriculum != "none":
+            if self.time_sampling != "uniform":
+                raise ValueError(f"objective.curriculum draws times uniformly on the unlocked clusters; it needs "
+                                 f"time_sampling 'uniform', got {self.time_sampling!r}")
+            self.make_curriculum()
+
         if not 0.0 <= self.patch_full_fraction <= 1.0:
             raise ValueError(f"objective.patch_full_fraction must lie in [0, 1], got {self.patch_full_fraction}")
         if (self.patch_sizes or self.patch_weights) and self.patch_full_fraction == 1.0:
@@ -101,6 +115,14 @@ class DenoisingSettings:
         if self.align != "off" and self.patch_full_fraction < 1.0:
             raise ValueError("objective.align with Patch Diffusion (patch_full_fraction < 1) is not supported: "
                              "the aligned features are those of full images")
+        if self.curriculum != "none" and self.patch_full_fraction < 1.0:
+            raise ValueError("objective.curriculum with Patch Diffusion (patch_full_fraction < 1) is not supported")
+
+    def make_curriculum(self) -> Curriculum | None:
+        """The :class:`~fewstep.training.curriculum.Curriculum` of these settings, None without one."""
+        if self.curriculum == "none":
+            return None
+        return Curriculum(self.curriculum_clusters, self.curriculum_stage_steps, self.curriculum)
 
 
 @register_objective
@@ -118,6 +140,8 @@ class DenoisingObjective(Objective):
         self.prediction: str = config["prediction"]
         self.sigma_data = float(config.get("sigma_data", 0.5))
         self.model = build_net(config["network"])
+        self.uncertainty = UncertaintyHead() if settings.uncertainty_weighting else None
+        self.curriculum = settings.make_curriculum()
         want = config["network"].get("in_channels", 1)
         if data.images.shape[1] != want:
             raise ValueError(f"the data has {data.images.shape[1]} channel(s) but the network's in_channels is "
@@ -181,15 +205,18 @@ class DenoisingObjective(Objective):
             self.projector = Projector(channels, s.align_projector_dim, dim)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model, **({"projector": self.projector} if self.projector is not None else {})}
+        """``model``; with ``uncertainty_weighting`` EDM2's ``uncertainty`` head, with REPA the ``projector`` (both
+        trained and saved, never sampled)."""
+        extra = {"uncertainty": self.uncertainty} if self.uncertainty is not None else {}
+        return {"model": self.model, **extra, **({"projector": self.projector} if self.projector is not None else {})}
 
     def frozen(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder} if self.encoder is not None else {}
 
     def phases(self) -> list[Phase]:
         """The denoising loss (plus lambda times the alignment); with REPA then the projector's own update on
-        the same hidden states (REPA trains projector and network jointly; a phase updates one module)."""
-        main = [Phase("model", self.loss, "loss")]
+        the same hidden states."""
+        main = [Phase("model", self.loss, "loss", also=("uncertainty",) if self.uncertainty is not None else ())]
         return main + [Phase("projector", self.projector_loss, "align")] if self.projector is not None else main
 
     def ema_modules(self) -> tuple[str, ...]:
@@ -220,7 +247,8 @@ class DenoisingObjective(Objective):
         """
         s = self.settings
         x0, t, eps = draw_noising(self.process, data.images[indices], generator, hflip=s.hflip,
-                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std)
+                                  time_sampling=s.time_sampling, p_mean=s.p_mean, p_std=s.p_std,
+                                  curriculum=self.curriculum, step=step)
         out = {"x0": x0, "t": t, "eps": eps}
         if self.patches is not None:
             size = self.patches.draw_size(generator)
@@ -261,6 +289,9 @@ class DenoisingObjective(Objective):
             cond["ctx"] = recording_context(rec)
         loss = diffusion_loss(nets["model"], self.prediction, self.process, x0, t, eps, weighting=s.weighting,
                               cond=cond or None, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
+        if "uncertainty" in nets:  # EDM2: divided by exp(u(sigma)) plus u(sigma)
+            log_sigma = (-self.process.lam(t.double().cpu())).clamp(-40.0, 40.0).to(loss.device)
+            loss = uncertainty_loss(loss, nets["uncertainty"](log_sigma))
         loss = loss.reshape(b, k).mean(dim=1)
         if rec is None:
             return loss

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..data import to_model_range
 from ..parametrization import network_output, parametrization
 from ..processes import NoiseProcess
+from .curriculum import Curriculum
 
 __all__ = ["sample_t_uniform", "sample_t_lognormal", "weight_uniform", "weight_min_snr", "weight_edm",
            "network_output", "diffusion_loss", "WEIGHTINGS", "TIME_SAMPLERS"]
@@ -87,14 +88,47 @@ def diffusion_loss(net: Callable[..., Tensor], prediction: str, process: NoisePr
 
 
 def draw_noising(process: Any, images: Tensor, generator: torch.Generator, *, hflip: bool = False,
-                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2) -> tuple[Tensor, Tensor, Tensor]:
+                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2,
+                 curriculum: Curriculum | None = None, step: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """One training batch's ``(x0, t, eps)``: uint8 ``images`` in [-1, 1] (each flipped left-right with
-    probability 1/2 when ``hflip``), times from ``TIME_SAMPLERS[time_sampling]`` and Gaussian noise, all
-    drawn from ``generator`` in that order (a step's batch is a function of its seed alone)."""
+    probability 1/2 when ``hflip``), times from ``TIME_SAMPLERS[time_sampling]`` (or from ``curriculum`` at
+    ``step``) and noise from the process's perturbation kernel (:meth:`~fewstep.processes.NoiseProcess.noise`:
+    Gaussian, or PFGM++'s), all drawn from ``generator`` in that order (a step's batch is a function of its
+    seed and step alone)."""
     x0 = to_model_range(images)
     if hflip:
         flip = torch.rand(len(x0), generator=generator) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-    t = TIME_SAMPLERS[time_sampling](process, len(x0), generator, p_mean=p_mean, p_std=p_std)
-    eps = torch.randn(x0.shape, generator=generator)
+    if curriculum is not None:
+        t = curriculum.sample(process, len(x0), generator, step)
+    else:
+        t = TIME_SAMPLERS[time_sampling](process, len(x0), generator, p_mean=p_mean, p_std=p_std)
+    eps = process.noise(x0.shape, generator, dtype=x0.dtype)  # the process's kernel (Gaussian; PFGM++'s t)
     return x0, t, eps
+
+
+def flow_time(process: NoiseProcess, t: Tensor) -> Tensor:
+    """The rectified-flow time ``sigma_hat / (1 + sigma_hat)`` of process time ``t`` (``sigma_hat = sigma / alpha``):
+    every Gaussian process is rectified flow's straight path ``(1 - s) x0 + s eps`` rescaled (by ``alpha + sigma``)."""
+    a, s = process.alpha(t), process.sigma(t)
+    return s / (a + s)
+
+
+def sample_t_flow_uniform(process: NoiseProcess, n: int, generator: torch.Generator | None = None, **_: Any) -> Tensor:
+    """Times whose rectified-flow time (:func:`flow_time`) is uniform on [0, 1] (Liu et al. 2023, eq. 1), clipped to
+    the process's range: ``t`` itself on the rectified-flow process."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return process.t_of_sigma_hat(u / (1 - u)).clamp(process.t_min, process.t_max)
+
+
+def weight_flow(prediction: str, process: NoiseProcess, t: Tensor, *, sigma_data: float = 0.5, **_: Any) -> Tensor:
+    """Rectified flow's loss ``||u - (eps - x0)||^2`` in any parametrisation: ``1 / s^2`` on the x0 error with ``s``
+    the rectified-flow time (:func:`flow_time`), since there ``x0 = x - s u``; exactly 1 for ``flow`` on
+    ``rectified_flow``."""
+    s = flow_time(process, t)
+    return parametrization(prediction, process, sigma_data).x0_error_scale(t) ** 2 / s**2
+
+
+TIME_SAMPLERS["flow_uniform"] = sample_t_flow_uniform
+WEIGHTINGS["flow"] = weight_flow
+__all__ += ["flow_time", "sample_t_flow_uniform", "weight_flow"]

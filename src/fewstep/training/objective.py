@@ -38,12 +38,15 @@ class Phase:
     """One optimiser update within a training step: minimise ``loss`` over ``module``'s parameters.
 
     During the phase only ``module`` collects gradients (other modules pass gradients through
-    but keep none); ``name`` labels the loss in the log (default: the module's name).
+    but keep none); ``name`` labels the loss in the log (default: the module's name).  ``also`` names
+    further modules trained by the same loss and stepped by ``module``'s optimiser (one parameter group
+    each), e.g. the uncertainty head of EDM2's learned loss weighting.
     """
 
     module: str
     loss: LossFn
     name: str = ""
+    also: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

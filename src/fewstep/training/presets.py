@@ -33,6 +33,12 @@ PRESETS["fashion-unet-cond"]["objective"].update({"weighting": "uniform", "use_l
                                                   "init_from": "bundled:fashion", "class_lr_scale": 20.0})
 PRESETS["fashion-unet-cond"]["training"].update({"steps": 3000, "warmup_steps": 20})
 
+# Flow matching / rectified flow (Liu et al. 2023; Lipman et al. 2023) with the same UNet: x_t = (1 - t) x0 + t eps,
+# the network predicts the velocity eps - x0 (plain velocity loss, t uniform).  Sample with euler/heun/dpm++2m.
+PRESETS["fashion-flow"] = copy.deepcopy(PRESETS["fashion-unet"])
+PRESETS["fashion-flow"].update({"process": {"kind": "rectified_flow"}, "prediction": "flow"})
+PRESETS["fashion-flow"]["objective"] = {"kind": "denoising", "weighting": "uniform", "time_sampling": "uniform"}
+
 # A noise-aware Fashion-MNIST classifier for classifier guidance (docs/guidance.md): cross-entropy on
 # x0 + sigma_hat eps at the noise levels of the bundled models' process (DDPM linear, uniform times).
 PRESETS["fashion-noisy-classifier"] = {
@@ -46,6 +52,20 @@ PRESETS["fashion-noisy-classifier"] = {
                  "ema_half_life_images": 10000, "ema_rampup": 0.05, "seed": 0, "checkpoint_every_seconds": 120,
                  "log_every": 20},
 }
+
+# EDM (Karras et al. 2022) and PFGM++ (Xu et al. 2023) on the bundled UNet: the same network, data, EDM
+# preconditioning, weighting and log-normal noise levels; only the process's perturbation kernel differs
+# (Gaussian vs PFGM++'s at D = 128, r = sigma sqrt(D)).  docs/pfgm.md compares them at equal compute.
+PRESETS["fashion-unet-edm"] = copy.deepcopy(PRESETS["fashion-unet"])
+PRESETS["fashion-unet-edm"].update({"process": {"kind": "edm", "sigma_min": 0.002, "sigma_max": 80.0},
+                                    "prediction": "edm", "sigma_data": 0.5})
+PRESETS["fashion-unet-edm"]["objective"] = {"kind": "denoising", "weighting": "edm", "time_sampling": "lognormal",
+                                            "p_mean": -1.2, "p_std": 1.2}
+# Their training section is the short equal-compute run of docs/pfgm.md (~6 CPU-minutes each; --steps for more).
+PRESETS["fashion-unet-edm"]["training"].update({"steps": 250, "warmup_steps": 25, "ema_half_life_images": 4000,
+                                                "checkpoint_every_seconds": 120, "sample_every_steps": 250})
+PRESETS["fashion-unet-pfgmpp"] = copy.deepcopy(PRESETS["fashion-unet-edm"])
+PRESETS["fashion-unet-pfgmpp"]["process"] = {"kind": "pfgmpp", "sigma_min": 0.002, "sigma_max": 80.0, "D": 128}
 
 # The frozen encoder of representation alignment (REPA, docs/training.md): a small CNN classifier trained on the
 # training split only; its last feature map (64 x 7 x 7) is the alignment target.  Not the FID extractor nor the

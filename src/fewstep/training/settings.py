@@ -13,6 +13,7 @@ from .config import (CHECKPOINT_KEYS, check_data, check_keys, check_non_negative
                      settings_from_dict)
 from .denoising import DenoisingObjective
 from .objective import OBJECTIVES, Objective
+from .posthoc_ema import check_sigma_rel
 
 __all__ = ["TrainSettings", "resolve_config"]
 
@@ -31,6 +32,8 @@ class TrainSettings:
     grad_clip: float | None = 1.0
     ema_half_life_images: float = 50_000.0
     ema_rampup: float | None = 0.05
+    posthoc_ema_sigma_rels: list[float] = field(default_factory=list)
+    posthoc_ema_snapshot_every: int = 0
     seed: int = 0
     precision: str = "auto"
     checkpoint_every_steps: int = 0
@@ -56,6 +59,14 @@ class TrainSettings:
         for name in ("weight_decay", "warmup_steps", "grad_clip", "ema_rampup", "seed", "checkpoint_every_steps",
                      "checkpoint_every_seconds", "keep_checkpoints", "sample_every_steps"):
             check_non_negative(f"training.{name}", getattr(self, name))
+        for rel in self.posthoc_ema_sigma_rels:
+            check_sigma_rel(rel, "config training.posthoc_ema_sigma_rels entries")
+        if len(set(self.posthoc_ema_sigma_rels)) != len(self.posthoc_ema_sigma_rels):
+            raise ValueError(f"config training.posthoc_ema_sigma_rels repeats a value: {self.posthoc_ema_sigma_rels}")
+        check_non_negative("training.posthoc_ema_snapshot_every", self.posthoc_ema_snapshot_every)
+        if self.posthoc_ema_sigma_rels and not self.posthoc_ema_snapshot_every:
+            raise ValueError("config training.posthoc_ema_sigma_rels needs training.posthoc_ema_snapshot_every "
+                             "(steps between snapshots, e.g. a tenth of the run)")
 
 
 def resolve_config(config: Mapping[str, Any], objective: type[Objective] | None = None

@@ -31,6 +31,7 @@ from . import runlog
 from .denoising import DenoisingObjective
 from .ema import ema_decay, make_ema, update_ema
 from .objective import Objective, Phase
+from .posthoc_ema import gamma_from_sigma_rel, power_beta, save_snapshot
 from .settings import TrainSettings, resolve_config
 
 __all__ = ["Trainer", "TrainingDiverged", "init_distributed_from_env"]
@@ -86,17 +87,27 @@ class Trainer:
         for m in self.objective.frozen().values():
             m.to(self.device).eval().requires_grad_(False)
         self.phases: list[Phase] = self.objective.phases()
-        unknown = sorted({p.module for p in self.phases} - set(self.modules))
+        unknown = sorted({m for p in self.phases for m in (p.module, *p.also)} - set(self.modules))
         if unknown:
             raise ValueError(f"{cls.__name__}.phases() names module(s) {', '.join(unknown)} that modules() lacks")
         self.emas: dict[str, nn.Module] = {k: make_ema(self.modules[k]) for k in self.objective.ema_modules()}
+        # EDM2's power-function EMA tracks (post-hoc EMA), beside the half-life EMA: {(module, sigma_rel): copy}
+        self.posthoc: dict[tuple[str, float], nn.Module] = {
+            (k, r): make_ema(self.modules[k]) for k in self.emas for r in s.posthoc_ema_sigma_rels}
+        self._posthoc_gamma = {r: gamma_from_sigma_rel(r) for r in s.posthoc_ema_sigma_rels}
+        self._also: dict[str, list[str]] = {}  # modules stepped by another module's optimiser (Phase.also)
+        for ph in self.phases:
+            self._also.setdefault(ph.module, [])
+            self._also[ph.module] += [m for m in ph.also if m not in self._also[ph.module]]
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._opt_options: dict[str, dict[str, Any]] = {}
         for name in dict.fromkeys(p.module for p in self.phases):
             opts = {"lr": s.lr, "betas": tuple(s.adam_betas), "weight_decay": s.weight_decay,
                     **self.objective.optimizer_options(name)}
             self._opt_options[name] = opts
-            self.optimizers[name] = _adamw(_param_groups(self.modules[name], self.objective.lr_scales(name)), **opts)
+            groups = _param_groups(self.modules[name], self.objective.lr_scales(name))
+            groups += [{"params": list(self.modules[m].parameters()), "lr_scale": 1.0} for m in self._also[name]]
+            self.optimizers[name] = _adamw(groups, **opts)
         self.ddp: dict[str, nn.Module] = {}
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -181,18 +192,21 @@ class Trainer:
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise CheckpointDamaged(f"{folder / 'config.json'} has no valid step ({step!r}); the checkpoint is damaged")
         # Read everything before changing anything, so a damaged file leaves the trainer as it was.
-        weights, emas, opts = {}, {}, {}
+        weights, emas, opts, tracks = {}, {}, {}, {}
         for name in self.modules:
             files = self.objective.checkpoint_files(name)
             weights[name] = (folder / files.weights, load_tensors(folder / files.weights))
             if name in self.emas:
                 emas[name] = (folder / files.ema, load_tensors(folder / files.ema))
+            for key in [k for k in self.posthoc if k[0] == name]:
+                path = folder / _track_file(files.ema, key[1])
+                tracks[key] = (path, load_tensors(path))
             if name in self.optimizers:
                 stem = folder / files.optimizer
                 opts[name] = (stem.with_name(stem.name + ".safetensors"),
                               load_tensors(stem.with_name(stem.name + ".safetensors")),
                               read_json(stem.with_name(stem.name + ".json")))
-        for path, state in [*weights.values(), *emas.values()]:
+        for path, state in [*weights.values(), *emas.values(), *tracks.values()]:
             _check_finite(state, path)
         rng = load_tensors(folder / "rng.safetensors").get("torch")
         if rng is None:
@@ -202,6 +216,8 @@ class Trainer:
                 _load_module(self.modules[name], state, path)
             for name, (path, state) in emas.items():
                 _load_module(self.emas[name], state, path)
+            for key, (path, state) in tracks.items():
+                _load_module(self.posthoc[key], state, path)
             for name, (path, tensors, meta) in opts.items():
                 load_optimizer_state(self.optimizers[name], tensors, meta)
                 for group in self.optimizers[name].param_groups:  # settings may have changed (e.g. more steps)
@@ -223,11 +239,22 @@ class Trainer:
             tensors[files.weights] = state_tensors(module)
             if name in self.emas:
                 tensors[files.ema] = state_tensors(self.emas[name])
+            for (module, rel), track in self.posthoc.items():
+                if module == name:
+                    tensors[_track_file(files.ema, rel)] = state_tensors(track)
             if name in self.optimizers:
                 tensors[files.optimizer + ".safetensors"], jsons[files.optimizer + ".json"] = \
                     optimizer_tensors(self.optimizers[name])
         return write_checkpoint(self.out_dir, self.step, self._checkpoint_config(), tensors, jsons,
                                 keep=self.settings.keep_checkpoints)
+
+    def save_snapshots(self) -> list[Path]:
+        """Write every post-hoc EMA track of the current step under ``out_dir/posthoc-ema`` (EDM2 sec. 3)."""
+        out = []
+        for (name, rel), track in self.posthoc.items():
+            stem = Path(self.objective.checkpoint_files(name).ema).stem
+            out.append(save_snapshot(self.out_dir, stem, rel, self.step, state_tensors(track)))
+        return out
 
     def _checkpoint_config(self) -> dict[str, Any]:
         cfg = dict(self.config)
@@ -285,7 +312,7 @@ class Trainer:
         lo = self.rank * per_rank
         torch.manual_seed(s.seed * 1_000_003 + self.step * 101 + self.rank + 104_729 * phase)  # dropout
         nets = {**self.objective.frozen(), **self.modules, ph.module: self.ddp.get(ph.module, self.modules[ph.module])}
-        others = [m for k, m in self.modules.items() if k != ph.module]
+        others = [m for k, m in self.modules.items() if k != ph.module and k not in ph.also]
         saved = [[p.requires_grad for p in m.parameters()] for m in others]
         for m in others:
             m.requires_grad_(False)
@@ -311,6 +338,11 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(total)
             total /= self.world
+            for name in ph.also:  # outside DDP's wrapper: average their gradients here
+                for p in self.modules[name].parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
         return float(total)
 
     def train_step(self) -> float:
@@ -337,7 +369,8 @@ class Trainer:
                 raise TrainingDiverged(f"{what} became {value} at step {self.step}; training stopped and {kept}. "
                                        f"{advice}")
             if s.grad_clip:
-                nn.utils.clip_grad_norm_(self.modules[ph.module].parameters(), s.grad_clip)
+                params = [p for m in (ph.module, *self._also[ph.module]) for p in self.modules[m].parameters()]
+                nn.utils.clip_grad_norm_(params, s.grad_clip)
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(self.step, ph.module) * group.get("lr_scale", 1.0)
             opt.step()
@@ -347,6 +380,8 @@ class Trainer:
         decay = ema_decay(s.batch_size, self.step * s.batch_size, s.ema_half_life_images, s.ema_rampup)
         for name, ema in self.emas.items():
             update_ema(ema, self.modules[name], decay)
+        for (name, rel), track in self.posthoc.items():
+            update_ema(track, self.modules[name], power_beta(self.step, self._posthoc_gamma[rel]))
         self.loss_history.append(values)
         return values[self.phases[0].label]
 
@@ -395,6 +430,8 @@ class Trainer:
                 flag = torch.tensor([1.0 if due else 0.0])
                 dist.broadcast(flag, 0)
                 due = bool(flag.item())
+            if self.posthoc and self.rank == 0 and (self.step % s.posthoc_ema_snapshot_every == 0 or self.step == end):
+                self.save_snapshots()
             if due or self.step == end:
                 if self.rank == 0:
                     self.save()
@@ -411,6 +448,11 @@ class Trainer:
     def preview(self) -> Path | None:
         """The objective's preview of the current state (the denoiser's EMA sample grid)."""
         return self.objective.preview(self)
+
+
+def _track_file(ema_file: str, sigma_rel: float) -> str:
+    """Checkpoint file of the post-hoc EMA track ``sigma_rel`` of the EMA in ``ema_file``."""
+    return f"{Path(ema_file).stem}-posthoc-{sigma_rel:.4f}.safetensors"
 
 
 def _load_module(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:

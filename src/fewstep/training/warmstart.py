@@ -3,7 +3,8 @@
 Parameters present in both with equal shapes are copied; a class table the source lacks
 (``embed.classes``: fine-tuning an unconditional model into a conditional one) starts at zero,
 so the new network first computes exactly the source's denoiser for every label and learns the
-class offsets from there. Anything else that does not match is refused, naming the parameters.
+class offsets from there; modules a network declares new (``fresh_prefixes``, MaskUNet's mask generator) keep
+their own initialisation. Anything else that does not match is refused, naming the parameters.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def warm_start(net: nn.Module, source: str, config: Mapping[str, Any]) -> list[s
     src_state = nets[0].state_dict()
     own = net.state_dict()
     zeroed, bad = [], []
+    fresh = tuple(getattr(net, "fresh_prefixes", ()))  # modules the network adds (MaskUNet's mask generator)
     for name, value in own.items():
+        if fresh and name.startswith(fresh) and name not in src_state:
+            continue
         if name in src_state and src_state[name].shape == value.shape:
             own[name] = src_state[name].to(value.dtype)
         elif name.endswith(_ZERO_INIT_SUFFIXES) and name not in src_state:

@@ -1,0 +1,52 @@
+"""Cost of one network evaluation of pruned / masked models against the original: parameters, wall and CPU time.
+
+    PYTHONPATH=src python benchmarks/prune_speed.py bundled:fashion /work/prune-runs/ld-0.6 ... --threads 1
+
+Each round times one forward pass of every model in turn (interleaved, so a change of the machine's load
+hits all alike) at batch ``--batch``; the table gives the minimum over ``--rounds`` rounds of the wall time
+and of the thread's CPU time (``time.thread_time``, less sensitive to other processes on a shared machine),
+and the speed-up of each against the first model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fewstep import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="+", help="models for fewstep.load_model; the first is the reference")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    nets = [next(load_model(m).networks()) for m in args.models]
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(args.batch, 1, 28, 28, generator=g), torch.full((args.batch,), 500.0)
+    wall = [float("inf")] * len(nets)
+    cpu = [float("inf")] * len(nets)
+    with torch.inference_mode():
+        for net in nets:
+            net(x, t)
+        for _ in range(args.rounds):
+            for i, net in enumerate(nets):
+                w0, c0 = time.perf_counter(), time.thread_time()
+                net(x, t)
+                wall[i] = min(wall[i], time.perf_counter() - w0)
+                cpu[i] = min(cpu[i], time.thread_time() - c0)
+    print(f"batch {args.batch}, {args.threads} thread(s), min of {args.rounds} interleaved rounds")
+    print("| model | parameters | wall ms / eval | CPU ms / eval | speed-up (wall) | speed-up (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for m, net, w, c in zip(args.models, nets, wall, cpu):
+        n = sum(p.numel() for p in net.parameters())
+        print(f"| {m} | {n:,} | {1000 * w:.0f} | {1000 * c:.0f} | {wall[0] / w:.2f}x | {cpu[0] / c:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""``fewstep reflow``: draw (noise, endpoint) pairs from a teacher's ODE and train a 2-rectified flow on them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+#: Pairs use seeds from here on, far from the seeds 0.. that sampling and evaluation use, so a one-step sample of
+#: the student is never scored on a noise it was trained to map.
+DEFAULT_PAIR_SEED = 10_000_000
+
+TRAINING_DEFAULTS = {"steps": 2000, "batch_size": 32, "lr": 1e-4, "warmup_steps": 0, "grad_clip": 1.0,
+                     "ema_half_life_images": 5000.0, "ema_rampup": 0.05, "checkpoint_every_seconds": 300.0,
+                     "sample_every_steps": 200, "log_every": 10}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reflow", help="reflow a model: teacher ODE pairs, then a 2-rectified flow sampled in 1-2 steps",
+                       description=(
+        "Liu et al. 2023 (Flow Straight and Fast). Draws --pairs (noise, endpoint) pairs from the teacher's ODE "
+        "with --solver/--nfe into OUT/pairs (resumable .npz shards), then trains a student on the straight paths "
+        "between them; checkpoints go to OUT/checkpoints/step-N (sample them with --solver euler --nfe 1 or 2). "
+        "The student starts from the teacher's weights when it keeps the teacher's process and prediction (the "
+        "default), from scratch otherwise (e.g. --process rectified_flow --prediction flow). See docs/training.md."))
+    p.add_argument("--teacher", default="bundled:fashion", help="the model whose ODE is straightened")
+    p.add_argument("--out", required=True, help="run folder (pairs in OUT/pairs)")
+    p.add_argument("--resume", action="store_true", help="continue: draw the missing pairs, resume training")
+    p.add_argument("--pairs", type=int, default=4000, help="number of pairs (default 4000)")
+    p.add_argument("--solver", default="dpm++2m", help="the teacher's ODE solver (default dpm++2m; deterministic)")
+    p.add_argument("--nfe", type=int, default=10, help="its NFE per pair (default 10)")
+    p.add_argument("--grid", help="its time grid (default: the teacher's)")
+    p.add_argument("--pair-seed", type=int, default=DEFAULT_PAIR_SEED,
+                   help=f"seed of the first pair (default {DEFAULT_PAIR_SEED:,}, away from evaluation seeds)")
+    p.add_argument("--shard-size", type=int, default=500, help="pairs per .npz shard (default 500)")
+    p.add_argument("--pairs-only", action="store_true", help="draw the pairs and stop")
+    p.add_argument("--process", choices=["teacher", "rectified_flow"], default="teacher",
+                   help="the student's process: the teacher's (warm start) or rectified flow (from scratch)")
+    p.add_argument("--prediction", help="the student's prediction type (default: the teacher's; 'flow' with "
+                                        "--process rectified_flow)")
+    p.add_argument("--time-sampling", help="training times (default flow_uniform: rectified flow's uniform time)")
+    p.add_argument("--weighting", help="loss weighting (default flow: rectified flow's velocity loss)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--sample-every", type=int, help="steps between sample grids (Euler, 1 NFE; 0: never)")
+    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints")
+    p.add_argument("--checkpoint-every-steps", type=int, help="steps between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (0: all; default 2)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _training_overrides(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, name) for name, key in [
+        ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+        ("sample_every", "sample_every_steps"), ("checkpoint_every", "checkpoint_every_seconds"),
+        ("checkpoint_every_steps", "checkpoint_every_steps"), ("keep_checkpoints", "keep_checkpoints")]
+        if getattr(args, name) is not None}
+
+
+def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespace) -> dict:
+    """The reflow run's config: the teacher's network, the chosen process and prediction, the warm start."""
+    import copy
+
+    process = copy.deepcopy(tcfg["process"]) if args.process == "teacher" else {"kind": "rectified_flow"}
+    prediction = args.prediction or (tcfg["prediction"] if args.process == "teacher" else "flow")
+    same = process == tcfg["process"] and prediction == tcfg["prediction"]
+    objective = {"kind": "reflow", "init_from": teacher if same else ""}
+    for name in ("time_sampling", "weighting"):
+        if getattr(args, name):
+            objective[name] = getattr(args, name)
+    training = {**TRAINING_DEFAULTS, **_training_overrides(args)}
+    net = copy.deepcopy(tcfg["network"])
+    return {"teacher": teacher, "pairs": pairs, "network": net, "process": process, "prediction": prediction,
+            "sigma_data": float(tcfg.get("sigma_data", 0.5)),
+            "data": {"spec": pairs, "resolution": net.get("resolution", 28), "channels": net.get("in_channels", 1)},
+            "objective": objective, "training": training}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import reflow  # noqa: F401  (registers the objective)
+    from ..checkpoint import latest_checkpoint, newest_readable_config
+    from ..devices import resolve_device
+    from ..distill.base import load_teacher
+    from ..loading import load_model
+    from ..reflow import draw_pairs, pair_data
+    from ..training.settings import resolve_config
+    from ..training.trainer import Trainer
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    has_ckpt = (out / "checkpoints").is_dir() and latest_checkpoint(out) is not None
+    if has_ckpt and not args.resume:
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    if (out / "pairs" / "pairs.json").exists() and not args.resume:
+        raise ValueError(f"{out / 'pairs'} already holds pairs; pass --resume to reuse them, or choose another --out")
+    _, tcfg = load_teacher(args.teacher)  # refuses one-step generators and diffusers folders by name
+    if has_ckpt:
+        _, config = newest_readable_config(out)
+        config["training"].update(_training_overrides(args))
+    else:
+        config = student_config(args.teacher, str(out / "pairs"), tcfg, args)
+    config["objective"]["pairs_n"] = args.pairs
+    resolve_config(config)  # refuse bad values before the (long) pair drawing
+    teacher = load_model(args.teacher, device=device)
+    draw_pairs(teacher, out / "pairs", args.pairs, solver=args.solver, nfe=args.nfe, grid=args.grid,
+               seed=args.pair_seed, shard_size=args.shard_size, teacher_name=args.teacher, device=device,
+               progress=not args.no_progress)
+    print(f"pairs: {args.pairs} in {out / 'pairs'} ({args.solver}, {args.nfe} NFE)")
+    if args.pairs_only:
+        return 0
+    del teacher
+    if not config["objective"]["init_from"]:
+        print("the student's process/prediction differ from the teacher's: training from scratch")
+    trainer = Trainer(config, pair_data(out / "pairs", args.pairs), out, device=device,
+                      progress=not args.no_progress)
+    if has_ckpt:
+        print(f"resumed from step {trainer.resume()}")
+    trainer.fit()
+    print(f"done: step {trainer.step}, checkpoint {latest_checkpoint(out)}")
+    return 0

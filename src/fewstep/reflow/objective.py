@@ -1,0 +1,131 @@
+"""The reflow objective: train a 2-rectified flow on a teacher's (noise, endpoint) pairs.
+
+Liu et al. 2023 ("Flow Straight and Fast", eq. 1 and sec. 2.3) fit the velocity of the straight
+path between the two ends of each pair, ``X_s = (1 - s) x1 + s z``, ``u = z - x1`` (time running
+from data at 0 to noise at 1, fewstep's convention).  That is the denoising loss
+(:func:`fewstep.training.losses.diffusion_loss`) with the *coupled* ``(x0, eps) = (x1, z)`` instead
+of independent draws: on the ``rectified_flow`` process with ``flow`` prediction the regression
+target is exactly ``z - x1``.  Every Gaussian process walks the same straight lines in
+``x / alpha`` against ``sigma / alpha``, so the objective works in the teacher's own process and
+parametrisation too, which lets the student start from the teacher's weights; then
+``time_sampling = "flow_uniform"`` and ``weighting = "flow"`` reproduce rectified flow's time
+distribution and loss in that parametrisation.  A perfectly rectified model maps each ``z`` to
+its ``x1`` in one Euler (= DDIM) step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..api import generate
+from ..data import ImageData
+from ..denoisers import Denoiser
+from ..imagegrid import save_image_grid
+from ..nets import build_net
+from .. import solvers
+from ..processes import process_from_config
+from ..training.config import check_positive, check_type
+from ..training.denoising import DenoisingObjective
+from ..training.losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
+from ..training.objective import CheckpointFiles, Objective, Phase, register_objective
+from ..training.warmstart import warm_start
+from .pairs import load_pairs
+
+if TYPE_CHECKING:
+    from ..training.trainer import Trainer
+
+__all__ = ["ReflowSettings", "ReflowObjective", "reflow_loss"]
+
+
+def reflow_loss(net: Any, prediction: str, process: Any, noise: Tensor, endpoint: Tensor, t: Tensor, *,
+                weighting: str = "flow", sigma_data: float = 0.5) -> Tensor:
+    """Per-sample reflow loss of ``net`` on pairs ``(noise, endpoint)`` at times ``t``: the denoising loss with the
+    coupled ``x0 = endpoint``, ``eps = noise`` (on ``rectified_flow`` + ``flow``: ``||u - (noise - endpoint)||^2``)."""
+    return diffusion_loss(net, prediction, process, endpoint, t, noise, weighting=weighting, sigma_data=sigma_data)
+
+
+@dataclass
+class ReflowSettings:
+    """The ``objective`` section of ``reflow``: where on the path to train, the weighting, the pairs used
+    (``pairs_n``; 0 = all), the warm start, and the preview sampler (Euler at ``sample_nfe``)."""
+
+    time_sampling: str = "flow_uniform"
+    weighting: str = "flow"
+    pairs_n: int = 0
+    init_from: str = ""
+    sample_solver: str = "euler"
+    sample_nfe: int = 1
+
+    def check(self) -> None:
+        if self.time_sampling not in TIME_SAMPLERS:
+            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; valid: {', '.join(TIME_SAMPLERS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(WEIGHTINGS)}")
+        check_positive("objective.pairs_n", self.pairs_n, allow_zero=True)
+        check_positive("objective.sample_nfe", self.sample_nfe)
+        solvers.get(self.sample_solver)
+
+
+@register_objective
+class ReflowObjective(Objective):
+    """One module ``model`` (saved as ``model``/``ema``: an ordinary denoiser), one phase: :func:`reflow_loss`."""
+
+    kind = "reflow"
+    settings_class = ReflowSettings
+    sections = ("teacher", "pairs", "network", "process", "prediction", "sigma_data")
+    identity = ("pairs", "network", "process", "prediction")
+
+    def __init__(self, config: Mapping[str, Any], settings: ReflowSettings, data: ImageData):
+        super().__init__(config, settings, data)
+        self.process = process_from_config(config["process"])
+        self.prediction: str = config["prediction"]
+        self.sigma_data = float(config.get("sigma_data", 0.5))
+        self.noise, self.endpoint, _ = load_pairs(config["pairs"], settings.pairs_n or None)
+        if len(self.noise) != len(data):
+            raise ValueError(f"the trainer's data has {len(data)} items but {config['pairs']} gives {len(self.noise)} "
+                             f"pairs; build the data with fewstep.reflow.pair_data")
+        self.model = build_net(config["network"])
+        if self.endpoint.shape[1] != config["network"].get("in_channels", 1):
+            raise ValueError(f"the pairs have {self.endpoint.shape[1]} channel(s) but network.in_channels is "
+                             f"{config['network'].get('in_channels', 1)}")
+        if settings.init_from:
+            warm_start(self.model, settings.init_from, config)
+
+    @classmethod
+    def check_sections(cls, config: Mapping[str, Any]) -> None:
+        for key in ("teacher", "pairs"):
+            if key not in config:
+                raise ValueError(f"a reflow config needs {key!r} (the teacher's name and the pair folder)")
+            check_type(config[key], str, key)
+        DenoisingObjective.check_sections(config)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("model", self.loss, "loss")]
+
+    def checkpoint_files(self, name: str) -> CheckpointFiles:
+        return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
+
+    def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        t = TIME_SAMPLERS[self.settings.time_sampling](self.process, len(indices), generator)
+        return {"noise": self.noise[indices], "endpoint": self.endpoint[indices], "t": t}
+
+    def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        return reflow_loss(nets["model"], self.prediction, self.process, batch["noise"], batch["endpoint"],
+                           batch["t"], weighting=self.settings.weighting, sigma_data=self.sigma_data)
+
+    @torch.no_grad()
+    def preview(self, trainer: "Trainer", n: int = 64) -> Path:
+        """64 samples of the EMA model with ``sample_solver`` at ``sample_nfe`` into ``samples/``."""
+        shape = tuple(int(v) for v in self.endpoint.shape[1:])
+        den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
+        x = generate(den, shape, range(n), self.settings.sample_solver, self.settings.sample_nfe,
+                     device=trainer.device)
+        return save_image_grid(x, trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")
