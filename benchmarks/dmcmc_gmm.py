@@ -10,7 +10,6 @@ sampler itself, not an estimator.  Prints the Frechet distance to the mixture's 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -49,7 +48,6 @@ def main() -> None:
             for step_scale in (0.05, 0.2):
                 cfg = DMCMCConfig("dpm++2m", ode, "logsnr", burn_in, stride, per_chain, step_scale)
                 assert cfg.nfe_per_image() == nfe
-                t0 = time.time()
                 v = fd(dmcmc_generate(den, (64,), range(args.n), post, cfg))
                 print(f"| {nfe} | DMCMC (chain: burn-in {burn_in}, {per_chain} states per chain every {stride} "
                       f"step(s), step {step_scale}; dpm++2m logsnr {ode} NFE) | {v:.4f} |", flush=True)

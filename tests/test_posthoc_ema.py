@@ -1,7 +1,6 @@
 """Post-hoc EMA (EDM2, Karras et al. 2024, sec. 3): power-function tracks, closed-form profile inner products,
 least-squares rebuild, the trainer's tracks and snapshots, and ``fewstep ema``."""
 
-import math
 
 import pytest
 import torch

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..data import ImageData
 from ..nets.classifier import NoisyClassifierConfig, NoisyClassifierNet
 from ..processes import process_from_config
-from .config import check_positive, check_process, settings_from_dict
+from .config import check_positive, check_process, section_config
 from .losses import TIME_SAMPLERS, draw_noising
 from .objective import Objective, Phase, register_objective
 
@@ -44,14 +44,7 @@ class ClassifierSettings:
 
 def classifier_config(section: Mapping[str, Any], path: str = "classifier") -> NoisyClassifierConfig:
     """The checked :class:`NoisyClassifierConfig` of a config's ``classifier`` section (``kind`` optional)."""
-    if not isinstance(section, Mapping):
-        raise ValueError(f"config {path} must be a JSON object, got {section!r}")
-    kind = section.get("kind", "noisy_classifier")
-    if kind != "noisy_classifier":
-        raise ValueError(f"config {path}.kind must be noisy_classifier, got {kind!r}")
-    cfg = settings_from_dict(NoisyClassifierConfig, {k: v for k, v in section.items() if k != "kind"}, path)
-    cfg.check()
-    return cfg
+    return section_config(NoisyClassifierConfig, section, path, "noisy_classifier")
 
 
 @register_objective

@@ -98,6 +98,18 @@ def settings_from_dict(cls: type[T], cfg: Any, path: str, exclude: Iterable[str]
     return cls(**cfg)
 
 
+def section_config(cls: type[T], section: Any, path: str, kind: str) -> T:
+    """The checked ``cls`` of a network section such as ``classifier`` or ``encoder``: a JSON object whose
+    optional ``kind`` must be ``kind``, its other keys strict (:func:`settings_from_dict`), then ``cls.check()``."""
+    if not isinstance(section, Mapping):
+        raise ValueError(f"config {path} must be a JSON object, got {section!r}")
+    if section.get("kind", kind) != kind:
+        raise ValueError(f"config {path}.kind must be {kind}, got {section['kind']!r}")
+    cfg = settings_from_dict(cls, {k: v for k, v in section.items() if k != "kind"}, path)
+    cfg.check()
+    return cfg
+
+
 def check_positive(path: str, value: float | int | None, *, allow_zero: bool = False) -> None:
     """Refuse a value below zero (or at zero unless ``allow_zero``); None passes."""
     if value is None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..checkpoint import checkpoint_folder, load_tensors, read_config
 from ..data import ImageData, to_model_range
 from ..nets.encoder import EncoderConfig, PatchEncoder
-from .config import settings_from_dict
+from .config import section_config
 from .objective import Objective, Phase, register_objective
 
 __all__ = ["EncoderObjective", "EncoderSettings", "encoder_config", "load_encoder", "ENCODER_LOADERS"]
@@ -44,14 +44,7 @@ class EncoderSettings:
 
 def encoder_config(section: Any, path: str = "encoder") -> EncoderConfig:
     """The checked :class:`EncoderConfig` of a config's ``encoder`` section (``kind`` optional)."""
-    if not isinstance(section, Mapping):
-        raise ValueError(f"config {path} must be a JSON object, got {section!r}")
-    kind = section.get("kind", "patch_encoder")
-    if kind != "patch_encoder":
-        raise ValueError(f"config {path}.kind must be patch_encoder, got {kind!r}")
-    cfg = settings_from_dict(EncoderConfig, {k: v for k, v in section.items() if k != "kind"}, path)
-    cfg.check()
-    return cfg
+    return section_config(EncoderConfig, section, path, "patch_encoder")
 
 
 @register_objective
