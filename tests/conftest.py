@@ -83,3 +83,17 @@ def tiny_images(n: int = 16, res: int = 8, seed: int = 0) -> torch.Tensor:
     base[..., res // 4: 3 * res // 4, res // 4: 3 * res // 4] = 220
     noise = torch.randint(0, 30, (n, 1, res, res), generator=g, dtype=torch.uint8)
     return base + noise
+
+
+def tiny_teacher(path, steps: int = 2) -> str:
+    """Train a tiny v-prediction UNet on the DDPM linear schedule for ``steps`` steps in ``path``; its checkpoint.
+    The teacher of the distillation, ECT and reflow tests."""
+    from fewstep.data import ImageData
+    from fewstep.training.trainer import Trainer
+
+    cfg = {"network": dict(TINY_UNET), "prediction": "v", "data": {"spec": "tiny"},
+           "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
+                       "beta_start": 0.0001, "beta_end": 0.02},
+           "training": {"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every_seconds": 0}}
+    Trainer(cfg, ImageData(tiny_images()), path, progress=False).fit()
+    return str(path / "checkpoints" / f"step-{steps:08d}")

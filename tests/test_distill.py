@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fewstep
-from conftest import TINY_UNET, tiny_images
+from conftest import tiny_images, tiny_teacher
 from fewstep.data import ImageData
 from fewstep.distill import (OneStepGenerator, distill_config, fake_score_loss, generate_x0, mmd2_unbiased,
                              sid_generator_loss, sid_times)
@@ -120,13 +120,7 @@ def test_mmd2_unbiased_matches_the_double_sum_and_separates_distributions():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny v-prediction UNet teacher checkpoint (a few denoising steps on tiny images)."""
-    path = tmp_path_factory.mktemp("teacher")
-    cfg = {"network": dict(TINY_UNET), "prediction": "v", "data": {"spec": "tiny"},
-           "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
-                       "beta_start": 0.0001, "beta_end": 0.02},
-           "training": {"steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every_seconds": 0}}
-    Trainer(cfg, ImageData(tiny_images()), path, progress=False).fit()
-    return str(path / "checkpoints" / "step-00000003")
+    return tiny_teacher(tmp_path_factory.mktemp("teacher"), steps=3)
 
 
 def _distill_trainer(teacher, path, method="sid", objective=None, **training):

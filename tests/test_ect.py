@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fewstep
-from conftest import TINY_UNET, tiny_images
+from conftest import tiny_images, tiny_teacher
 from fewstep.consistency import ConsistencyModel, consistency_x0, default_sigma_min
 from fewstep.data import ImageData
 from fewstep.distill import distill_config
@@ -151,13 +151,7 @@ def test_cm_sampler_is_the_papers_multistep_sampling():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    cfg = {"network": dict(TINY_UNET), "prediction": "v", "data": {"spec": "tiny"},
-           "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
-                       "beta_start": 0.0001, "beta_end": 0.02},
-           "training": {"steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every_seconds": 0}}
-    Trainer(cfg, ImageData(tiny_images()), path, progress=False).fit()
-    return str(path / "checkpoints" / "step-00000002")
+    return tiny_teacher(tmp_path_factory.mktemp("teacher"), steps=2)
 
 
 def test_ect_run_saves_a_consistency_model_that_sample_reads(teacher, tmp_path):

@@ -9,12 +9,10 @@ import pytest
 import torch
 
 import fewstep
-from conftest import TINY_UNET, fashion_standin, tiny_images
-from fewstep.data import ImageData
+from conftest import fashion_standin, tiny_teacher
 from fewstep.parametrization import parametrization
 from fewstep.processes import RectifiedFlow, VPDiscrete
 from fewstep.reflow import draw_pairs, load_pairs, reflow_loss
-from fewstep.training import Trainer
 from fewstep.training.losses import TIME_SAMPLERS
 
 M, S = 0.3, 0.5  # the coupling z -> x1 = M + S z: Gaussian to Gaussian, straight and non-crossing
@@ -120,13 +118,7 @@ def test_pairs_are_seeded_sharded_and_resumable(tmp_path):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher")
-    cfg = {"network": dict(TINY_UNET), "prediction": "v", "data": {"spec": "tiny"},
-           "process": {"kind": "vp_discrete", "schedule": "linear", "num_train_timesteps": 1000,
-                       "beta_start": 0.0001, "beta_end": 0.02},
-           "training": {"steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every_seconds": 0}}
-    Trainer(cfg, ImageData(tiny_images()), path, progress=False).fit()
-    return str(path / "checkpoints" / "step-00000002")
+    return tiny_teacher(tmp_path_factory.mktemp("teacher"), steps=2)
 
 
 def test_reflow_command_warm_starts_trains_resumes_and_samples(teacher, tmp_path, capsys):
