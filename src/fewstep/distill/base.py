@@ -14,8 +14,8 @@ from ..denoisers import Denoiser
 from ..imagegrid import save_image_grid
 from ..loading import load_model
 from ..parametrization import Parametrization, network_output, parametrization
+from ..training.config import check_positive, check_type
 from ..processes import process_from_config
-from ..training.config import check_type
 from ..training.denoising import DenoisingObjective
 from ..training.objective import Objective
 from .tracking import FIDTracker
@@ -96,3 +96,13 @@ class DistillObjective(Objective):
             result = self.tracker(fn, trainer.device)
             self.tracker.record(trainer.out_dir, trainer.step, trainer.step * trainer.settings.batch_size, result)
         return grid
+
+
+def check_one_number_section(config: Mapping[str, Any], section: str, key: str, example: float) -> None:
+    """Refuse a config ``section`` that is not exactly ``{key: <positive float>}`` (the ``generator`` section of SiD,
+    the ``consistency`` section of ECT), naming the section."""
+    sec = config.get(section)
+    if not isinstance(sec, Mapping) or set(sec) != {key}:
+        raise ValueError(f"config {section} must be {{\"{key}\": {example}}}, got {sec!r}")
+    check_type(sec[key], float, f"{section}.{key}")
+    check_positive(f"{section}.{key}", sec[key])

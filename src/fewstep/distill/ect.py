@@ -34,9 +34,9 @@ from ..api import generate
 from ..consistency import ConsistencyModel, consistency_x0
 from ..data import ImageData, to_model_range
 from ..parametrization import alpha_sigma
-from ..training.config import check_positive, check_type
+from ..training.config import check_positive
 from ..training.objective import CheckpointFiles, Phase, register_objective
-from .base import DistillObjective, x0_of
+from .base import DistillObjective, check_one_number_section, x0_of
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -95,13 +95,6 @@ class ECTSettings:
             raise ValueError(f"unknown objective.weighting {self.weighting!r}; valid: {', '.join(ECT_WEIGHTINGS)}")
 
 
-def _check_consistency_section(config: Mapping[str, Any]) -> None:
-    sec = config.get("consistency")
-    if not isinstance(sec, Mapping) or set(sec) != {"sigma_min"}:
-        raise ValueError(f"config consistency must be {{\"sigma_min\": <float>}}, got {sec!r}")
-    check_type(sec["sigma_min"], float, "consistency.sigma_min")
-    check_positive("consistency.sigma_min", sec["sigma_min"])
-
 
 @register_objective
 class ECTObjective(DistillObjective):
@@ -124,7 +117,7 @@ class ECTObjective(DistillObjective):
     @classmethod
     def check_sections(cls, config: Mapping[str, Any]) -> None:
         super().check_sections(config)
-        _check_consistency_section(config)
+        check_one_number_section(config, "consistency", "sigma_min", 0.002)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}

@@ -35,10 +35,10 @@ from ..data import ImageData, to_model_range
 from ..loading import load_model
 from ..onestep import DEFAULT_SIGMA_INIT, OneStepGenerator, generate_x0, generator_time
 from ..processes import NoiseProcess
-from ..training.config import check_positive, check_type
+from ..training.config import check_positive
 from ..training.losses import diffusion_loss, sample_t_lognormal
 from ..training.objective import CheckpointFiles, Phase, register_objective
-from .base import DistillObjective, x0_of
+from .base import DistillObjective, check_one_number_section, x0_of
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -107,13 +107,6 @@ class SiDSettings:
         check_positive("objective.fid_n", self.fid_n, allow_zero=True)
 
 
-def _check_generator_section(config: Mapping[str, Any]) -> None:
-    gen = config.get("generator")
-    if not isinstance(gen, Mapping) or set(gen) != {"sigma_init"}:
-        raise ValueError(f"config generator must be {{\"sigma_init\": {DEFAULT_SIGMA_INIT}}}, got {gen!r}")
-    check_type(gen["sigma_init"], float, "generator.sigma_init")
-    check_positive("generator.sigma_init", gen["sigma_init"])
-
 
 @register_objective
 class SiDObjective(DistillObjective):
@@ -137,7 +130,7 @@ class SiDObjective(DistillObjective):
     @classmethod
     def check_sections(cls, config: Mapping[str, Any]) -> None:
         super().check_sections(config)
-        _check_generator_section(config)
+        check_one_number_section(config, "generator", "sigma_init", DEFAULT_SIGMA_INIT)
 
     def make_fake_score(self) -> nn.Module:
         return self.student()
