@@ -25,6 +25,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                         "params": {n: p.detach().clone() for n, p in tr.model.named_parameters()}},
                        os.path.join(out_dir, "ddp.pt"))
     finally:
+        dist.barrier()  # no rank tears the group down while another is still in a collective
         dist.destroy_process_group()
 
 

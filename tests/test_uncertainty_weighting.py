@@ -121,6 +121,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             torch.save({n: p.grad.clone() for n, p in tr.modules["uncertainty"].named_parameters()},
                        os.path.join(out_dir, "ddp.pt"))
     finally:
+        dist.barrier()  # no rank tears the group down while another is still in a collective
         dist.destroy_process_group()
 
 
