@@ -107,6 +107,7 @@ def test_setting_is_strict(tmp_path):
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import gc
     import os
 
     import torch.distributed as dist
@@ -120,6 +121,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         if rank == 0:
             torch.save({n: p.grad.clone() for n, p in tr.modules["uncertainty"].named_parameters()},
                        os.path.join(out_dir, "ddp.pt"))
+        del tr  # its DDP reducer must go before the process group it uses
+        gc.collect()
     finally:
         dist.barrier()  # no rank tears the group down while another is still in a collective
         dist.destroy_process_group()
