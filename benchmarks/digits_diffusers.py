@@ -572,12 +572,22 @@ def _features(sample_fn, seeds: list[int], extractor, batch: int) -> torch.Tenso
 
 
 def _sampler(spec: str, unet, cfg: dict, den, shape, nfe: int):
-    """``fewstep:SOLVER`` (the default grid and start) or ``diffusers:LABEL`` (a row of :func:`diffusers_rows`)."""
+    """``fewstep:SOLVER`` (the default grid and start), ``fewstep:SOLVER@teleport=T[,grid=G]`` (a teleported
+    start at ``T``, optionally on the named grid ``G``), or ``diffusers:LABEL`` (a row of :func:`diffusers_rows`)."""
     import fewstep
+    from fewstep.plan import make_plan
 
     kind, _, name = spec.partition(":")
     if kind == "fewstep":
-        return lambda seeds: fewstep.generate(den, shape, seeds, solver=name, nfe=nfe)
+        name, _, extra = name.partition("@")
+        kw: dict = {}
+        for item in filter(None, extra.split(",")):
+            key, _, value = item.partition("=")
+            if key not in ("teleport", "grid"):
+                raise SystemExit(f"{spec}: after @ write teleport=T and/or grid=NAME, not {key!r}")
+            kw[key] = float(value) if key == "teleport" else value
+        plan = make_plan(den, name, nfe, **kw)
+        return lambda seeds: fewstep.generate(den, shape, seeds, plan)
     if kind == "diffusers":
         factory = dict(diffusers_rows(cfg))[name]
         steps, calls = steps_for_nfe(factory, nfe)
@@ -623,6 +633,44 @@ def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot
         print(f"| {nfe} | {da:.3f} | {db:.3f} | {da - db:+.3f} [{lo:+.3f}, {hi:+.3f}] |", flush=True)
 
 
+def teleport_plans(model: Path, report: Path, nfes: list[int], solver: str, evidence: str) -> None:
+    """Add to ``MODEL/plans.json`` the teleported start that ``fewstep tune``'s start scan chose on its tuning seeds
+    (candidate "teleport T, G grid": the default or logSNR grid from ``T``) for ``solver`` at each NFE, replacing
+    any entry of that (solver, NFE) and keeping the others.
+
+    tune validates candidates by their error to the network's own ODE solution from the start; a teleported start
+    solves another ODE above ``T`` (the data Gaussian's), so that yardstick cannot say whether it is better.  These
+    entries are shipped on Frechet distance instead: ``paired`` on fresh seeds (``evidence``, recorded with them)."""
+    import fewstep
+    from fewstep.grids.files import GridEntry, read_grid_file, write_grid_file
+
+    tuned = json.loads(report.read_text())
+    path = model / "plans.json"
+    old = read_grid_file(path).entries if path.exists() else []
+    new = []
+    for nfe in nfes:
+        step = next((s for s in tuned["steps"] if (s["solver"], s["nfe"]) == (solver, nfe)), None)
+        if step is None:
+            raise SystemExit(f"{report} has no {solver} step at {nfe} NFE")
+        scan = [c for c in step["candidates"] if c["name"].startswith("teleport ") and "searched" not in c["name"]]
+        if not scan:
+            raise SystemExit(f"{report}: tune's start scan kept no teleported start for {solver} at {nfe} NFE")
+        c = scan[0]
+        new.append(GridEntry(solver, nfe, step["steps"], c["times"], "tune start scan", c.get("tuning_score"), None,
+                             {"candidate": c["name"], "chosen_by": "fewstep tune's start scan (tuning seeds "
+                              f"{tuned['settings'].get('tuning_seeds')})", "tune_validation": c.get("validation"),
+                              "shipped_by": "Frechet distance on fresh seeds, not tune's error yardstick",
+                              "evidence": evidence}, None, c["teleport"]))
+    keep = [e for e in old if (e.solver, e.nfe) not in {(n.solver, n.nfe) for n in new}]
+    den = fewstep.load_model(model)
+    head = json.loads(path.read_text()).get("provenance", {}) if path.exists() else {}
+    head["teleport_plans"] = (f"{solver} at {', '.join(map(str, nfes))} NFE: tune's scanned teleported starts, added by "
+                              f"benchmarks/digits_diffusers.py teleport-plans from {report.parent.name}")
+    write_grid_file(path, den.process, keep + new, head)
+    for e in new:
+        print(f"{path}: {e.solver} {e.nfe} NFE, teleport {e.teleport:g} ({e.provenance['candidate']})")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def main() -> None:
@@ -664,7 +712,8 @@ def main() -> None:
     p = sub.add_parser("paired", help="FD(a) - FD(b) on the same seeds with a paired bootstrap interval")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--nfe", default="5,6,8,10")
-    p.add_argument("--a", required=True, help="fewstep:SOLVER (default grid and start) or diffusers:LABEL")
+    p.add_argument("--a", required=True, help="fewstep:SOLVER (default grid and start), "
+                   "fewstep:SOLVER@teleport=T[,grid=G] or diffusers:LABEL")
     p.add_argument("--b", required=True)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -672,6 +721,13 @@ def main() -> None:
     p.add_argument("--classifier", type=Path, default=MODELS / "digits_classifier")
     p.add_argument("--data", type=Path, default=MODELS)
     p.add_argument("--batch", type=int, default=250)
+    p = sub.add_parser("teleport-plans", help="ship tune's scanned teleported starts in MODEL/plans.json "
+                       "(judged by paired FD on fresh seeds)")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--report", type=Path, required=True, help="plans.report.json of a fewstep tune run on MODEL")
+    p.add_argument("--nfe", required=True)
+    p.add_argument("--solver", default="unipc")
+    p.add_argument("--evidence", required=True, help="where the paired FD comparison is recorded")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -692,6 +748,8 @@ def main() -> None:
     elif args.cmd == "paired":
         paired(args.model, [int(v) for v in args.nfe.split(",")], args.a, args.b, args.n, args.seed, args.boot,
                args.classifier, args.data, args.batch)
+    elif args.cmd == "teleport-plans":
+        teleport_plans(args.model, args.report, [int(v) for v in args.nfe.split(",")], args.solver, args.evidence)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 

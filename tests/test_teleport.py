@@ -277,3 +277,62 @@ def test_cli_gaussian_then_sample_with_teleport(tmp_path, capsys):
     assert main(["sample", "--model", str(ckpt), "--solver", "unipc", "--nfe", "2", "--teleport", "5000", "--n", "2",
                  "--out", str(tmp_path / "bad.npz"), "--no-progress"]) == 1
     assert "outside the process's times" in capsys.readouterr().err
+
+
+def _affine_map(process, t_to, g, dim):
+    """The teleport from t_max as ``x -> b + M x``: ``b`` the image of 0, ``M``'s columns the images of e_i."""
+    eye = torch.eye(dim, dtype=torch.float64)
+    b = teleport(torch.zeros(1, dim, dtype=torch.float64), process, t_to, g)[0]
+    return b, (teleport(eye, process, t_to, g) - b).T
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_teleport_from_t_max_carries_the_prior_to_the_gaussians_marginal(zero_snr):
+    """The prior at t_max is carried to N(alpha m, alpha^2 C + sigma^2 I), the Gaussian's own marginal at t, also
+    from a zero-terminal-SNR end (alpha(t_max) = 0: the flow in the state's own scale never divides by alpha)."""
+    from fewstep.processes import VPDiscrete
+
+    process = VPDiscrete.linear(1000, 1e-4, 0.02, zero_terminal_snr=zero_snr)
+    assert (float(process.alpha(process.t_max)) == 0.0) == zero_snr
+    cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.2]], dtype=torch.float64)
+    g = GaussianMixture.from_covariances(torch.tensor([[0.2, -0.4, 0.1]], dtype=torch.float64), cov[None])
+    for t in (700.0, 300.0):
+        a, s = float(process.alpha(t)), float(process.sigma(t))
+        b, m = _affine_map(process, t, g, 3)
+        a0, s0 = float(process.alpha(process.t_max)), float(process.sigma(process.t_max))
+        prior_cov = a0 ** 2 * cov + s0 ** 2 * torch.eye(3, dtype=torch.float64)  # the marginal at t_max (prior at 0)
+        assert torch.allclose(b + a0 * (m @ g.means[0]), a * g.means[0], atol=1e-12)
+        assert torch.allclose(m @ prior_cov @ m.T, a * a * cov + s * s * torch.eye(3, dtype=torch.float64), atol=1e-10)
+
+
+def test_teleport_starts_at_t_max_even_where_sampling_starts_lower():
+    """On a capped cosine schedule (t_start = 967 < t_max = 999 for an eps network) the prior is carried from t_max,
+    its own time, not from the network's well-conditioned start."""
+    from fewstep.processes import VPDiscrete
+
+    process = VPDiscrete.cosine()
+    assert process.t_start < process.t_max
+    g = GaussianMixture.from_covariances(torch.full((1, 4), -0.5, dtype=torch.float64),
+                                         torch.diag(torch.tensor([0.3, 0.2, 0.1, 0.05], dtype=torch.float64))[None])
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    from_max = teleport(x, process, 900.0, g)
+    assert torch.equal(from_max, teleport(x, process, 900.0, g, t_from=process.t_max))
+    assert not torch.allclose(from_max, teleport(x, process, 900.0, g, t_from=process.t_start), atol=1e-3)
+
+
+def test_a_teleport_above_the_trusted_start_warns_by_name(tmp_path):
+    """A forced teleport, or a plan file's start, above the well-conditioned start is allowed with a warning that
+    names it (a plan tuned under an older start rule says to re-tune)."""
+    from fewstep.processes import VPDiscrete
+
+    process = VPDiscrete.cosine()
+    g = GaussianMixture.from_covariances(torch.zeros(1, 4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)[None])
+    den = g.denoiser(process)
+    high = process.t_start + 5.0
+    with pytest.warns(UserWarning, match=r"teleport=972 is above the well-conditioned start"):
+        fewstep.make_plan(den, "unipc", 5, teleport=high, gaussian=g)
+    plan_file = tmp_path / "plans.json"
+    times = make_grid(process, 5, "uniform", t_max=high).tolist()
+    write_grid_file(plan_file, process, [GridEntry("unipc", 5, 5, times, "tune", teleport=high)])
+    with pytest.warns(UserWarning, match="re-tune the plan"):
+        fewstep.make_plan(den, "unipc", 5, str(plan_file), gaussian=g)

@@ -208,10 +208,9 @@ def _check_teleport(process: Any, teleport: Any) -> float:
     if isinstance(teleport, bool) or not isinstance(teleport, (int, float)):
         raise TypeError(f"teleport must be a time (a number in the process's time units), got {teleport!r}")
     t = float(teleport)
-    if not process.t_min < t <= process.t_start:
-        raise ValueError(f"teleport={t:g} is outside the process's times ({process.t_min:g}, {process.t_start:g}] (up "
-                         f"to its start t_start); pass the time the solve should start at, e.g. "
-                         f"{0.7 * process.t_start + 0.3 * process.t_min:g}")
+    if not process.t_min < t <= process.t_max:
+        raise ValueError(f"teleport={t:g} is outside the process's times ({process.t_min:g}, {process.t_max:g}]; pass "
+                         f"the time the solve should start at, e.g. {0.7 * process.t_start + 0.3 * process.t_min:g}")
     return t
 
 
@@ -282,6 +281,12 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
         raise ValueError(f"the explicit grid has {len(times) - 1} steps but {spec.name} needs {steps} for nfe={nfe}; "
                          f"pass {steps + 1} times")
     t0 = float(times[0])
+    if entry is not None:  # a file tuned under another start rule may start above this process's trusted start
+        message = check_start(process, t0, f"the start of {where}")
+        if message:
+            warnings.warn(f"{message}; re-tune the plan (fewstep tune) to start below it", stacklevel=3)
+    elif teleport is not None:
+        _warn_start(process, t0, "teleport")
     if teleport is not None:
         if abs(t0 - teleport) > 1e-6 * max(1.0, abs(teleport)):
             raise ValueError(f"teleport={teleport:g} but the grid starts at t={t0:g}; an explicit grid used with "
@@ -314,8 +319,8 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
                         tuned_options=tuple(sorted(tuned)))
 
 
-def _warn_start(process: Any, t: float) -> None:
-    message = check_start(process, t, "t_start")
+def _warn_start(process: Any, t: float, setting: str = "t_start") -> None:
+    message = check_start(process, t, setting)
     if message:
         warnings.warn(message, stacklevel=4)
 

@@ -39,11 +39,16 @@ _FORMAT = "fewstep-data-gaussian"
 
 def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMixture,
              t_from: float | None = None, labels: Tensor | None = None) -> Tensor:
-    """``x`` at ``t_from`` (default the process's start ``t_start``, where a prior draw stands) carried to ``t_to`` by the exact flow of ``gaussian`` (in the
-    model's data range); same shape, dtype and device as ``x``.  Unconditional: ``gaussian`` is one Gaussian.
-    Class-conditional: ``gaussian`` has one component per class (:func:`class_gaussians`) and ``labels``
-    (``(batch,)``) picks each sample's: the exact flow of the conditional ODE when each class is Gaussian."""
-    t_from = process.t_start if t_from is None else float(t_from)
+    """``x`` at ``t_from`` carried to ``t_to`` by the exact flow of ``gaussian`` (in the model's data range); same
+    shape, dtype and device as ``x``.
+
+    ``t_from`` defaults to the process's ``t_max``, where the prior draw ``x_T ~ N(0, I)`` is the marginal (up to
+    ``alpha(t_max) x0``; exactly at zero terminal SNR): the Gaussian's flow needs no trusted network, so it also
+    crosses a singular end's top steps, which network solvers skip by starting at ``t_start`` instead.
+    Unconditional: ``gaussian`` is one Gaussian.  Class-conditional: ``gaussian`` has one component per class
+    (:func:`class_gaussians`) and ``labels`` (``(batch,)``) picks each sample's: the exact flow of the conditional
+    ODE when each class is Gaussian."""
+    t_from = process.t_max if t_from is None else float(t_from)
     process.check_time(float(t_to))
     if float(t_to) > t_from:
         raise ValueError(f"teleport goes from noise to data: t_to={t_to} must not exceed t_from={t_from}")
@@ -52,14 +57,14 @@ def teleport(x: Tensor, process: NoiseProcess, t_to: float, gaussian: GaussianMi
                          f"elements; it was computed for another image size")
     t = torch.tensor([t_from, float(t_to)], dtype=torch.float64)
     a, s = process.alpha(t), process.sigma(t)
-    y = x.reshape(len(x), -1).to(device="cpu", dtype=torch.float64) / float(a[0])
     if labels is not None:
         labels = torch.as_tensor(labels).reshape(-1).cpu()
         if len(gaussian.means) == 1 or labels.shape != (len(x),) or int(labels.max()) >= len(gaussian.means) \
                 or int(labels.min()) < 0:
             raise ValueError(f"class-conditional teleport needs one Gaussian per class and one label in "
                              f"0..{len(gaussian.means) - 1} per sample; make them with `fewstep gaussian --per-class`")
-    out = gaussian.flow(y, float(s[0] / a[0]), float(s[1] / a[1]), labels) * float(a[1])
+    flat = x.reshape(len(x), -1).to(device="cpu", dtype=torch.float64)
+    out = gaussian.flow_vp(flat, float(a[0]), float(s[0]), float(a[1]), float(s[1]), labels)
     return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
 

@@ -118,26 +118,39 @@ class GaussianMixture(ExactModel):
         Effectiveness of Gaussian Score Approximation for Diffusion Models", eq. 8-9).  The directions outside
         the low-rank part have variance ``floor^2``.  ``y``: float64 ``(batch, dim)``.  ``component``: for a
         mixture, the component whose Gaussian carries each sample (``(batch,)`` indices, e.g. its class when
-        each class is one component); ``None`` needs a single Gaussian.
+        each class is one component); ``None`` needs a single Gaussian.  :meth:`flow_vp` with ``alpha = 1``.
         """
+        return self.flow_vp(y, 1.0, sigma_from, 1.0, sigma_to, component)
+
+    def flow_vp(self, x: Tensor, alpha_from: float, sigma_from: float, alpha_to: float, sigma_to: float,
+                component: Tensor | None = None) -> Tensor:
+        """:meth:`flow` for ``x = alpha x0 + sigma eps`` in the state's own scale: each eigen-direction solves to
+        ``(x' - alpha' m)_c = sqrt((alpha'^2 c + sigma'^2) / (alpha^2 c + sigma^2)) (x - alpha m)_c`` (eq. 8-9
+        multiplied through by ``alpha``), finite at ``alpha = 0``: a draw at a zero-terminal-SNR end is carried
+        without dividing by ``alpha``.  ``x``: float64 ``(batch, dim)``."""
         if component is None:
             if len(self.means) != 1:
                 raise ValueError(f"the closed-form flow is for one Gaussian; this mixture has {len(self.means)} "
                                  f"components: say which carries each sample (component=...)")
-            component = torch.zeros(len(y), dtype=torch.long)
+            component = torch.zeros(len(x), dtype=torch.long)
         component = torch.as_tensor(component, dtype=torch.long).reshape(-1).cpu()
-        if component.shape != (len(y),) or int(component.min()) < 0 or int(component.max()) >= len(self.means):
+        if component.shape != (len(x),) or int(component.min()) < 0 or int(component.max()) >= len(self.means):
             raise ValueError(f"component must give one index in 0..{len(self.means) - 1} per sample")
-        s0, s1, f2 = float(sigma_from) ** 2, float(sigma_to) ** 2, self.floor ** 2
-        out = torch.empty(y.shape, dtype=torch.float64)
+        a0, s0, a1, s1 = (float(v) for v in (alpha_from, sigma_from, alpha_to, sigma_to))
+        f2 = self.floor ** 2
+
+        def gain(c: Tensor | float) -> Tensor | float:  # the ratio of marginal standard deviations, direction c
+            return ((a1 * a1 * c + s1 * s1) / (a0 * a0 * c + s0 * s0)) ** 0.5
+
+        out = torch.empty(x.shape, dtype=torch.float64)
         for k in component.unique().tolist():
             rows = (component == k).nonzero().reshape(-1)
             m, v, c = self.means[k], self.eigvecs[k], self.eigvals[k]
-            d = y[rows].to(torch.float64) - m
+            d = x[rows].to(torch.float64) - a0 * m
             proj = d @ v
             rest = d - proj @ v.T  # the part outside the low-rank span (zero for full covariances)
-            low = (proj * torch.sqrt((c + f2 + s1) / (c + f2 + s0))) @ v.T
-            out[rows] = m + low + rest * math.sqrt((f2 + s1) / (f2 + s0)) if f2 + s0 > 0 else m + low
+            low = (proj * gain(c + f2)) @ v.T
+            out[rows] = a1 * m + low + (rest * gain(f2) if a0 * a0 * f2 + s0 * s0 > 0 else 0.0)
         return out
 
     def log_prob(self, y: Tensor, sigma_hat: float | Tensor = 0.0) -> Tensor:
