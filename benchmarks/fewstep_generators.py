@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", help="comma-separated row names to run (default: all)")
+    ap.add_argument("--reflow-mid", help="comma-separated intermediate times for extra 2-NFE reflow rows "
+                    "(reflow-2-midT: Euler through t_start, T, t_min), e.g. 700,600,500")
     ap.add_argument("--out", default="benchmarks/results/fewstep_generators")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,6 +69,8 @@ def main() -> None:
     if args.reflow:
         rf = str(latest_checkpoint(args.reflow) or args.reflow)
         configs += [("reflow-1", rf, "euler", 1, None), ("reflow-2", rf, "euler", 2, None)]
+        for t in filter(None, (args.reflow_mid or "").split(",")):  # 2 NFE through another intermediate time
+            configs.append((f"reflow-2-mid{float(t):g}", rf, "euler", 2, ("t", float(t))))
     configs += [("teacher-1", args.teacher, "ddim", 1, None)]
     if args.only:
         keep = set(args.only.split(","))
@@ -78,7 +82,11 @@ def main() -> None:
             rows.append(done[key])
             continue
         den = load_denoiser(model, "cpu")
-        grid = _grid_at(den, sigma_mid) if sigma_mid else None
+        if isinstance(sigma_mid, tuple):  # an intermediate time, not a noise level
+            p = den.process
+            grid = [float(p.t_start), sigma_mid[1], float(p.t_min)]
+        else:
+            grid = _grid_at(den, sigma_mid) if sigma_mid else None
         fn = solver_sample_fn(den, sample_shape(den), solver, nfe, grid, "cpu")
         t0 = time.time()
         res = evaluate(fn, args.n, extractor, ref, seed=args.seed, batch_size=64, desc=name)
@@ -91,8 +99,9 @@ def main() -> None:
         rows.append(row)
     lines = ["| row | model | solver | NFE | FID | precision | recall | n |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['model']} | {r['solver']}"
-                     f"{' (sigma_mid ' + str(ECT_MID_SIGMA) + ')' if r['grid'] else ''} | {r['nfe']} | "
+        mid = (f" (times {', '.join(f'{t:g}' for t in r['grid'])})" if r["name"].startswith("reflow-2-mid") else
+               f" (sigma_mid {ECT_MID_SIGMA})" if r["grid"] else "")
+        lines.append(f"| {r['name']} | {r['model']} | {r['solver']}{mid} | {r['nfe']} | "
                      f"{r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['n']} |")
     table = "\n".join(lines)
     print(table)
