@@ -633,39 +633,35 @@ def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot
         print(f"| {nfe} | {da:.3f} | {db:.3f} | {da - db:+.3f} [{lo:+.3f}, {hi:+.3f}] |", flush=True)
 
 
-def teleport_plans(model: Path, report: Path, nfes: list[int], solver: str, evidence: str) -> None:
-    """Add to ``MODEL/plans.json`` the teleported start that ``fewstep tune``'s start scan chose on its tuning seeds
-    (candidate "teleport T, G grid": the default or logSNR grid from ``T``) for ``solver`` at each NFE, replacing
-    any entry of that (solver, NFE) and keeping the others.
+def teleport_plans(model: Path, entries: list[str], solver: str, rule: str, evidence: str, replace: bool) -> None:
+    """Write teleported starts into ``MODEL/plans.json``: each ``NFE:T[:GRID]`` an entry of ``solver`` at ``NFE``
+    from teleport time ``T`` on the named grid (default the process's), replacing any entry of that (solver, NFE)
+    and keeping the others (all of them dropped with ``replace``).
 
-    tune validates candidates by their error to the network's own ODE solution from the start; a teleported start
-    solves another ODE above ``T`` (the data Gaussian's), so that yardstick cannot say whether it is better.  These
-    entries are shipped on Frechet distance instead: ``paired`` on fresh seeds (``evidence``, recorded with them)."""
+    ``fewstep tune`` judges candidates by their error to the network's own ODE solution from its start; a teleported
+    start follows another ODE above ``T`` (the data Gaussian's) and a better-placed prior, so that yardstick cannot
+    say whether it is better.  These entries are chosen by ``rule`` and shipped on Frechet distance instead
+    (``paired`` on fresh seeds, recorded in ``evidence``)."""
     import fewstep
+    from fewstep.grids import make_grid
     from fewstep.grids.files import GridEntry, read_grid_file, write_grid_file
 
-    tuned = json.loads(report.read_text())
-    path = model / "plans.json"
-    old = read_grid_file(path).entries if path.exists() else []
-    new = []
-    for nfe in nfes:
-        step = next((s for s in tuned["steps"] if (s["solver"], s["nfe"]) == (solver, nfe)), None)
-        if step is None:
-            raise SystemExit(f"{report} has no {solver} step at {nfe} NFE")
-        scan = [c for c in step["candidates"] if c["name"].startswith("teleport ") and "searched" not in c["name"]]
-        if not scan:
-            raise SystemExit(f"{report}: tune's start scan kept no teleported start for {solver} at {nfe} NFE")
-        c = scan[0]
-        new.append(GridEntry(solver, nfe, step["steps"], c["times"], "tune start scan", c.get("tuning_score"), None,
-                             {"candidate": c["name"], "chosen_by": "fewstep tune's start scan (tuning seeds "
-                              f"{tuned['settings'].get('tuning_seeds')})", "tune_validation": c.get("validation"),
-                              "shipped_by": "Frechet distance on fresh seeds, not tune's error yardstick",
-                              "evidence": evidence}, None, c["teleport"]))
-    keep = [e for e in old if (e.solver, e.nfe) not in {(n.solver, n.nfe) for n in new}]
     den = fewstep.load_model(model)
-    head = json.loads(path.read_text()).get("provenance", {}) if path.exists() else {}
-    head["teleport_plans"] = (f"{solver} at {', '.join(map(str, nfes))} NFE: tune's scanned teleported starts, added by "
-                              f"benchmarks/digits_diffusers.py teleport-plans from {report.parent.name}")
+    path = model / "plans.json"
+    old = read_grid_file(path).entries if path.exists() and not replace else []
+    new = []
+    for item in entries:
+        nfe_s, t_s, *grid = item.split(":")
+        nfe, t = int(nfe_s), float(t_s)
+        steps, _ = fewstep.solvers.get(solver).steps_for(nfe)
+        times = make_grid(den.process, steps, grid[0] if grid else None, t_max=t).tolist()
+        new.append(GridEntry(solver, nfe, steps, times, "teleport", None, None,
+                             {"candidate": f"teleport {t:g}, {grid[0] if grid else den.process.default_grid} grid",
+                              "chosen_by": rule, "shipped_by": "Frechet distance on fresh seeds", "evidence": evidence},
+                             None, t))
+    keep = [e for e in old if (e.solver, e.nfe) not in {(n.solver, n.nfe) for n in new}]
+    head = json.loads(path.read_text()).get("provenance", {}) if path.exists() and not replace else {}
+    head["teleport_plans"] = f"{solver} at {', '.join(e.split(':')[0] for e in entries)} NFE: {rule}"
     write_grid_file(path, den.process, keep + new, head)
     for e in new:
         print(f"{path}: {e.solver} {e.nfe} NFE, teleport {e.teleport:g} ({e.provenance['candidate']})")
@@ -721,13 +717,14 @@ def main() -> None:
     p.add_argument("--classifier", type=Path, default=MODELS / "digits_classifier")
     p.add_argument("--data", type=Path, default=MODELS)
     p.add_argument("--batch", type=int, default=250)
-    p = sub.add_parser("teleport-plans", help="ship tune's scanned teleported starts in MODEL/plans.json "
-                       "(judged by paired FD on fresh seeds)")
+    p = sub.add_parser("teleport-plans", help="write teleported starts into MODEL/plans.json (judged by paired FD "
+                       "on fresh seeds)")
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--report", type=Path, required=True, help="plans.report.json of a fewstep tune run on MODEL")
-    p.add_argument("--nfe", required=True)
+    p.add_argument("--entry", action="append", required=True, help="NFE:T[:GRID], repeatable")
     p.add_argument("--solver", default="unipc")
+    p.add_argument("--rule", required=True, help="how the teleport times were chosen (recorded)")
     p.add_argument("--evidence", required=True, help="where the paired FD comparison is recorded")
+    p.add_argument("--replace", action="store_true", help="drop the file's other entries")
     p = sub.add_parser("preview", help="PNG grid of diffusers DDIM samples")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -749,7 +746,7 @@ def main() -> None:
         paired(args.model, [int(v) for v in args.nfe.split(",")], args.a, args.b, args.n, args.seed, args.boot,
                args.classifier, args.data, args.batch)
     elif args.cmd == "teleport-plans":
-        teleport_plans(args.model, args.report, [int(v) for v in args.nfe.split(",")], args.solver, args.evidence)
+        teleport_plans(args.model, args.entry, args.solver, args.rule, args.evidence, args.replace)
     elif args.cmd == "preview":
         preview(args.model, args.out, args.steps, args.n)
 
