@@ -151,3 +151,30 @@ def test_reflow_command_warm_starts_trains_resumes_and_samples(teacher, tmp_path
     assert cfg["process"]["kind"] == "rectified_flow" and cfg["prediction"] == "flow"
     assert cfg["objective"]["init_from"] == ""
     assert main(["reflow", "--teacher", teacher, "--out", str(tmp_path / "x"), "--solver", "euler_a"]) == 1
+
+
+def test_bundled_fashion_fewstep_samples_through_its_own_two_step_grid():
+    """bundled:fashion-fewstep declares its plans its default: 2 NFE goes through the intermediate time chosen for
+    it (any solver with an entry, none given), other NFEs and solvers keep the process's grid; its one step lands
+    near the teacher's 10-NFE ODE solution, far nearer than the teacher's own one step (the coupling is straight)."""
+    den = fewstep.load_model("bundled:fashion-fewstep")
+    plan = fewstep.make_plan(den, nfe=2)
+    from fewstep.attachments import attached
+    from fewstep.grids.files import read_grid_file
+
+    entry = next(e for e in read_grid_file(attached(den, "plan_file")).entries if (e.solver, e.nfe) == ("unipc", 2))
+    assert plan.times.tolist() == entry.times and entry.times[1] != 499.5  # not the uniform grid's midpoint
+    assert "default" in plan.sources and plan.grid.startswith("tuned")
+    assert fewstep.make_plan(den, "ipndm", 2).grid == "uniform" and fewstep.make_plan(den, nfe=3).grid == "uniform"
+    assert fewstep.make_plan(fewstep.load_model("bundled:fashion"), nfe=2).grid == "uniform"  # declared per model
+    teacher = fewstep.load_model("bundled:fashion")
+    seeds = range(8)
+    target = fewstep.generate(teacher, (1, 28, 28), seeds, "unipc", 10)
+    one = fewstep.generate(den, (1, 28, 28), seeds, "euler", 1)
+    two = fewstep.generate(den, (1, 28, 28), seeds, nfe=2)
+    assert torch.isfinite(two).all() and two.std() > 0.2
+
+    def rmse(x):
+        return float((x - target).pow(2).mean().sqrt())
+
+    assert rmse(one) < 0.7 * rmse(fewstep.generate(teacher, (1, 28, 28), seeds, "euler", 1))

@@ -236,6 +236,10 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
         raise ValueError(f"{spec.name} injects Gaussian noise, but {process!r} perturbs with a non-Gaussian kernel "
                          f"(PFGM++): sample it with a deterministic solver (the ODE, Xu et al. 2023, sec. 4)")
     tuned_file = None
+    by_model = grid is None and borrow is None and teleport is None and t_start is None and not grid_options \
+        and _model_plans_cover(denoiser, spec.name, nfe)
+    if by_model:
+        grid = TUNED
     if isinstance(grid, str) and grid == TUNED:
         from .attachments import attached
 
@@ -313,10 +317,27 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
                                                                           else process.default_grid)
     if tuned_file is not None:
         desc_grid = f"tuned ({tuned_file})"
+    if by_model:
+        sources["default"] = "the model's config: sampling.grid = 'tuned' (its own plans are its default)"
     entry_desc = None if entry is None else {"solver": entry.solver, "nfe": entry.nfe, "method": entry.method,
                                              "borrowed": entry.solver != spec.name}
     return SamplingPlan(spec.name, int(nfe), times, start, kwargs, clean_end, net_times, desc_grid, entry_desc, sources,
                         tuned_options=tuple(sorted(tuned)))
+
+
+def _model_plans_cover(denoiser: Any, solver: str, nfe: int) -> bool:
+    """Whether the model declares its attached plans its default (``config["sampling"]["grid"] == "tuned"``, e.g. a
+    few-step generator whose 2-NFE intermediate time was chosen for it) and they hold an entry for this solver and
+    NFE; other solvers and NFEs keep the process's default grid."""
+    from .attachments import attached
+    from .denoisers import wrapper_chain
+    from .grids.files import read_grid_file
+
+    config = next((c for d in wrapper_chain(denoiser) if isinstance(c := getattr(d, "config", None), dict)), None)
+    if not config or (config.get("sampling") or {}).get("grid") != TUNED:
+        return False
+    path = attached(denoiser, "plan_file")
+    return path is not None and any((e.solver, e.nfe) == (solver, int(nfe)) for e in read_grid_file(path).entries)
 
 
 def _warn_start(process: Any, t: float, setting: str = "t_start") -> None:
