@@ -28,7 +28,8 @@ from torch import Tensor
 
 from . import solvers
 from .grids import GRIDS, GridSpec, Schedule, make_grid, make_schedule
-from .grids.files import GridEntry, grid_entry, is_grid_file
+from .grids.files import GridEntry, grid_entry, is_grid_file, read_grid_file
+from .denoisers import wrapper_chain
 from .processes import check_start
 from .nettimes import time_tuned
 
@@ -330,8 +331,6 @@ def _model_plans_cover(denoiser: Any, solver: str, nfe: int) -> bool:
     few-step generator whose 2-NFE intermediate time was chosen for it) and they hold an entry for this solver and
     NFE; other solvers and NFEs keep the process's default grid."""
     from .attachments import attached
-    from .denoisers import wrapper_chain
-    from .grids.files import read_grid_file
 
     config = next((c for d in wrapper_chain(denoiser) if isinstance(c := getattr(d, "config", None), dict)), None)
     if not config or (config.get("sampling") or {}).get("grid") != TUNED:
