@@ -104,7 +104,10 @@ def model_info(model: Any, *, clipping: str = "off") -> ModelInfo:
         entries = read_grid_file(folder / "grids.json").entries
         plans = ", ".join(sorted({f"{e.solver}@{e.nfe}" for e in entries}))
         grid = source if source.startswith("bundled:") else str(folder / "grids.json")
-        info.attached["grids"] = f"{len(entries)} tuned grid plans ({plans}): --grid {grid}"
+        default = ((getattr(den, "config", None) or {}).get("sampling") or {}).get("grid") == "tuned"
+        info.attached["grids"] = (f"{len(entries)} tuned grid plans ({plans}): " +
+                                  ("the model's default for these solvers and NFEs (config sampling.grid)" if default
+                                   else f"--grid {grid}"))
     return info
 
 
