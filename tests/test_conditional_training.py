@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import fewstep
+
 from conftest import tiny_config, tiny_images
 from fewstep.checkpoint import latest_checkpoint
 from fewstep.data import ImageData
@@ -79,3 +81,15 @@ def test_class_lr_scale_gives_the_class_table_its_own_learning_rate(tmp_path):
     rest = [g for g in groups if not any(p is table for p in g["params"])]
     assert len(scaled) == 1 and len(scaled[0]["params"]) == 1 and len(rest) == 1
     assert scaled[0]["lr"] == pytest.approx(20.0 * rest[0]["lr"]) and rest[0]["lr"] > 0
+
+
+def test_the_previous_conditional_model_stays_loadable_under_its_own_name():
+    """bundled:fashion-cond-523 (the model older figures were measured on) loads beside today's bundled:fashion-cond,
+    with its class Gaussians; the two are different networks of the same architecture."""
+    new, old = fewstep.load_model("bundled:fashion-cond"), fewstep.load_model("bundled:fashion-cond-523")
+    assert old.config["step"] == 523 and new.config["step"] > 523
+    assert new.config["network"] == old.config["network"] and old.class_gaussians is not None
+    labels = {"class_labels": torch.tensor([3, 7])}
+    a = fewstep.generate(new, (1, 28, 28), [0, 1], "unipc", 2, cond=labels)
+    b = fewstep.generate(old, (1, 28, 28), [0, 1], "unipc", 2, cond=labels)
+    assert not torch.allclose(a, b, atol=1e-3)
