@@ -30,9 +30,11 @@ from fewstep._io import atomic_write_text
 ECT_MID_SIGMA = 0.821  # ECT's two-step sampler: t = (80, 0.821) in EDM units (the authors' CIFAR-10 setting)
 
 
-def _grid_at(denoiser, sigma_mid: float) -> list[float]:
+def _grid_at(denoiser, mid: tuple[str, float]) -> list[float]:
+    """Two steps ``t_start -> t_mid -> t_min`` through ``mid``: ``("sigma", noise level)`` or ``("t", time)``."""
     p = denoiser.process
-    t_mid = float(p.t_of_sigma_hat(torch.tensor(sigma_mid, dtype=torch.float64)))
+    kind, value = mid
+    t_mid = float(p.t_of_sigma_hat(torch.tensor(value, dtype=torch.float64))) if kind == "sigma" else float(value)
     return [float(p.t_start), t_mid, float(p.t_min)]
 
 
@@ -61,11 +63,11 @@ def main() -> None:
     extractor = get_extractor("fashion", None, "cpu")
     ref = reference_stats(None, extractor)
 
-    configs = []  # (name, model spec, solver, nfe, grid)
+    configs = []  # (name, model spec, solver, nfe, intermediate point of a 2-step grid or None)
     if args.ect:
         ect = str(latest_checkpoint(args.ect) or args.ect)
         configs += [("ect-1", ect, "ddim", 1, None), ("ect-2-cm", ect, "cm", 2, None),
-                    ("ect-2-cm-0.821", ect, "cm", 2, ECT_MID_SIGMA), ("ect-2-ddim", ect, "ddim", 2, None)]
+                    ("ect-2-cm-0.821", ect, "cm", 2, ("sigma", ECT_MID_SIGMA)), ("ect-2-ddim", ect, "ddim", 2, None)]
     if args.reflow:
         rf = str(latest_checkpoint(args.reflow) or args.reflow)
         configs += [("reflow-1", rf, "euler", 1, None), ("reflow-2", rf, "euler", 2, None)]
@@ -76,17 +78,13 @@ def main() -> None:
         keep = set(args.only.split(","))
         configs = [c for c in configs if c[0] in keep]
     rows = []
-    for name, model, solver, nfe, sigma_mid in configs:
+    for name, model, solver, nfe, mid in configs:
         key = (name, model, args.n, args.seed)
         if key in done:
             rows.append(done[key])
             continue
         den = load_denoiser(model, "cpu")
-        if isinstance(sigma_mid, tuple):  # an intermediate time, not a noise level
-            p = den.process
-            grid = [float(p.t_start), sigma_mid[1], float(p.t_min)]
-        else:
-            grid = _grid_at(den, sigma_mid) if sigma_mid else None
+        grid = _grid_at(den, mid) if mid else None
         fn = solver_sample_fn(den, sample_shape(den), solver, nfe, grid, "cpu")
         t0 = time.time()
         res = evaluate(fn, args.n, extractor, ref, seed=args.seed, batch_size=64, desc=name)
@@ -99,9 +97,8 @@ def main() -> None:
         rows.append(row)
     lines = ["| row | model | solver | NFE | FID | precision | recall | n |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mid = (f" (times {', '.join(f'{t:g}' for t in r['grid'])})" if r["name"].startswith("reflow-2-mid") else
-               f" (sigma_mid {ECT_MID_SIGMA})" if r["grid"] else "")
-        lines.append(f"| {r['name']} | {r['model']} | {r['solver']}{mid} | {r['nfe']} | "
+        times = f" (times {', '.join(f'{t:g}' for t in r['grid'])})" if r["grid"] else ""
+        lines.append(f"| {r['name']} | {r['model']} | {r['solver']}{times} | {r['nfe']} | "
                      f"{r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['n']} |")
     table = "\n".join(lines)
     print(table)

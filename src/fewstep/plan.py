@@ -287,9 +287,11 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
                          f"pass {steps + 1} times")
     t0 = float(times[0])
     if entry is not None:  # a file tuned under another start rule may start above this process's trusted start
-        message = check_start(process, t0, f"the start of {where}")
-        if message:
-            warnings.warn(f"{message}; re-tune the plan (fewstep tune) to start below it", stacklevel=3)
+        if check_start(process, t0, "start"):
+            warnings.warn(f"{where} starts at t={t0:g}, above the well-conditioned start t={process.t_start:g} "
+                          f"(fewstep info shows why; it was tuned under another start rule): the model's data "
+                          f"prediction cannot be trusted there; re-tune the plan (fewstep tune) to start below it",
+                          stacklevel=3)
     elif teleport is not None:
         _warn_start(process, t0, "teleport")
     if teleport is not None:
