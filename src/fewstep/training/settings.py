@@ -4,6 +4,7 @@ which checks a whole config strictly and splits it between the trainer and the o
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +16,29 @@ from .denoising import DenoisingObjective
 from .objective import OBJECTIVES, Objective
 from .posthoc_ema import check_sigma_rel
 
-__all__ = ["TrainSettings", "resolve_config"]
+__all__ = ["LR_SCHEDULES", "TrainSettings", "lr_factor", "resolve_config"]
+
+LR_SCHEDULES = ("constant", "cosine", "inverse_sqrt")
+
+
+def lr_factor(step: int, settings: "TrainSettings") -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    Linear warm-up over ``warmup_steps``, then ``lr_schedule``:
+    ``constant``; ``cosine`` (Loshchilov & Hutter 2017) from 1 at the end of warm-up to
+    ``lr_final_fraction`` at ``steps``; ``inverse_sqrt`` (EDM2, Karras et al. 2024, eq. 16 with
+    t_ref = ``lr_ref_steps``): ``1 / sqrt(max(step / lr_ref_steps, 1))``.
+    """
+    s = settings
+    warm = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else 1.0
+    if s.lr_schedule == "cosine":
+        span = max(s.steps - s.warmup_steps, 1)
+        progress = min(max(step - s.warmup_steps, 0) / span, 1.0)
+        f = s.lr_final_fraction
+        return warm * (f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    if s.lr_schedule == "inverse_sqrt":
+        return warm / math.sqrt(max(step / s.lr_ref_steps, 1.0))
+    return warm
 
 
 @dataclass
@@ -29,6 +52,9 @@ class TrainSettings:
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.0
+    lr_ref_steps: int = 0
     grad_clip: float | None = 1.0
     ema_half_life_images: float = 50_000.0
     ema_rampup: float | None = 0.05
@@ -52,11 +78,19 @@ class TrainSettings:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of grad_accum ({self.grad_accum})")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"config training.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
+        if not 0 <= self.lr_final_fraction <= 1:
+            raise ValueError(f"config training.lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
+        if self.lr_schedule == "inverse_sqrt" and self.lr_ref_steps < 1:
+            raise ValueError("config training.lr_schedule 'inverse_sqrt' needs training.lr_ref_steps >= 1 "
+                             "(the step where the decay starts, EDM2's t_ref in batches)")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"config training.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         for name in ("steps", "lr", "ema_half_life_images", "log_every"):
             check_positive(f"training.{name}", getattr(self, name))
-        for name in ("weight_decay", "warmup_steps", "grad_clip", "ema_rampup", "seed", "checkpoint_every_steps",
+        for name in ("weight_decay", "warmup_steps", "lr_ref_steps", "grad_clip", "ema_rampup", "seed", "checkpoint_every_steps",
                      "checkpoint_every_seconds", "keep_checkpoints", "sample_every_steps"):
             check_non_negative(f"training.{name}", getattr(self, name))
         for rel in self.posthoc_ema_sigma_rels:

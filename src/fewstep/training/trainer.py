@@ -32,7 +32,7 @@ from .denoising import DenoisingObjective
 from .ema import ema_decay, make_ema, update_ema
 from .objective import Objective, Phase
 from .posthoc_ema import gamma_from_sigma_rel, power_beta, save_snapshot
-from .settings import TrainSettings, resolve_config
+from .settings import TrainSettings, lr_factor, resolve_config
 
 __all__ = ["Trainer", "TrainingDiverged", "init_distributed_from_env"]
 
@@ -296,10 +296,10 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
     def lr_at(self, step: int, module: str | None = None) -> float:
-        """The learning rate at ``step`` after linear warm-up (of ``module``'s optimizer if named)."""
-        s = self.settings
-        base = self._opt_options[module]["lr"] if module else s.lr
-        return base * min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps > 0 else base
+        """The learning rate at ``step`` (warm-up and ``lr_schedule``, :func:`lr_factor`) of
+        ``module``'s optimizer if named, else of the base rate."""
+        base = self._opt_options[module]["lr"] if module else self.settings.lr
+        return base * lr_factor(step, self.settings)
 
     def accumulate_gradients(self, phase: int = 0, batch: dict[str, Tensor] | None = None) -> float:
         """Forward and backward of phase ``phase`` on this rank's share of the current step's batch
