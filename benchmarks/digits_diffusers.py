@@ -573,7 +573,8 @@ def _features(sample_fn, seeds: list[int], extractor, batch: int) -> torch.Tenso
 
 def _sampler(spec: str, unet, cfg: dict, den, shape, nfe: int):
     """``fewstep:SOLVER`` (the default grid and start), ``fewstep:SOLVER@teleport=T[,grid=G]`` (a teleported
-    start at ``T``, optionally on the named grid ``G``), or ``diffusers:LABEL`` (a row of :func:`diffusers_rows`)."""
+    start at ``T``, optionally on the named grid ``G``; ``nfe=N`` overrides the budget, e.g. a converged
+    reference), or ``diffusers:LABEL`` (a row of :func:`diffusers_rows`)."""
     import fewstep
     from fewstep.plan import make_plan
 
@@ -583,10 +584,10 @@ def _sampler(spec: str, unet, cfg: dict, den, shape, nfe: int):
         kw: dict = {}
         for item in filter(None, extra.split(",")):
             key, _, value = item.partition("=")
-            if key not in ("teleport", "grid"):
-                raise SystemExit(f"{spec}: after @ write teleport=T and/or grid=NAME, not {key!r}")
-            kw[key] = float(value) if key == "teleport" else value
-        plan = make_plan(den, name, nfe, **kw)
+            if key not in ("teleport", "grid", "nfe"):
+                raise SystemExit(f"{spec}: after @ write teleport=T, grid=NAME and/or nfe=N, not {key!r}")
+            kw[key] = float(value) if key == "teleport" else int(value) if key == "nfe" else value
+        plan = make_plan(den, name, kw.pop("nfe", nfe), **kw)
         return lambda seeds: fewstep.generate(den, shape, seeds, plan)
     if kind == "diffusers":
         factory = dict(diffusers_rows(cfg))[name]
@@ -709,7 +710,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--nfe", default="5,6,8,10")
     p.add_argument("--a", required=True, help="fewstep:SOLVER (default grid and start), "
-                   "fewstep:SOLVER@teleport=T[,grid=G] or diffusers:LABEL")
+                   "fewstep:SOLVER@teleport=T[,grid=G][,nfe=N] or diffusers:LABEL")
     p.add_argument("--b", required=True)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

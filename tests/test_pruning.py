@@ -182,3 +182,26 @@ def test_pruned_model_round_trips_through_save_and_load_and_fine_tunes(tmp_path)
         torch.testing.assert_close(tr.model(X, T), back.net(X, T))
     tr.fit()
     assert load_model(tmp_path / "ft").net.config.res_hidden == back.net.config.res_hidden
+    kd = finetune_config(out, 2, teacher=source, teacher_weight=0.5)  # output distillation from the unpruned model
+    assert kd["objective"]["teacher"] == source and kd["objective"]["teacher_weight"] == 0.5
+    tr = Trainer(kd, ImageData(tiny_images()), tmp_path / "kd", progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(tr.objective.teacher(X, T), load_model(source)(X, T))
+    tr.fit()
+
+
+def test_cli_prunes_and_fine_tunes_against_the_unpruned_model(tmp_path, capsys):
+    import numpy as np
+
+    from fewstep.cli import main
+
+    Trainer(tiny_config(steps=1), ImageData(tiny_images()), tmp_path / "run", progress=False).fit()
+    source = str(latest_checkpoint(tmp_path / "run"))
+    np.savez(tmp_path / "data.npz", images=tiny_images(16).numpy())
+    args = ["prune", "--model", source, "--ratio", "0.5", "--method", "taylor", "--steps", "3", "--images", "4",
+            "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "p"), "--finetune-steps", "2",
+            "--distill", "--no-progress"]
+    assert main(args) == 0
+    cfg = json.loads((latest_checkpoint(tmp_path / "p") / "config.json").read_text())
+    assert cfg["objective"]["teacher"] == source and cfg["objective"]["teacher_weight"] == 1.0
+    assert "fine-tuned to step 2" in capsys.readouterr().out

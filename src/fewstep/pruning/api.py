@@ -119,10 +119,12 @@ def save_pruned(result: PruneResult, out: str | os.PathLike, source: str) -> Pat
 
 
 def finetune_config(pruned_folder: str | os.PathLike, steps: int, *, lr: float | None = None,
-                    data: str | None = None) -> dict[str, Any]:
+                    data: str | None = None, teacher: str | None = None, teacher_weight: float = 1.0
+                    ) -> dict[str, Any]:
     """The training config of the fine-tune: the source's own config (process, prediction, objective, data,
     optimiser) with the pruned network, warm-started from ``pruned_folder`` (``objective.init_from``), for
-    ``steps`` steps, without preview grids."""
+    ``steps`` steps, without preview grids.  With ``teacher`` (the unpruned model), the targets are its
+    predictions, weighted ``teacher_weight`` against the data's (``objective.teacher``)."""
     if steps < 1:
         raise ValueError(f"fine-tune steps must be positive, got {steps}")
     cfg = read_config(pruned_folder)
@@ -139,5 +141,7 @@ def finetune_config(pruned_folder: str | os.PathLike, steps: int, *, lr: float |
         tr["lr"] = float(lr)
     if data is not None:
         config["data"]["spec"] = data
+    if teacher is not None:
+        config["objective"].update({"teacher": str(teacher), "teacher_weight": float(teacher_weight)})
     resolve_config(config)
     return config

@@ -70,10 +70,15 @@ class DenoisingSettings:
     align_stop_step: int = 0
     align_temperature: float = 0.5
     align_projector_dim: int = 256
+    #: Knowledge distillation: a trained model (anything ``load_model`` reads) whose predictions replace the data's
+    #: targets, with weight ``teacher_weight`` (1: the teacher's only; the rest on the data).
+    teacher: str = ""
+    teacher_weight: float = 1.0
     #: Keys newer than the ``training`` section's legacy objective settings: accepted under ``objective`` only.
     objective_only: ClassVar[tuple[str, ...]] = (
         "patch_full_fraction", "patch_sizes", "patch_weights", "patch_batch_scale", "align", "align_weight",
-        "align_tap", "align_encoder", "align_stop_step", "align_temperature", "align_projector_dim")
+        "align_tap", "align_encoder", "align_stop_step", "align_temperature", "align_projector_dim", "teacher",
+        "teacher_weight")
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -115,6 +120,11 @@ class DenoisingSettings:
         if self.align != "off" and self.patch_full_fraction < 1.0:
             raise ValueError("objective.align with Patch Diffusion (patch_full_fraction < 1) is not supported: "
                              "the aligned features are those of full images")
+        if not 0.0 < self.teacher_weight <= 1.0:
+            raise ValueError(f"objective.teacher_weight must lie in (0, 1], got {self.teacher_weight}")
+        if self.teacher and self.patch_full_fraction < 1.0:
+            raise ValueError("objective.teacher with Patch Diffusion (patch_full_fraction < 1) is not supported: "
+                             "the teacher predicts full images")
         if self.curriculum != "none" and self.patch_full_fraction < 1.0:
             raise ValueError("objective.curriculum with Patch Diffusion (patch_full_fraction < 1) is not supported")
 
@@ -165,6 +175,10 @@ class DenoisingObjective(Objective):
         if settings.init_from:
             from .warmstart import warm_start
             warm_start(self.model, settings.init_from, config)
+        self.teacher: Denoiser | None = None
+        if settings.teacher:
+            from .warmstart import load_teacher
+            self.teacher = load_teacher(settings.teacher, config)
         if settings.use_labels:
             if data.labels is None:
                 raise ValueError("objective.use_labels is set but the data has no labels (fashion-mnist and .npz "
@@ -211,7 +225,9 @@ class DenoisingObjective(Objective):
         return {"model": self.model, **extra, **({"projector": self.projector} if self.projector is not None else {})}
 
     def frozen(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder} if self.encoder is not None else {}
+        """REPA's ``encoder`` and the distillation ``teacher``'s network (moved with the run, never trained)."""
+        out: dict[str, nn.Module] = {"encoder": self.encoder} if self.encoder is not None else {}
+        return {**out, "teacher": self.teacher.net} if self.teacher is not None else out
 
     def phases(self) -> list[Phase]:
         """The denoising loss (plus lambda times the alignment); with REPA then the projector's own update on
@@ -287,6 +303,8 @@ class DenoisingObjective(Objective):
         if weight is not None and bool((weight > 0).any()):
             rec = TapRecorder(s.align_tap)
             cond["ctx"] = recording_context(rec)
+        if self.teacher is not None:
+            x0, eps = self._teacher_targets(nets["teacher"], x0, t, eps, cond)
         loss = diffusion_loss(nets["model"], self.prediction, self.process, x0, t, eps, weighting=s.weighting,
                               cond=cond or None, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
         if "uncertainty" in nets:  # EDM2: divided by exp(u(sigma)) plus u(sigma)
@@ -304,6 +322,26 @@ class DenoisingObjective(Objective):
             self._stash.clear()
         self._stash[self._key(batch)] = (h.detach(), target)
         return loss + weight * repa_loss(nets["projector"](h), target)
+
+    @torch.no_grad()
+    def _teacher_targets(self, net: nn.Module, x0: Tensor, t: Tensor, eps: Tensor, cond: Mapping[str, Any]
+                         ) -> tuple[Tensor, Tensor]:
+        """The pair ``(x0', eps')`` whose noising is the same ``x_t``, mixing the teacher's predictions at ``x_t``
+        with weight ``w = teacher_weight`` into the data's: ``x0' = w x0_T + (1 - w) x0`` (and ``eps'`` alike).
+
+        Every parametrisation's target is linear in ``(x0, eps)`` at fixed ``x_t``, and a squared error to a
+        mixed target equals the mixture of the squared errors up to a constant, so this is ``w`` times the
+        output distillation loss (as in BK-SDM, Kim et al. 2023) plus ``1 - w`` times the data loss, with one
+        forward pass of the student.
+        """
+        teacher = self.teacher
+        teacher.net = net  # the trainer may have moved it
+        a, s = teacher.param.alpha_sigma(x0, t)
+        x_t = a * x0 + s * eps
+        extra = {k: v for k, v in cond.items() if k == "class_labels"}
+        pred = teacher.predict(x_t, t.double(), **extra)
+        w = self.settings.teacher_weight
+        return w * pred.x0.to(x0.dtype) + (1 - w) * x0, w * pred.eps.to(eps.dtype) + (1 - w) * eps
 
     @staticmethod
     def _key(batch: dict[str, Tensor]) -> tuple[float, ...]:

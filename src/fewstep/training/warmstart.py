@@ -16,9 +16,34 @@ from torch import nn
 
 from ..loading import load_model
 
-__all__ = ["warm_start"]
+__all__ = ["load_teacher", "warm_start"]
 
 _ZERO_INIT_SUFFIXES = ("embed.classes.weight",)
+
+
+def _check_same_process(den: Any, source: str, config: Mapping[str, Any], role: str) -> None:
+    src_cfg = den.config or {}
+    for key in ("process", "prediction") if role == "init_from" else ("process",):
+        if key in src_cfg and key in config and src_cfg[key] != config[key]:
+            advice = (f"fine-tune with the source's {key}" if role == "init_from" else
+                      f"distil from a teacher trained with this run's {key}")
+            raise ValueError(f"{role} {source}: its {key} {src_cfg[key]!r} differs from this run's "
+                             f"{config[key]!r}; {advice}")
+
+
+def load_teacher(source: str, config: Mapping[str, Any]) -> Any:
+    """The distillation teacher: model ``source`` as a :class:`~fewstep.denoisers.Denoiser` of one network, frozen.
+
+    Its process must be the run's (its predictions are targets at the run's noise levels); its parametrisation
+    may differ (the targets are converted through its data and noise predictions)."""
+    from ..denoisers import Denoiser
+
+    den = load_model(source)
+    _check_same_process(den, source, config, "teacher")
+    if not isinstance(den, Denoiser):
+        raise ValueError(f"teacher {source}: expected a plain denoiser of one network, got {type(den).__name__}")
+    den.net.eval().requires_grad_(False)
+    return den
 
 
 def warm_start(net: nn.Module, source: str, config: Mapping[str, Any]) -> list[str]:
@@ -29,11 +54,7 @@ def warm_start(net: nn.Module, source: str, config: Mapping[str, Any]) -> list[s
     Returns the names of the parameters that were zero-initialised instead of copied.
     """
     den = load_model(source)
-    src_cfg = den.config or {}
-    for key in ("process", "prediction"):
-        if key in src_cfg and key in config and src_cfg[key] != config[key]:
-            raise ValueError(f"init_from {source}: its {key} {src_cfg[key]!r} differs from this run's "
-                             f"{config[key]!r}; fine-tune with the source's {key}")
+    _check_same_process(den, source, config, "init_from")
     nets = list(den.networks())
     if len(nets) != 1:
         raise ValueError(f"init_from {source}: expected one network, found {len(nets)}")
