@@ -600,38 +600,35 @@ def _sampler(spec: str, unet, cfg: dict, den, shape, nfe: int):
 
 def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot: int, classifier: Path, data: Path,
            batch: int) -> None:
-    """FD(a) - FD(b) to the test split on the same seeds, with a paired bootstrap 95% interval: both samplers'
-    features are resampled with the same seed indices, so the interval is of the difference, not of each FD."""
+    """FD(a) - FD(b) to the test split on the same seeds, with a paired bootstrap 95% interval
+    (:func:`fewstep.metrics.frechet.paired_fd_difference`): the interval is of the difference, not of each FD."""
     import fewstep
-    from fewstep.metrics.frechet import frechet_distance
+    from fewstep.metrics.frechet import paired_fd_difference
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     extractor, _ = load_extractor(classifier)
     xte, _ = load_split("test", data)
     with torch.no_grad():
         ref = extractor(xte).double()
-    mu_r, cov_r = ref.mean(0).numpy(), torch.cov(ref.T).numpy()
+    mu_r, cov_r = ref.mean(0), torch.cov(ref.T)
     unet, cfg = load_unet(model)
     den = fewstep.load_model(model)
     shape = (unet.config.in_channels, RES, RES)
     seeds = list(range(seed, seed + n))
-
-    def fd(f: torch.Tensor) -> float:
-        return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu_r, cov_r)
-
     print(f"model {model}; seeds {seed}..{seed + n - 1}; FD to the test split; {boot} paired bootstrap resamples")
     print("| NFE | " + a + " | " + b + " | difference [95% interval] |\n|---:|---:|---:|---:|")
     for nfe in nfes:
         fa = _features(_sampler(a, unet, cfg, den, shape, nfe), seeds, extractor, batch)
         fb = _features(_sampler(b, unet, cfg, den, shape, nfe), seeds, extractor, batch)
-        g = torch.Generator().manual_seed(0)
-        diffs = []
-        for _ in range(boot):
-            idx = torch.randint(0, n, (n,), generator=g)
-            diffs.append(fd(fa[idx]) - fd(fb[idx]))
-        lo, hi = torch.tensor(diffs, dtype=torch.float64).quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-        da, db = fd(fa), fd(fb)
-        print(f"| {nfe} | {da:.3f} | {db:.3f} | {da - db:+.3f} [{lo:+.3f}, {hi:+.3f}] |", flush=True)
+        diff, lo, hi = paired_fd_difference(fa, fb, mu_r, cov_r, resamples=boot)
+        print(f"| {nfe} | {_fd(fa, mu_r, cov_r):.3f} | {_fd(fb, mu_r, cov_r):.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |",
+              flush=True)
+
+
+def _fd(f: torch.Tensor, mu_r: torch.Tensor, cov_r: torch.Tensor) -> float:
+    from fewstep.metrics.frechet import frechet_distance
+
+    return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu_r.numpy(), cov_r.numpy())
 
 
 def teleport_plans(model: Path, entries: list[str], solver: str, rule: str, evidence: str, replace: bool) -> None:

@@ -154,3 +154,39 @@ def test_inception_score_bounds():
     assert inception_score(uniform)[0] == pytest.approx(1.0)
     confident = np.eye(10)[np.arange(100) % 10] * 50
     assert inception_score(confident, splits=5)[0] == pytest.approx(10.0, rel=1e-6)
+
+
+def test_paired_fd_difference_of_a_sampler_with_itself_is_exactly_zero():
+    from fewstep.metrics.frechet import paired_fd_difference
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    assert paired_fd_difference(f, f.clone(), torch.zeros(4), torch.eye(4), resamples=50) == (0.0, 0.0, 0.0)
+
+
+def test_paired_fd_difference_resolves_what_unpaired_intervals_cannot():
+    """b = a plus a small extra spread on the same seeds: FD(a) - FD(b) is negative, and pairing the rows makes
+    the interval exclude 0 though each FD's own sampling noise is larger than the difference."""
+    from fewstep.metrics.frechet import frechet_distance, paired_fd_difference
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(400, 3, generator=g, dtype=torch.float64)
+    b = a * 1.15
+    diff, lo, hi = paired_fd_difference(a, b, torch.zeros(3), torch.eye(3), resamples=200)
+    direct = (frechet_distance(a.mean(0).numpy(), torch.cov(a.T).numpy(), np.zeros(3), np.eye(3))
+              - frechet_distance(b.mean(0).numpy(), torch.cov(b.T).numpy(), np.zeros(3), np.eye(3)))
+    assert diff == pytest.approx(direct)
+    assert lo <= diff <= hi < 0
+    own = []                                                       # FD(b) alone, resampled: its spread
+    for _ in range(200):
+        idx = torch.randint(0, 400, (400,), generator=g)
+        own.append(frechet_distance(b[idx].mean(0).numpy(), torch.cov(b[idx].T).numpy(), np.zeros(3), np.eye(3)))
+    own_lo, own_hi = np.quantile(own, [0.025, 0.975])
+    assert own_hi - own_lo > abs(diff) > hi - lo                   # unpaired: not resolved; paired: resolved
+
+
+def test_paired_fd_difference_refuses_unpaired_shapes():
+    from fewstep.metrics.frechet import paired_fd_difference
+
+    with pytest.raises(ValueError, match="one shape"):
+        paired_fd_difference(torch.zeros(10, 3), torch.zeros(9, 3), torch.zeros(3), torch.eye(3))
