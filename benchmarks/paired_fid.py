@@ -26,7 +26,7 @@ import torch
 
 def features(args: argparse.Namespace) -> None:
     import fewstep
-    from fewstep.checkpoint import atomic_write_bytes
+    from fewstep._io import atomic_write_bytes
     from fewstep.metrics.evaluate import quantize
     from fewstep.metrics.extractors import get_extractor
     from fewstep.plan import make_plan
