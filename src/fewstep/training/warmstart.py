@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..denoisers import Denoiser
 from ..loading import load_model
 
 __all__ = ["load_teacher", "warm_start"]
@@ -36,8 +37,6 @@ def load_teacher(source: str, config: Mapping[str, Any]) -> Any:
 
     Its process must be the run's (its predictions are targets at the run's noise levels); its parametrisation
     may differ (the targets are converted through its data and noise predictions)."""
-    from ..denoisers import Denoiser
-
     den = load_model(source)
     _check_same_process(den, source, config, "teacher")
     if not isinstance(den, Denoiser):
