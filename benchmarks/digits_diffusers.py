@@ -603,7 +603,7 @@ def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot
     """FD(a) - FD(b) to the test split on the same seeds, with a paired bootstrap 95% interval
     (:func:`fewstep.metrics.frechet.paired_fd_difference`): the interval is of the difference, not of each FD."""
     import fewstep
-    from fewstep.metrics.frechet import paired_fd_difference
+    from fewstep.metrics.frechet import frechet_distance_to_moments as fd, paired_fd_difference
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     extractor, _ = load_extractor(classifier)
@@ -621,14 +621,8 @@ def paired(model: Path, nfes: list[int], a: str, b: str, n: int, seed: int, boot
         fa = _features(_sampler(a, unet, cfg, den, shape, nfe), seeds, extractor, batch)
         fb = _features(_sampler(b, unet, cfg, den, shape, nfe), seeds, extractor, batch)
         diff, lo, hi = paired_fd_difference(fa, fb, mu_r, cov_r, resamples=boot)
-        print(f"| {nfe} | {_fd(fa, mu_r, cov_r):.3f} | {_fd(fb, mu_r, cov_r):.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |",
+        print(f"| {nfe} | {fd(fa, mu_r, cov_r):.3f} | {fd(fb, mu_r, cov_r):.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |",
               flush=True)
-
-
-def _fd(f: torch.Tensor, mu_r: torch.Tensor, cov_r: torch.Tensor) -> float:
-    from fewstep.metrics.frechet import frechet_distance
-
-    return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu_r.numpy(), cov_r.numpy())
 
 
 def teleport_plans(model: Path, entries: list[str], solver: str, rule: str, evidence: str, replace: bool) -> None:

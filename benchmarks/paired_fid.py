@@ -61,7 +61,7 @@ def features(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     from fewstep.metrics.extractors import get_extractor
-    from fewstep.metrics.frechet import frechet_distance, paired_fd_difference
+    from fewstep.metrics.frechet import frechet_distance_to_moments, paired_fd_difference
     from fewstep.metrics.models import reference_stats
 
     a, b = (torch.load(p, weights_only=False) for p in (args.a, args.b))
@@ -71,7 +71,7 @@ def compare(args: argparse.Namespace) -> None:
     mu, cov = torch.as_tensor(ref.mu), torch.as_tensor(ref.sigma)
 
     def fid(f: torch.Tensor) -> float:
-        return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu.numpy(), cov.numpy())
+        return frechet_distance_to_moments(f, mu, cov)
 
     diff, lo, hi = paired_fd_difference(a["features"], b["features"], mu, cov, resamples=args.boot)
     label = lambda r: f"{r['model']} {r['solver']}@{r['nfe']}"  # noqa: E731

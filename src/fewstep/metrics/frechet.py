@@ -54,10 +54,10 @@ def paired_fd_difference(features_a: Tensor, features_b: Tensor, ref_mean: Tenso
     if resamples < 1 or not 0 < level < 1:
         raise ValueError(f"resamples must be positive and level in (0, 1), got {resamples}, {level}")
     fa, fb = features_a.to(torch.float64), features_b.to(torch.float64)
-    mu_r, cov_r = np.asarray(ref_mean, np.float64), np.asarray(ref_cov, np.float64)
+    mu_r, cov_r = torch.as_tensor(ref_mean, dtype=torch.float64), torch.as_tensor(ref_cov, dtype=torch.float64)
 
     def fd(f: Tensor) -> float:
-        return frechet_distance(f.mean(0).numpy(), torch.cov(f.T).numpy(), mu_r, cov_r)
+        return frechet_distance_to_moments(f, mu_r, cov_r)
 
     n = len(fa)
     g = torch.Generator().manual_seed(seed)

@@ -304,7 +304,7 @@ class DenoisingObjective(Objective):
             rec = TapRecorder(s.align_tap)
             cond["ctx"] = recording_context(rec)
         if self.teacher is not None:
-            x0, eps = self._teacher_targets(nets["teacher"], x0, t, eps, cond)
+            x0, eps = self._teacher_targets(x0, t, eps, cond)
         loss = diffusion_loss(nets["model"], self.prediction, self.process, x0, t, eps, weighting=s.weighting,
                               cond=cond or None, sigma_data=self.sigma_data, gamma=s.min_snr_gamma)
         if "uncertainty" in nets:  # EDM2: divided by exp(u(sigma)) plus u(sigma)
@@ -324,8 +324,7 @@ class DenoisingObjective(Objective):
         return loss + weight * repa_loss(nets["projector"](h), target)
 
     @torch.no_grad()
-    def _teacher_targets(self, net: nn.Module, x0: Tensor, t: Tensor, eps: Tensor, cond: Mapping[str, Any]
-                         ) -> tuple[Tensor, Tensor]:
+    def _teacher_targets(self, x0: Tensor, t: Tensor, eps: Tensor, cond: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """The pair ``(x0', eps')`` whose noising is the same ``x_t``, mixing the teacher's predictions at ``x_t``
         with weight ``w = teacher_weight`` into the data's: ``x0' = w x0_T + (1 - w) x0`` (and ``eps'`` alike).
 
@@ -334,8 +333,7 @@ class DenoisingObjective(Objective):
         output distillation loss (as in BK-SDM, Kim et al. 2023) plus ``1 - w`` times the data loss, with one
         forward pass of the student.
         """
-        teacher = self.teacher
-        teacher.net = net  # the trainer may have moved it
+        teacher = self.teacher  # its network is frozen() and moved in place with the run
         a, s = teacher.param.alpha_sigma(x0, t)
         x_t = a * x0 + s * eps
         extra = {k: v for k, v in cond.items() if k == "class_labels"}
