@@ -24,7 +24,7 @@ LAYERS = [
                     "solution_error", "_version"}),
     ("networks", {"parametrization", "context", "nets"}),
     ("denoisers", {"denoisers", "exact", "fingerprint", "nettimes", "compiling", "teleport", "onestep", "attachments",
-                   "diffusers_config", "consistency"}),
+                   "diffusers_config", "consistency", "latent"}),
     ("grids", {"grids"}),
     ("solvers", {"solvers"}),
     ("sampling", {"plan", "api", "accel", "quant", "loading", "inversion", "diffusers_scheduler", "diffusion_features",

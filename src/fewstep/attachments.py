@@ -47,6 +47,8 @@ ATTACHMENTS: tuple[Attachment, ...] = (
                "the training data's Gaussian, for teleported starts (`fewstep gaussian`)"),
     Attachment("class_gaussians", ("gaussian.safetensors",), "fewstep.teleport:load_class_gaussians",
                "one data Gaussian per class (`fewstep gaussian --per-class`)"),
+    Attachment("latent_space", ("latent-autoencoder.safetensors",), "fewstep.latent:load_latent_space",
+               "the autoencoder a latent model samples in, decoding its samples to images (docs/training.md)"),
     Attachment("plan_file", ("plans.json", "grids.json"), "fewstep.attachments:_path",
                "tuned sampling plans (`fewstep tune`), used with grid='tuned' / --plan tuned"),
 )

@@ -232,8 +232,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointDamaged(f"cannot read {path} ({err}); the file is damaged") from None
 
 
+#: Weights an inference-only export keeps beside ``ema.safetensors``: a latent model's autoencoder (fewstep.latent).
+_EXPORTED_BESIDE = ("latent-autoencoder.safetensors",)
+
+
 def export_ema(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Copy a checkpoint's ``config.json`` (plus ``extra`` provenance) and ``ema.safetensors`` into ``dest``.
+    """Copy a checkpoint's ``config.json`` (plus ``extra`` provenance) and ``ema.safetensors`` (and a latent
+    model's autoencoder) into ``dest``.
 
     This is the inference-only form shipped as ``bundled:*``; ``dest`` is replaced atomically.
     """
@@ -244,11 +249,14 @@ def export_ema(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: di
     staging = dest.with_name(dest.name + ".new")
     if staging.exists():
         shutil.rmtree(staging)
-    verify_checksum(src / "ema.safetensors")
+    files = ["ema.safetensors"] + [n for n in _EXPORTED_BESIDE if (src / n).exists()]
+    for name in files:
+        verify_checksum(src / name)
     with atomic_dir(staging) as tmp:
-        shutil.copyfile(src / "ema.safetensors", tmp / "ema.safetensors")
+        for name in files:
+            shutil.copyfile(src / name, tmp / name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        write_checksums(tmp, ["ema.safetensors"])
+        write_checksums(tmp, files)
     old = dest.with_name(dest.name + ".old")
     if dest.exists():
         os.rename(dest, old)

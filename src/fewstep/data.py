@@ -26,7 +26,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass
 class ImageData:
-    """``images``: uint8 ``(N, C, H, W)``; ``labels``: int64 ``(N,)`` or None."""
+    """``images``: uint8 ``(N, C, H, W)`` (or float latents already in model space: :class:`fewstep.latent.LatentData`);
+    ``labels``: int64 ``(N,)`` or None."""
 
     images: Tensor
     labels: Tensor | None = None
@@ -35,9 +36,15 @@ class ImageData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def to_images(self, x: Tensor) -> Tensor:
+        """Model-space samples as images in [-1, 1]: ``x`` itself (a latent data set decodes them)."""
+        return x
+
 
 def to_model_range(images: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]``."""
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]``; float tensors (latents) are already in model space."""
+    if images.is_floating_point():
+        return images.float()
     return images.float() / 127.5 - 1.0
 
 

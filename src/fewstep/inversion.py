@@ -33,6 +33,7 @@ from .grids import GridSpec, Schedule
 from .solvers import available, get
 from .solvers._common import Callback, Cond, Generator, randn_like, step_done
 from .solvers.ddim import ddim_mean, ddim_step
+from .latent import require_pixel_space
 
 __all__ = ["ddim_invert", "ddim_reconstruct", "invertible_solvers", "check_invertible", "EditFriendly", "edit_friendly_invert",
            "edit_friendly_sample"]
@@ -76,6 +77,7 @@ def check_invertible(name: str) -> None:
 def _check_images(denoiser: DenoiserBase, x: Tensor, what: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    require_pixel_space(denoiser, "inversion")
     shape = denoiser.sample_shape
     if x.ndim < 2 or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
         want = "(batch, " + ", ".join(map(str, shape)) + ")" if shape is not None else "(batch, ...)"

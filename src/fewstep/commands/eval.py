@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     shape = sample_shape(denoiser, args.shape)
     from ._reference import near_exact_from_args
 
+    if args.reference:
+        from ..latent import require_pixel_space
+
+        require_pixel_space(denoiser, "--reference (the solution error against a near-exact solve)")
     near = near_exact_from_args(args, denoiser, shape, device) if args.reference else None  # before compiling
     if args.compile:  # composed as every command composes (fewstep.compose); cache and guidance in the sample function
         from ..compose import compose_sampler

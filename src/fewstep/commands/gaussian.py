@@ -31,8 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import load_data, to_model_range
+    from ..latent import latent_space_of
     from ..loading import load_model
-    from ..teleport import GAUSSIAN_FILE, class_gaussians, data_gaussian, save_gaussian, truncate
+    from ..teleport import GAUSSIAN_FILE, class_gaussians, data_gaussian, gaussian_of, save_gaussian, truncate
 
     out = Path(args.out) if args.out else beside_checkpoint(
         args.model, GAUSSIAN_FILE, f"pass --out FILE (then sample with gaussian=FILE, or copy it to a checkpoint's "
@@ -50,7 +54,15 @@ def run(args: argparse.Namespace) -> int:
         args.data = ((den.config or {}).get("data") or {}).get("spec")
         if not args.data:
             raise ValueError(f"model {args.model} does not record its training data; pass --data D")
-    full = data_gaussian(args.data, tuple(int(v) for v in shape))
+    space = latent_space_of(den)
+    if space is None:
+        full = data_gaussian(args.data, tuple(int(v) for v in shape))
+    else:  # a latent model teleports in its latent space: the Gaussian of the encoded training data
+        if args.per_class:
+            raise ValueError(f"--per-class for a latent model ({args.model}) is not supported yet; drop --per-class")
+        images = load_data(args.data, resolution=space.image_shape[-1], channels=space.image_shape[0]).images
+        with torch.no_grad():
+            full = gaussian_of(images, lambda part: space.encode(to_model_range(part)))
     g = full if args.rank == dim else truncate(full, args.rank)
     total = float(full.eigvals[0].sum())
     kept = float(full.eigvals[0].sort(descending=True).values[:args.rank].sum())

@@ -175,6 +175,7 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
 
     from ..api import generate
     from ..imagegrid import save_png, to_uint8
+    from ..latent import to_images
 
     bar = None
     if not args.no_progress:
@@ -189,7 +190,7 @@ def _draw(den: Any, shape: tuple[int, ...], todo: list[int], args: argparse.Name
             if labels is not None:
                 cond["class_labels"] = labels[[s - args.seed for s in chunk]].to(device)
             step = (lambda info: bar.set_postfix(step=info["i"] + 1, refresh=False)) if bar is not None else None
-            x = generate(den, shape, chunk, plan, device=device, callback=step, cond=cond)
+            x = to_images(den, generate(den, shape, chunk, plan, device=device, callback=step, cond=cond))
             if dest.kind == "folder":
                 for s, img in zip(chunk, to_uint8(x)):
                     save_png(img, dest.path / image_name(s), text)

@@ -18,6 +18,7 @@ from ..training.config import check_positive, check_type
 from ..processes import process_from_config
 from ..training.denoising import DenoisingObjective
 from ..training.objective import Objective
+from ..latent import require_pixel_space
 from .tracking import FIDTracker
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def load_teacher(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(den, Denoiser) or not isinstance(den.net, nn.Module) or "network" not in cfg:
         raise ValueError(f"teacher {spec}: distillation needs a fewstep diffusion model (a checkpoint folder with a "
                          f"network config, or bundled:fashion), not a one-step generator or a diffusers folder")
+    require_pixel_space(den, "distillation (sid, sida, mmd, ect)")
     return den.net, cfg
 
 

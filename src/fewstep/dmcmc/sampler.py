@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..api import generators, prior_noise, sample
+from ..latent import require_pixel_space
 from .chain import gibbs_step
 from .posterior import LevelPosterior
 
@@ -62,6 +63,7 @@ def dmcmc_generate(denoiser, shape, seeds: Iterable[int], posterior: LevelPoster
 
     ``stats``, if given, receives the evaluations spent: ``chain_evals`` and ``ode_evals`` (per sample, summed
     over samples) and ``estimator_calls``."""
+    require_pixel_space(denoiser, "Denoising MCMC")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("dmcmc_generate: seeds is empty")

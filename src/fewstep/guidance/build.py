@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..denoisers import ClassifierFreeGuidance, DenoiserBase, GuidanceInterval, wrapper_chain
+from ..latent import require_pixel_space
 from .classifier import ClassifierGuidance, NoisyClassifier
 
 __all__ = ["num_classes", "class_labels", "class_cycle", "guide", "GUIDANCE_METHODS"]
@@ -91,6 +92,7 @@ def guide(denoiser: DenoiserBase, method: str | None, scale: float, *,
             raise ValueError("classifier-free guidance takes no classifier nor classifier options")
         _check_cfg_model(denoiser, classes)
         return ClassifierFreeGuidance(denoiser, scale, {"class_labels": classes}, interval)
+    require_pixel_space(denoiser, "classifier guidance")
     if classifier is None:
         raise ValueError("classifier guidance needs a noise-aware classifier (--classifier PATH, trained with "
                          "`fewstep train --config fashion-noisy-classifier`)")

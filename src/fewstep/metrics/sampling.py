@@ -18,6 +18,7 @@ from ..api import generate
 from ..compose import compose_sampler
 from ..denoisers import NFECounter
 from ..guidance.build import class_cycle, num_classes
+from ..latent import to_images
 from ..plan import make_plan
 from ..solvers import DEFAULT_SOLVER, DivergedError
 from ..solvers._common import NonFiniteError
@@ -45,6 +46,7 @@ class SolverSampleFn:
         composed = compose_sampler(denoiser, cache=cache, guidance=guidance)
         self.cache, self.cached, self.guidance = composed.cache_spec, composed.cache, guidance
         self.counter = NFECounter(composed.denoiser)
+        self.denoiser = denoiser
         self.shape = tuple(int(v) for v in shape)
         self.solver, self.nfe, self.device, self.options = solver, int(nfe), torch.device(device), options
         self.grid = denoiser.process.default_grid if grid is None else grid
@@ -91,7 +93,9 @@ class SolverSampleFn:
             if self.labels is not None:
                 labels = [self.labels[(s - self.first_seed) % len(self.labels)] for s in seeds]
                 cond = {"class_labels": torch.tensor(labels, dtype=torch.long, device=self.device)}
-            return generate(self.counter, self.shape, seeds, self.plan, device=self.device, cond=cond)
+            # a latent model's samples are decoded here, at the edge where images leave the sampler (fewstep.latent)
+            return to_images(self.denoiser, generate(self.counter, self.shape, seeds, self.plan, device=self.device,
+                                                     cond=cond))
         except NonFiniteError as err:
             raise DivergedError(f"{self.solver} at nfe={self.nfe} diverged: {err}") from err
 

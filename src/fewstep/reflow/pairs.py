@@ -26,6 +26,7 @@ from .._io import atomic_path, atomic_write_text
 from ..api import generators, prior_noise, sample
 from ..data import ImageData
 from ..denoisers import DenoiserBase
+from ..latent import require_pixel_space
 
 __all__ = ["draw_pairs", "load_pairs", "pair_data", "PAIRS_FORMAT"]
 
@@ -71,6 +72,7 @@ def draw_pairs(teacher: DenoiserBase, folder: str | Path, n: int, *, solver: str
         raise ValueError(f"solver {solver!r} is stochastic; reflow pairs need an ODE solver (e.g. dpm++2m, heun)")
     if n < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError(f"n, shard_size and batch_size must be >= 1, got {n}, {shard_size}, {batch_size}")
+    require_pixel_space(teacher, "reflow")
     shape = teacher.sample_shape
     if shape is None:
         raise ValueError("the teacher does not declare its sample shape; load it with fewstep.load_model")

@@ -10,6 +10,7 @@ from torch import Tensor
 from ..api import generators, prior_noise
 from ..denoisers import DenoiserBase
 from ..grids import GRIDS, GridSpec, make_schedule
+from ..latent import require_pixel_space
 from ..solvers._common import Callback, Cond
 from .methods import get_method
 
@@ -36,6 +37,7 @@ def restore(denoiser: DenoiserBase, y: Tensor, operator, seeds: Iterable[int], m
     spec = get_method(method)
     spec.check_options(options)
     spec.check_task(operator)
+    require_pixel_space(denoiser, "restoration")
     seeds = list(seeds)
     if not seeds:
         raise ValueError("restore: seeds is empty; pass one seed per measurement")

@@ -3,6 +3,7 @@
 Checkpoint folders are :mod:`fewstep.checkpoint`; image data is :mod:`fewstep.data`.
 """
 
+from .autoencoder import AutoencoderObjective, AutoencoderSettings, load_autoencoder
 from .classifier import ClassifierObjective, ClassifierSettings
 from .denoising import DenoisingObjective, DenoisingSettings
 from .encoder import EncoderObjective, EncoderSettings, load_encoder

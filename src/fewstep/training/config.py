@@ -17,12 +17,16 @@ from .. import processes as P
 from ..nets import NET_KINDS, WRAPPER_KEYS
 
 __all__ = ["CHECKPOINT_KEYS", "check_keys", "check_type", "settings_from_dict", "check_network", "check_process",
-           "check_data", "check_positive", "check_non_negative"]
+           "check_data", "check_latent", "check_positive", "check_non_negative"]
 
 #: Keys a checkpoint's ``config.json`` adds to the training config; accepted (and ignored) at the top level.
 CHECKPOINT_KEYS = ("format", "format_version", "step", "images_seen", "provenance")
 
 DATA_FIELDS: dict[str, Any] = {"spec": str | None, "resolution": int, "channels": int}
+
+#: The ``latent`` section (:mod:`fewstep.latent`): the autoencoder run, its scale (fitted when absent) and, in
+#: checkpoints, the autoencoder's network.
+LATENT_FIELDS: dict[str, Any] = {"autoencoder": str, "scale": float | None, "network": dict}
 
 T = TypeVar("T")
 
@@ -173,6 +177,17 @@ def check_process(cfg: Any, path: str = "process") -> None:
     for key, value in cfg.items():
         if key != "kind":
             check_type(value, fields[key], f"{path}.{key}")
+
+
+def check_latent(cfg: Any, path: str = "latent") -> None:
+    """The ``latent`` section: ``autoencoder`` (a run of the autoencoder objective), optional ``scale`` > 0."""
+    check_keys(cfg, LATENT_FIELDS, path)
+    for key, value in cfg.items():
+        check_type(value, LATENT_FIELDS[key], f"{path}.{key}")
+    if not cfg.get("autoencoder"):
+        raise ValueError(f"config {path}.autoencoder is required: a run of `fewstep train --config fashion-autoencoder`")
+    if cfg.get("scale") is not None:
+        check_positive(f"{path}.scale", cfg["scale"])
 
 
 def check_data(cfg: Any, path: str = "data") -> None:

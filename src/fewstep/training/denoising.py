@@ -143,6 +143,7 @@ class DenoisingObjective(Objective):
     settings_class = DenoisingSettings
     sections = ("network", "process", "prediction", "sigma_data")
     identity = ("network", "process", "prediction")
+    latent_ok = True
 
     def __init__(self, config: Mapping[str, Any], settings: DenoisingSettings, data: ImageData):
         super().__init__(config, settings, data)
@@ -374,4 +375,4 @@ class DenoisingObjective(Objective):
         if self.settings.use_labels and self.num_classes:
             cond = {"class_labels": torch.arange(n, device=trainer.device) % self.num_classes}
         x = generate(den, (c, r, r), range(n), "dpm++2m", self.settings.sample_nfe, device=trainer.device, cond=cond)
-        return save_image_grid(x, trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")
+        return save_image_grid(self.data.to_images(x), trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")

@@ -86,6 +86,9 @@ class Objective(ABC):
     sections: ClassVar[tuple[str, ...]] = ()
     #: Top-level keys a checkpoint must share with the run that resumes from it (the architecture).
     identity: ClassVar[tuple[str, ...]] = ()
+    #: Whether the objective trains on an autoencoder's latents when the config has a ``latent`` section
+    #: (:mod:`fewstep.latent`: the trainer hands it the encoded data set).
+    latent_ok: ClassVar[bool] = False
 
     def __init__(self, config: Mapping[str, Any], settings: Any, data: ImageData):
         self.config = config

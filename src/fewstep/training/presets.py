@@ -67,6 +67,24 @@ PRESETS["fashion-unet-edm"]["training"].update({"steps": 250, "warmup_steps": 25
 PRESETS["fashion-unet-pfgmpp"] = copy.deepcopy(PRESETS["fashion-unet-edm"])
 PRESETS["fashion-unet-pfgmpp"]["process"] = {"kind": "pfgmpp", "sigma_min": 0.002, "sigma_max": 80.0, "D": 128}
 
+# Latent space (Rombach et al. 2022; docs/training.md, "Latent flow"): a small autoencoder, 28x28x1 <-> 14x14x4
+# (``fewstep train --config fashion-autoencoder --out runs/autoencoder``), then rectified flow on its latents with
+# the bundled UNet's blocks at 14 and 7 (``fewstep train --config fashion-latent-flow``: ``latent.autoencoder``
+# names the autoencoder run; the trainer encodes the data once and fits the latent scale).
+PRESETS["fashion-autoencoder"] = {
+    "autoencoder": {"kind": "conv_autoencoder", "in_channels": 1, "resolution": 28, "channels": 32,
+                    "latent_channels": 4, "downsamples": 1},
+    "data": {"spec": "fashion-mnist", "resolution": 28, "channels": 1},
+    "objective": {"kind": "autoencoder", "hflip": True, "latent_noise": 0.1, "latent_weight": 1e-4},
+    "training": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "grad_clip": 1.0,
+                 "ema_half_life_images": 20000, "ema_rampup": 0.05, "seed": 0, "checkpoint_every_seconds": 120,
+                 "log_every": 20, "lr_schedule": "cosine"},
+}
+PRESETS["fashion-latent-flow"] = copy.deepcopy(PRESETS["fashion-flow"])
+PRESETS["fashion-latent-flow"]["network"].update({"in_channels": 4, "resolution": 14, "channel_mult": [1, 2],
+                                                  "attn_resolutions": [7]})
+PRESETS["fashion-latent-flow"]["latent"] = {"autoencoder": "runs/autoencoder"}
+
 # The frozen encoder of representation alignment (REPA, docs/training.md): a small CNN classifier trained on the
 # training split only; its last feature map (64 x 7 x 7) is the alignment target.  Not the FID extractor nor the
 # shipped classifier that judges samples.

@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config import (CHECKPOINT_KEYS, check_data, check_keys, check_non_negative, check_positive, check_type,
+from .config import (CHECKPOINT_KEYS, check_data, check_latent, check_keys, check_non_negative, check_positive, check_type,
                      settings_from_dict)
 from .denoising import DenoisingObjective
 from .objective import OBJECTIVES, Objective
@@ -122,7 +122,12 @@ def resolve_config(config: Mapping[str, Any], objective: type[Objective] | None 
         objective = OBJECTIVES[kind]
     elif kind != objective.kind:
         raise ValueError(f"config objective.kind is {kind!r} but the trainer was given {objective.kind!r}")
-    check_keys(config, {"training", "data", "objective", *CHECKPOINT_KEYS, *objective.sections}, "")
+    check_keys(config, {"training", "data", "objective", "latent", *CHECKPOINT_KEYS, *objective.sections}, "")
+    if "latent" in config:
+        if not objective.latent_ok:
+            raise ValueError(f"config latent: the {objective.kind} objective trains on images, not on an autoencoder's "
+                             f"latents; remove the latent section")
+        check_latent(config["latent"])
     training = config.get("training", {})
     legacy = [f.name for f in dataclasses.fields(objective.settings_class)
               if f.name not in getattr(objective.settings_class, "objective_only", ())]

@@ -27,7 +27,9 @@ from ..checkpoint import (CheckpointDamaged, latest_checkpoint, list_checkpoints
                           optimizer_tensors, read_config, read_json, remove_stale_temporaries, state_tensors,
                           write_checkpoint)
 from ..data import ImageData
+from ..latent import LATENT_FILE, LatentData, encode_data
 from . import runlog
+from .autoencoder import load_autoencoder
 from .denoising import DenoisingObjective
 from .ema import ema_decay, make_ema, update_ema
 from .objective import Objective, Phase
@@ -71,7 +73,9 @@ class Trainer:
         self.config, cls, settings, obj_settings = resolve_config(config, objective)
         self.settings: TrainSettings = settings
         s = settings
-        self.data = data
+        self.progress = progress and _dist()[0] == 0
+        self._data_shape = tuple(int(d) for d in data.images.shape[1:])  # of the images, also for a latent model
+        self.data = self._latent_data(data, obj_settings) if "latent" in self.config else data
         self.out_dir = Path(out_dir)
         self.rank, self.world = _dist()
         if s.batch_size % (self.world * s.grad_accum):
@@ -80,9 +84,8 @@ class Trainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK under torchrun
-        self.progress = progress and self.rank == 0
         torch.manual_seed(s.seed)
-        self.objective: Objective = cls(self.config, obj_settings, data)
+        self.objective: Objective = cls(self.config, obj_settings, self.data)
         self.modules: dict[str, nn.Module] = {k: m.to(self.device) for k, m in self.objective.modules().items()}
         for m in self.objective.frozen().values():
             m.to(self.device).eval().requires_grad_(False)
@@ -184,7 +187,7 @@ class Trainer:
         if kind != self.objective.kind:
             raise ValueError(f"--resume: {folder} was trained with objective {kind!r}, this run is "
                              f"{self.objective.kind!r}")
-        for key in self.objective.identity:
+        for key in (*self.objective.identity, "latent"):
             if cfg.get(key) != self.config.get(key):
                 raise ValueError(f"--resume: the checkpoint's {key} differs from this run's config; "
                                  f"resume with the config stored in {folder / 'config.json'}")
@@ -245,6 +248,8 @@ class Trainer:
             if name in self.optimizers:
                 tensors[files.optimizer + ".safetensors"], jsons[files.optimizer + ".json"] = \
                     optimizer_tensors(self.optimizers[name])
+        if isinstance(self.data, LatentData) and self.data.space is not None:  # the model's decoder travels with it
+            tensors[LATENT_FILE] = state_tensors(self.data.space.autoencoder)
         return write_checkpoint(self.out_dir, self.step, self._checkpoint_config(), tensors, jsons,
                                 keep=self.settings.keep_checkpoints)
 
@@ -259,9 +264,28 @@ class Trainer:
     def _checkpoint_config(self) -> dict[str, Any]:
         cfg = dict(self.config)
         cfg["images_seen"] = self.step * self.settings.batch_size
-        cfg["data"] = {**cfg.get("data", {}), "channels": int(self.data.images.shape[1]),
-                       "resolution": int(self.data.images.shape[-1])}
+        cfg["data"] = {**cfg.get("data", {}), "channels": self._data_shape[0], "resolution": self._data_shape[-1]}
         return cfg
+
+    def _latent_data(self, data: ImageData, obj_settings: Any) -> LatentData:
+        """The data encoded by the ``latent`` section's autoencoder (:mod:`fewstep.latent`); the section then
+        records the scale and the autoencoder's network (a resumed run must find the same autoencoder)."""
+        section = self.config["latent"]
+        if getattr(obj_settings, "hflip", False):
+            raise ValueError("objective.hflip flips the training tensors, and a latent model's are latents (the latent "
+                             "of a flipped image is not the flipped latent); set objective.hflip to false")
+        for key in ("teacher", "align_encoder"):
+            if getattr(obj_settings, key, ""):
+                raise ValueError(f"objective.{key} with a latent section is not supported: it reads images, and this "
+                                 f"run trains on latents")
+        ae = load_autoencoder(section["autoencoder"])
+        if "network" in section and section["network"] != ae.config.to_dict():
+            raise ValueError(f"config latent.network differs from the autoencoder now in {section['autoencoder']}; "
+                             f"the run was trained in another latent space")
+        latent = encode_data(data, ae, section.get("scale"), source=section["autoencoder"], progress=self.progress)
+        assert latent.space is not None
+        self.config["latent"] = latent.space.describe()
+        return latent
 
     # ----------------------------------------------------------------- batches
     def _indices(self, step: int) -> Tensor:
