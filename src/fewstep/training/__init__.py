@@ -16,4 +16,4 @@ from .trainer import Trainer, TrainingDiverged
 __all__ = ["Trainer", "TrainSettings", "TrainingDiverged", "Objective", "Phase", "CheckpointFiles", "OBJECTIVES",
            "register_objective", "resolve_config", "DenoisingObjective", "DenoisingSettings", "diffusion_loss",
            "ClassifierObjective", "ClassifierSettings", "MaskingObjective", "EncoderObjective", "EncoderSettings",
-           "load_encoder"]
+           "load_encoder", "AutoencoderObjective", "AutoencoderSettings", "load_autoencoder"]
