@@ -38,6 +38,17 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "uncertainty": ({}, {"uncertainty_weighting": True}),
     "curriculum": ({}, {"curriculum": "time", "curriculum_clusters": 10, "curriculum_stage_steps": 12}),
     "curriculum-snr": ({}, {"curriculum": "snr", "curriculum_clusters": 10, "curriculum_stage_steps": 12}),
+    "flow": ({}, {"weighting": "uniform"}),
+    "latent-flow": ({}, {"weighting": "uniform"}),
+}
+#: Recipes that change the model itself: top-level config overrides (``network`` entries are merged).  Rectified
+#: flow (the ``fashion-flow`` preset's process and prediction) in pixels, and on the latents of ``--autoencoder``
+#: (a run of ``fewstep train --config fashion-autoencoder``; the ``fashion-latent-flow`` preset's network).
+MODEL_RECIPES: dict[str, dict[str, Any]] = {
+    "flow": {"process": {"kind": "rectified_flow"}, "prediction": "flow"},
+    "latent-flow": {"process": {"kind": "rectified_flow"}, "prediction": "flow",
+                    "network": {"in_channels": 4, "resolution": 14, "channel_mult": [1, 2], "attn_resolutions": [7]},
+                    "latent": {"autoencoder": None}},
 }
 #: ``--network small``: bundled:fashion's UNet at half the width and without attention (about 3x cheaper per step),
 #: for when the CPU is shared too thinly for the full network to get anywhere within the budget.
@@ -45,8 +56,9 @@ SMALL_NETWORK = {"channels": 16, "attn_resolutions": []}
 POSTHOC = {"posthoc_ema_sigma_rels": [0.05, 0.10], "posthoc_ema_snapshot_every": 25}
 
 
-def recipe_config(recipe: str, network: str = "fashion") -> dict[str, Any]:
-    """bundled:fashion's training config with ``recipe``'s overrides (objective settings in ``objective``)."""
+def recipe_config(recipe: str, network: str = "fashion", autoencoder: str | None = None) -> dict[str, Any]:
+    """bundled:fashion's training config with ``recipe``'s overrides (objective settings in ``objective``);
+    ``autoencoder`` is the latent recipes' autoencoder run."""
     from fewstep.training.config import CHECKPOINT_KEYS
     from fewstep.training.denoising import DenoisingSettings
     import dataclasses
@@ -63,6 +75,13 @@ def recipe_config(recipe: str, network: str = "fashion") -> dict[str, Any]:
     training.update(training_over, **POSTHOC, sample_every_steps=0, checkpoint_every_seconds=0, keep_checkpoints=0)
     objective.update(objective_over)
     cfg["training"], cfg["objective"] = training, {"kind": "denoising", **objective}
+    for key, value in MODEL_RECIPES.get(recipe, {}).items():
+        cfg[key] = {**cfg[key], **value} if key == "network" else value
+    if "latent" in cfg:
+        if not autoencoder:
+            raise ValueError(f"recipe {recipe} trains on latents: pass --autoencoder RUN (fewstep train --config "
+                             f"fashion-autoencoder)")
+        cfg["latent"] = {"autoencoder": str(autoencoder)}
     return cfg
 
 
@@ -76,7 +95,7 @@ def train(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     run = Path(args.out) / args.recipe
-    cfg = recipe_config(args.recipe, args.network)
+    cfg = recipe_config(args.recipe, args.network, args.autoencoder)
     data = load_data(args.data, resolution=28, channels=1)
     tr = Trainer(cfg, data, run, device="cpu", progress=False)
     budget_file = run / "budget.json"
@@ -194,6 +213,7 @@ def main() -> None:
     t.add_argument("--data", default="fashion-mnist")
     t.add_argument("--network", default="fashion", choices=["fashion", "small"],
                    help="bundled:fashion's network, or SMALL_NETWORK (half width, no attention)")
+    t.add_argument("--autoencoder", default=None, help="latent recipes: the autoencoder run")
     e = sub.add_parser("eval")
     e.add_argument("--out", required=True)
     e.add_argument("--n", type=int, default=2000)

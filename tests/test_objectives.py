@@ -140,7 +140,7 @@ def test_objective_kind_and_phases_are_checked(tmp_path):
         cfg = _config()
         cfg["objective"]["sigmaa"] = 1.0
         Trainer(cfg, ImageData(tiny_images()), tmp_path / "r", progress=False, objective=ToyDistillation)
-    with pytest.raises(ValueError, match="unknown objective kind 'toy-distillation'; valid: classifier, denoising"):
+    with pytest.raises(ValueError, match="unknown objective kind 'toy-distillation'; valid: autoencoder, classifier, denoising"):
         Trainer(_config(), ImageData(tiny_images()), tmp_path / "r", progress=False)
 
     class Broken(ToyDistillation):
