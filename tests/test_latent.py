@@ -147,6 +147,9 @@ def test_a_latent_model_samples_latents_and_decodes_them_at_the_edge(runs):
 
     fn = solver_sample_fn(den, den.sample_shape, "euler", 2)
     assert torch.allclose(fn([3, 4, 5]), images, atol=1e-6)
+    from fewstep.modelinfo import model_info
+
+    assert "1x8x8 <-> 2x4x4 latents" in model_info(den).attached["latent_space"]
 
 
 def test_an_exported_latent_model_keeps_its_autoencoder(runs, tmp_path):

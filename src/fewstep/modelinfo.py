@@ -98,6 +98,11 @@ def model_info(model: Any, *, clipping: str = "off") -> ModelInfo:
     classes = find_attached(den, "class_gaussians")
     if classes is not None:
         info.attached["class_gaussians"] = f"{len(classes.weights)} classes (class-conditional teleport)"
+    space = find_attached(den, "latent_space")
+    if space is not None:
+        info.attached["latent_space"] = (f"autoencoder {'x'.join(map(str, space.image_shape))} <-> "
+                                         f"{'x'.join(map(str, space.latent_shape))} latents, scale {space.scale:.4g} "
+                                         f"(samples are decoded to images)")
     if find_attached(den, "ems") is not None:
         info.attached["ems"] = "DPM-Solver-v3 statistics (solver dpm_v3)"
     if folder is not None and (folder / "grids.json").is_file():
