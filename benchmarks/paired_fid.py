@@ -27,6 +27,7 @@ import torch
 def features(args: argparse.Namespace) -> None:
     import fewstep
     from fewstep._io import atomic_write_bytes
+    from fewstep.latent import to_images
     from fewstep.metrics.evaluate import quantize
     from fewstep.metrics.extractors import get_extractor
     from fewstep.plan import make_plan
@@ -46,7 +47,7 @@ def features(args: argparse.Namespace) -> None:
 
     with torch.no_grad():
         for i in tqdm(range(0, len(seeds), args.batch), desc=f"{args.model} {args.solver}@{args.nfe}", unit="batch"):
-            x = fewstep.generate(den, shape, seeds[i:i + args.batch], plan)
+            x = to_images(den, fewstep.generate(den, shape, seeds[i:i + args.batch], plan))  # a latent model: decoded
             feats.append(extractor(quantize(x.float())).double())
     record = {"features": torch.cat(feats), "model": args.model, "solver": args.solver, "nfe": args.nfe,
               "grid": args.grid, "seed": args.seed, "n": args.n, "cpu_s": time.process_time() - start}
