@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImageData", "read_idx", "load_fashion_mnist", "load_image_folder", "load_array", "load_data",
-           "FASHION_MNIST_DIR", "IMAGE_SUFFIXES", "to_model_range"]
+           "FASHION_MNIST_DIR", "IMAGE_SUFFIXES", "to_model_range", "random_hflip"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -39,6 +39,13 @@ class ImageData:
     def to_images(self, x: Tensor) -> Tensor:
         """Model-space samples as images in [-1, 1]: ``x`` itself (a latent data set decodes them)."""
         return x
+
+
+def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Each image of ``x`` ``(B, C, H, W)`` flipped left-right with probability 1/2 (one draw per image from
+    ``generator``): the training augmentation of every objective that flips."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 def to_model_range(images: Tensor) -> Tensor:

@@ -57,3 +57,8 @@ def broadcast_time(t: Tensor | float, batch: int, device: torch.device) -> Tenso
     if t.shape != (batch,):
         raise ValueError(f"noise level must be a scalar or shaped ({batch},), got {tuple(t.shape)}")
     return t
+
+
+def group_norm(ch: int) -> nn.GroupNorm:
+    """GroupNorm with the largest of 8, 4, 2, 1 groups dividing ``ch`` (the small encoders' normalisation)."""
+    return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if ch % g == 0), ch)

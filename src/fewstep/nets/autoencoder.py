@@ -16,6 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ._layers import group_norm as _gn
+
 __all__ = ["AutoencoderConfig", "ConvAutoencoder"]
 
 
@@ -51,10 +53,6 @@ class AutoencoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "conv_autoencoder", **asdict(self)}
-
-
-def _gn(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if ch % g == 0), ch)
 
 
 class _Residual(nn.Module):

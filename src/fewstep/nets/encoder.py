@@ -18,6 +18,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import group_norm as _gn
+
 __all__ = ["EncoderConfig", "PatchEncoder"]
 
 
@@ -38,10 +40,6 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "patch_encoder", **asdict(self)}
-
-
-def _gn(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if ch % g == 0), ch)
 
 
 class PatchEncoder(nn.Module):

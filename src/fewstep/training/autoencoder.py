@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import checkpoint_folder, load_tensors, read_config
-from ..data import ImageData, to_model_range
+from ..data import ImageData, random_hflip, to_model_range
 from ..nets.autoencoder import AutoencoderConfig, ConvAutoencoder
 from .config import check_non_negative, section_config
 from .objective import Objective, Phase, register_objective
@@ -80,8 +80,7 @@ class AutoencoderObjective(Objective):
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         x = to_model_range(data.images[indices])
         if self.settings.hflip:
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = random_hflip(x, generator)
         noise = torch.randn((len(x), *self.autoencoder.config.latent_shape), generator=generator)
         return {"x": x, "noise": noise}
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import checkpoint_folder, load_tensors, read_config
-from ..data import ImageData, to_model_range
+from ..data import ImageData, random_hflip, to_model_range
 from ..nets.encoder import EncoderConfig, PatchEncoder
 from .config import section_config
 from .objective import Objective, Phase, register_objective
@@ -84,8 +84,7 @@ class EncoderObjective(Objective):
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         x = to_model_range(data.images[indices])
         if self.settings.hflip:
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = random_hflip(x, generator)
         assert data.labels is not None
         return {"x": x, "labels": data.labels[indices]}
 

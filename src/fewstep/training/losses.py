@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..data import to_model_range
+from ..data import random_hflip, to_model_range
 from ..parametrization import network_output, parametrization
 from ..processes import NoiseProcess
 from .curriculum import Curriculum
@@ -97,8 +97,7 @@ def draw_noising(process: Any, images: Tensor, generator: torch.Generator, *, hf
     seed and step alone)."""
     x0 = to_model_range(images)
     if hflip:
-        flip = torch.rand(len(x0), generator=generator) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        x0 = random_hflip(x0, generator)
     if curriculum is not None:
         t = curriculum.sample(process, len(x0), generator, step)
     else:
