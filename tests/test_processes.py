@@ -64,3 +64,14 @@ def test_bad_configuration_errors():
         VPDiscrete([0.5, 1.5])
     with pytest.raises(ValueError, match="unknown process kind"):
         process_from_config({"kind": "nope"})
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_vp_discrete_tables_follow_the_time_device(zero_snr):
+    """Training moves times to the GPU: the schedule's table must follow them (a CPU table indexed by CUDA
+    times failed the first GPU run). The meta device stands in for a second device on a CPU machine."""
+    p = VPDiscrete.linear(1000, 1e-4, 0.02, zero_terminal_snr=zero_snr)
+    t = torch.tensor([3.5, 500.2, 998.7], dtype=torch.float64)
+    assert p.log_alpha(t.to("meta")).device.type == "meta"
+    assert p.t_of_lambda(p.lam(t).to("meta")).device.type == "meta"
+    assert torch.allclose(p.t_of_lambda(p.lam(t)), t, atol=1e-6)

@@ -248,11 +248,20 @@ class VPDiscrete(NoiseProcess):
         self.t_start  # noqa: B018 - computes the default on first use
         return self.__dict__["_start_reason"]
 
+    def _table_on(self, device: torch.device) -> Tensor:
+        """The ``log alpha_bar`` table on ``device`` (copied once per device): training moves times to the GPU."""
+        if device == self._log_alpha.device:
+            return self._log_alpha
+        cache = self.__dict__.setdefault("_tables", {})
+        if device not in cache:
+            cache[device] = self._log_alpha.to(device)
+        return cache[device]
+
     def log_alpha(self, t: TimeLike) -> Tensor:
         t = _f64(t)
         i0 = torch.clamp(torch.floor(t), 0, self.t_max - 1).long()
         w = t - i0
-        la = self._log_alpha
+        la = self._table_on(t.device)
         if not self.zero_terminal_snr:
             return la[i0] * (1 - w) + la[i0 + 1] * w
         # zero terminal SNR: log alpha(T-1) = -inf; alpha itself falls linearly to 0 on the last segment
@@ -269,7 +278,8 @@ class VPDiscrete(NoiseProcess):
         lam = _f64(lam)
         # log alpha from lambda (VP: alpha^2 + sigma^2 = 1), then invert the piecewise-linear table.
         log_alpha = (-0.5 * torch.nn.functional.softplus(-2 * lam)).reshape(-1)
-        finite = self._log_alpha[:-1] if self.zero_terminal_snr else self._log_alpha
+        table = self._table_on(lam.device)
+        finite = table[:-1] if self.zero_terminal_snr else table
         la = finite.flip(0)  # increasing
         idx = torch.clamp(torch.searchsorted(la, log_alpha), 1, len(la) - 1)
         lo, hi = la[idx - 1], la[idx]
