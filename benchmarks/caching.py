@@ -128,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    den = load_model("bundled:fashion")
+    den = load_model("bundled:fashion-v1")
     report: dict = {"args": vars(args), "torch_threads": torch.get_num_threads()}
 
     print("1. network parts", flush=True)

@@ -28,7 +28,7 @@ def per_image_ms(fn, x: torch.Tensor, t: torch.Tensor, reps: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-sizes", default="64,128,500")
     ap.add_argument("--reps", type=int, default=8)

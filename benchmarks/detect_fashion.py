@@ -1,4 +1,4 @@
-"""multiLID detection of bundled:fashion samples against Fashion-MNIST test images (docs/detection.md).
+"""multiLID detection of bundled:fashion-v1 samples against Fashion-MNIST test images (docs/detection.md).
 
 Held-out protocol: reference images fashion-mnist:test [0, 256), real training images [256, 1256), real test
 images [5000, 6000); generated training images [0, 1000) of each sample file, generated test images

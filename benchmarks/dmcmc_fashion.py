@@ -1,4 +1,4 @@
-"""Denoising MCMC on bundled:fashion: FID against total NFE beside the best ODE solvers (docs/dmcmc.md).
+"""Denoising MCMC on bundled:fashion-v1: FID against total NFE beside the best ODE solvers (docs/dmcmc.md).
 
 Every row: n images of seeds 0..n-1, dataset-native extractor, the shipped Fashion-MNIST test statistics.
 DMCMC rows count every network evaluation (chain and ODE) per image; the noise-level estimator's calls are
@@ -48,7 +48,7 @@ def main() -> None:
                     help="configs per_chain:burn_in:stride:step_scale:t_max, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    den = fewstep.load_model("bundled:fashion")
+    den = fewstep.load_model("bundled:fashion-v1")
     extractor = get_extractor("fashion")
     ref = reference_stats(None, extractor)
     out = Path(args.out)

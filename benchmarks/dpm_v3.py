@@ -3,7 +3,7 @@
 gmm:     Frechet distance above the floor (the FD of the exact ODE solution from the same noise, as in
          benchmarks/solvers_vs_diffusers.py) on the exact 64-d mixture, DDPM linear schedule; the EMS are computed
          from exact mixture samples through the exact denoiser.
-fashion: RMSE to a near-exact solve from the same noise (DPM-Solver++(3M), --ref-nfe) on bundled:fashion, with
+fashion: RMSE to a near-exact solve from the same noise (DPM-Solver++(3M), --ref-nfe) on bundled:fashion-v1, with
          EMS from `fewstep ems` (--ems DIR).
 Run: PYTHONPATH=src python benchmarks/dpm_v3.py gmm [--n 4000]
      PYTHONPATH=src python benchmarks/dpm_v3.py fashion --ems DIR [--n 256]
@@ -73,7 +73,7 @@ def gmm(args: argparse.Namespace) -> None:
 
 
 def fashion(args: argparse.Namespace) -> None:
-    den = fewstep.load_model("bundled:fashion")
+    den = fewstep.load_model("bundled:fashion-v1")
     ems = EMS.load(args.ems)
     seeds = list(range(args.seed, args.seed + args.n))
     shape = den.sample_shape

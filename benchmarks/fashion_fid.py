@@ -135,7 +135,7 @@ def convert_rows(saved: dict[str, Any], extractor_id: str, ref_id: str) -> dict[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--standin", action="store_true", help="use a random tiny network (smoke test)")
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--nfe", default="5,10,20")

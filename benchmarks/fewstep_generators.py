@@ -1,4 +1,4 @@
-"""FID of few-step generators trained from ``bundled:fashion`` at 1-2 NFE: ECT and 2-rectified flow (reflow).
+"""FID of few-step generators trained from ``bundled:fashion-v1`` at 1-2 NFE: ECT and 2-rectified flow (reflow).
 
     PYTHONPATH=src python benchmarks/fewstep_generators.py --ect runs/ect --reflow runs/reflow \
         --n 2000 --threads 1 --out benchmarks/results/fewstep_generators
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ect", help="an ECT run folder or checkpoint (fewstep distill --method ect)")
     ap.add_argument("--reflow", help="a reflow run folder or checkpoint (fewstep reflow)")
-    ap.add_argument("--teacher", default="bundled:fashion")
+    ap.add_argument("--teacher", default="bundled:fashion-v1")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)

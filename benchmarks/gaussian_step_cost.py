@@ -1,4 +1,4 @@
-"""Cost of one data-Gaussian evaluation (fewstep.accel.stepaware) against one UNet evaluation of bundled:fashion.
+"""Cost of one data-Gaussian evaluation (fewstep.accel.stepaware) against one UNet evaluation of bundled:fashion-v1.
 
     PYTHONPATH=src python benchmarks/gaussian_step_cost.py
 
@@ -8,7 +8,7 @@ Batch 16, 1 thread, 7 interleaved repeats, median.
 import time, statistics, torch, fewstep
 from fewstep.accel.stepaware import data_gaussian
 torch.set_num_threads(1)
-d = fewstep.load_model("bundled:fashion")
+d = fewstep.load_model("bundled:fashion-v1")
 t0 = time.perf_counter(); mix = data_gaussian("fashion-mnist", (1, 28, 28)); print(f"data Gaussian (60000 images): {time.perf_counter()-t0:.1f} s")
 g = mix.denoiser(d.process)
 x = torch.randn(16, 1, 28, 28); t = torch.tensor(900.0)

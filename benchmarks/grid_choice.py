@@ -1,6 +1,6 @@
 """Which time grid for a trained model: error against a near-exact solve, and FID, per grid.
 
-    PYTHONPATH=src python benchmarks/grid_choice.py --model bundled:fashion
+    PYTHONPATH=src python benchmarks/grid_choice.py --model bundled:fashion-v1
 
 Part 1 (accuracy): RMS distance of ``--n-error`` samples (seeds 0..n-1) to a near-exact ODE solve
 of the same noise (DPM-Solver++(2M), ``--ref-nfe`` steps on the logSNR grid; a second near-exact
@@ -25,7 +25,7 @@ from fewstep.metrics.sampling import solver_sample_fn
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--solvers", default="ddim,dpm++2m,unipc")
     ap.add_argument("--grids", default="uniform,logsnr,karras,quadratic")
     ap.add_argument("--nfe", default="5,10,20")

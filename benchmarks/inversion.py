@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/inversion.py recon [--n 32] [--nfe 10,20,50] [--threads 1]
     PYTHONPATH=src python benchmarks/inversion.py edit  [--model /work/runs/fashion-cond] [--nfe 50] [--skip 10]
 
-``recon``: the first ``n`` test images through ``bundled:fashion``: DDIM inversion then reconstruction with each
+``recon``: the first ``n`` test images through ``bundled:fashion-v1``: DDIM inversion then reconstruction with each
 deterministic solver at each NFE (the same NFE each way), and edit-friendly DDPM inversion (seeds 0..n-1);
 RMSE / PSNR of the reconstruction to the image (``fewstep.metrics.solution_error``: per image, clamped to
 [-1, 1], mean +- standard error).  Each finished configuration is saved to
@@ -36,7 +36,7 @@ SOLVERS = ("ddim", "heun", "dpm++2m", "unipc", "unip")
 
 
 def recon(args) -> None:
-    den = load_model("bundled:fashion")
+    den = load_model("bundled:fashion-v1")
     x0 = to_model_range(load_fashion_mnist(split="test").images[:args.n])
     path = RESULTS / "inversion_recon.json"
     done = json.loads(path.read_text()) if path.exists() else {}

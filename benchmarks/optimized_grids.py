@@ -4,7 +4,7 @@ Part ``gmm``: Frechet distance above the floor on the exact 64-d mixture (DDPM l
 being the FD of the exact ODE solution from the same noise (as benchmarks/solvers_vs_diffusers.py),
 for each solver on the best built-in grid, the analytic grid and the searched grid (searched on
 seeds disjoint from the evaluation noise).
-Part ``fashion``: RMS distance to a near-exact solve (dpm++3m, 200 NFE) on ``bundled:fashion`` for
+Part ``fashion``: RMS distance to a near-exact solve (dpm++3m, 200 NFE) on ``bundled:fashion-v1`` for
 the default, analytic and searched grids (search seeds disjoint from the evaluation seeds).
 
     PYTHONPATH=src python benchmarks/optimized_grids.py gmm --n 4000
@@ -73,7 +73,7 @@ def gmm(args: argparse.Namespace) -> None:
 def fashion(args: argparse.Namespace) -> None:
     from fewstep.metrics.models import load_denoiser, sample_shape
 
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     shape = sample_shape(den)
     if not args.no_compile:
         fewstep.compile_denoiser(den)

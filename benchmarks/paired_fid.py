@@ -1,7 +1,7 @@
 """Paired FID of two Fashion-MNIST models (or two samplers of one) on the same seeds, with an interval of the difference.
 
     # features of each arm (run the arms in parallel; each writes one .pt file, resumable per arm)
-    PYTHONPATH=src python benchmarks/paired_fid.py features --model bundled:fashion --solver dpm++2m --nfe 100 \
+    PYTHONPATH=src python benchmarks/paired_fid.py features --model bundled:fashion-v1 --solver dpm++2m --nfe 100 \
         --n 2000 --out runs/paired/base-100.pt
     PYTHONPATH=src python benchmarks/paired_fid.py features --model runs/fashion2 --solver dpm++2m --nfe 100 \
         --n 2000 --out runs/paired/new-100.pt

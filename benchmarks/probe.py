@@ -1,4 +1,4 @@
-"""Linear probes on ``bundled:fashion``'s diffusion features (DDAE, Xiang et al. 2023) against raw pixels.
+"""Linear probes on ``bundled:fashion-v1``'s diffusion features (DDAE, Xiang et al. 2023) against raw pixels.
 
     PYTHONPATH=src python benchmarks/probe.py [--t 10,50,150] [--train-n 5000] [--test-n 5000] [--threads 1]
 
@@ -63,7 +63,7 @@ def main() -> None:
         done[key] = probe(to_model_range(xtr).flatten(1), ytr, to_model_range(xte).flatten(1), yte)
         atomic_write_text(RESULTS, json.dumps(done, indent=1))
     print(f"raw pixels: test accuracy {done[key]['test_accuracy']:.4f} ({done[key]['dim']} features)", flush=True)
-    den = load_model("bundled:fashion")
+    den = load_model("bundled:fashion-v1")
     taps = [name for name in tap_names(den) if name != "deep"]  # deep is up.6's input, pooled: = a decoder tap's
     decoder = [name for name in taps if name.startswith("up.")]
     for t in [float(v) for v in args.t.split(",")]:

@@ -1,6 +1,6 @@
 """Cost of one network evaluation of pruned / masked models against the original: parameters, wall and CPU time.
 
-    PYTHONPATH=src python benchmarks/prune_speed.py bundled:fashion /work/prune-runs/ld-0.6 ... --threads 1
+    PYTHONPATH=src python benchmarks/prune_speed.py bundled:fashion-v1 /work/prune-runs/ld-0.6 ... --threads 1
 
 Each round times one forward pass of every model in turn (interleaved, so a change of the machine's load
 hits all alike) at batch ``--batch``; the table gives the minimum over ``--rounds`` rounds of the wall time

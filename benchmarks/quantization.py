@@ -67,7 +67,7 @@ def timings(models: dict[str, fewstep.DenoiserBase], reps: int, batch: int = 64,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--nfes", default="10,20")
     ap.add_argument("--calib-nfe", type=int, default=10)

@@ -33,7 +33,7 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--nfe", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)

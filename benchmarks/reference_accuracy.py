@@ -1,6 +1,6 @@
 """How exact is the near-exact reference?  Its change when the NFE doubles, against solver errors.
 
-    PYTHONPATH=src python benchmarks/reference_accuracy.py --model bundled:fashion --seeds 4
+    PYTHONPATH=src python benchmarks/reference_accuracy.py --model bundled:fashion-v1 --seeds 4
 
 For each reference setting (``--solver``, ``--grid``) and NFE in ``--nfes`` (N, 2N, 4N, ...), the
 near-exact solution ``x0_hat(x(t_min), t_min)`` of seeds ``0 .. --seeds - 1``
@@ -24,7 +24,7 @@ from fewstep.metrics.solution_error import per_sample_rmse
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--solver", default="dpm++3m")
     ap.add_argument("--grids", default="logsnr,uniform")
     ap.add_argument("--nfes", default="50,100,200,400")

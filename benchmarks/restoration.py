@@ -1,4 +1,4 @@
-"""Restoration benchmark: PSNR, SSIM and FID of RePaint, DPS and RED-diff on bundled:fashion.
+"""Restoration benchmark: PSNR, SSIM and FID of RePaint, DPS and RED-diff on bundled:fashion-v1.
 
 For each task (inpainting with a box, random-pixel and half mask; 2x super-resolution; denoising), method
 and NFE, the test images ``first .. first + n - 1`` are measured with noise ``sigma_y`` and restored
@@ -95,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     nfes = [int(v) for v in args.nfe.split(",")]
     tasks, methods = args.tasks.split(","), args.methods.split(",")
-    den = load_model("bundled:fashion")
+    den = load_model("bundled:fashion-v1")
     shape = tuple(den.sample_shape)
     extractor = get_extractor("fashion")
     ref = reference_stats(None, extractor)
@@ -109,7 +109,7 @@ def main() -> None:
 
     def save() -> None:
         atomic_write_text(store, json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
-        text = (f"# Restoration on bundled:fashion\n\n{args.n} test images ({args.first}..{args.first + args.n - 1}), "
+        text = (f"# Restoration on bundled:fashion-v1\n\n{args.n} test images ({args.first}..{args.first + args.n - 1}), "
                 f"sigma_y = {args.sigma_y} ({args.sigma_denoise} for denoising), PSNR/SSIM mean ± s.e. over images, FID against the Fashion-MNIST test "
                 f"statistics (fashion extractor). Written by benchmarks/restoration.py.\n\n{table(results, args.n)}\n")
         atomic_write_text(args.out, text)

@@ -22,7 +22,7 @@ def measure(n: int, nfe: int, grad: bool) -> dict:
     import fewstep
 
     torch.set_num_threads(2)
-    den = fewstep.load_model("bundled:fashion")
+    den = fewstep.load_model("bundled:fashion-v1")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     x = fewstep.generate(den, den.sample_shape, range(n), "dpm++2m", nfe, grad=grad)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -39,7 +39,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.n, args.nfe, args.child == "grad")))
         return
-    print(f"bundled:fashion, dpm++2m, {args.n} images at {args.nfe} NFE, one process per mode")
+    print(f"bundled:fashion-v1, dpm++2m, {args.n} images at {args.nfe} NFE, one process per mode")
     print(f"{'mode':<28} {'requires_grad':>13} {'peak RSS MB':>12} {'added by sampling MB':>21}")
     for mode, label in [("nograd", "default (inference mode)"), ("grad", "grad=True (autograd graph)")]:
         out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--nfe", str(args.nfe), "--child", mode],

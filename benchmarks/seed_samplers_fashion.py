@@ -1,4 +1,4 @@
-"""The seed samplers on ``bundled:fashion``: tuned grids, TimeTuner and DC-Solver against the best standard solver.
+"""The seed samplers on ``bundled:fashion-v1``: tuned grids, TimeTuner and DC-Solver against the best standard solver.
 
     PYTHONPATH=src python benchmarks/seed_samplers_fashion.py prepare
     PYTHONPATH=src python benchmarks/seed_samplers_fashion.py rmse --n 128 --reference-nfe 100
@@ -8,7 +8,7 @@
     PYTHONPATH=src python benchmarks/seed_samplers_fashion.py ts --n 128 --nfe 10 --reference-nfe 100
 
 The tuned configurations are grid files under ``benchmarks/results/seed_samplers/grids/`` written by
-``fewstep grid optimize`` (commands in docs/solvers.md, "Seed samplers on bundled:fashion"), all tuned on
+``fewstep grid optimize`` (commands in docs/solvers.md, "Seed samplers on bundled:fashion-v1"), all tuned on
 seeds 10000.. (disjoint from the evaluation seeds 0..n-1).  ``prepare`` turns the DC-Solver ratios searched on
 the default grid (``benchmarks/results/dc_fashion_ratios.json``) into a grid file, ``dc-default.json``.
 
@@ -43,13 +43,13 @@ def prepare() -> None:
     from fewstep.metrics.models import load_denoiser
     from fewstep.solvers.dc import RatioTable
 
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     table = RatioTable.load(Path(__file__).parent / "results" / "dc_fashion_ratios.json")
     entries = [GridEntry("dc_solver", nfe, nfe, make_grid(den.process, nfe, None).tolist(), "dc", None,
                          provenance={"ratio_search": table.meta}, options={"ratios": ratios})
                for nfe, ratios in sorted(table.ratios.items())]
     GRIDS.mkdir(parents=True, exist_ok=True)
-    write_grid_file(GRIDS / "dc-default.json", den.process, entries, {"model": "bundled:fashion"})
+    write_grid_file(GRIDS / "dc-default.json", den.process, entries, {"model": "bundled:fashion-v1"})
     print(f"wrote {GRIDS / 'dc-default.json'}")
     from fewstep import solvers
 
@@ -57,7 +57,7 @@ def prepare() -> None:
                          make_grid(den.process, solvers.get(solver).steps_for(nfe)[0], "uniform", t_max=TELEPORT).tolist(),
                          "uniform", None, options={"teleport": TELEPORT})
                for solver in STANDARD for nfe in (5, 6)]
-    write_grid_file(GRIDS / "teleport-uniform.json", den.process, uniform, {"model": "bundled:fashion"})
+    write_grid_file(GRIDS / "teleport-uniform.json", den.process, uniform, {"model": "bundled:fashion-v1"})
     print(f"wrote {GRIDS / 'teleport-uniform.json'}")
 
 
@@ -69,7 +69,7 @@ def rmse(args: argparse.Namespace) -> None:
     from fewstep.bench.model import ModelBenchConfig, run_model_bench
 
     files = grid_files()
-    cfg = ModelBenchConfig(model="bundled:fashion", solvers=STANDARD + ["dc_solver"], nfes=args.nfes,
+    cfg = ModelBenchConfig(model="bundled:fashion-v1", solvers=STANDARD + ["dc_solver"], nfes=args.nfes,
                            grids=["default", *files], n=args.n, extractor="fashion", reference_nfe=args.reference_nfe,
                            out=str(RESULTS / "rmse"), reference_cache=args.reference_cache, grid_images=16)
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def time_shift(args: argparse.Namespace) -> None:
     from fewstep.metrics.solution_error import per_sample_rmse
     import fewstep
 
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     shape = tuple(den.sample_shape)
     seeds = list(range(args.n))
     ref = NearExact(den, shape, seeds, ReferenceSettings("dpm++3m", args.reference_nfe, "logsnr"),
@@ -134,14 +134,14 @@ def time_shift(args: argparse.Namespace) -> None:
 
 
 def ship(args: argparse.Namespace) -> None:
-    """``src/fewstep/assets/fashion/grids.json`` (``grid="bundled:fashion"``): for each solver and NFE, the tuned
+    """``src/fewstep/assets/fashion-v1/grids.json`` (``grid="bundled:fashion-v1"``): for each solver and NFE, the tuned
     entry with the lowest held-out RMSE in ``rmse``'s results, where it beats that solver on the default grid."""
     from fewstep.grids.files import read_grid_file, write_grid_file
     from fewstep.metrics.models import load_denoiser
 
     rows = json.loads((RESULTS / "rmse" / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     plain = {(r["solver"], r["nfe"]): r["rmse"] for r in rows if r["grid"] == den.process.default_grid}
     plain.update({("dc_solver", n): plain[("unipc", n)] for (s, n) in list(plain) if s == "unipc"})
     best: dict[tuple[str, int], tuple[float, str]] = {}
@@ -157,8 +157,8 @@ def ship(args: argparse.Namespace) -> None:
                         "held_out": f"seeds 0..{args.n - 1}", "from": Path(path).name}
         entries.append(e)
         print(f"{solver:>10} nfe={nfe}: {Path(path).stem} {score:.4f} (default grid {plain[(solver, nfe)]:.4f})")
-    out = Path(__file__).parents[1] / "src" / "fewstep" / "assets" / "fashion" / "grids.json"
-    write_grid_file(out, den.process, entries, {"model": "bundled:fashion", "made_by": "benchmarks/seed_samplers_fashion.py ship"})
+    out = Path(__file__).parents[1] / "src" / "fewstep" / "assets" / "fashion-v1" / "grids.json"
+    write_grid_file(out, den.process, entries, {"model": "bundled:fashion-v1", "made_by": "benchmarks/seed_samplers_fashion.py ship"})
     print(f"wrote {out}")
 
 
@@ -168,7 +168,7 @@ def fid(args: argparse.Namespace) -> None:
     from fewstep.metrics.models import load_denoiser, reference_stats
     from fewstep.metrics.sampling import solver_sample_fn
 
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     shape = tuple(den.sample_shape)
     ext = get_extractor("fashion")
     ref = reference_stats(None, ext)

@@ -1,4 +1,4 @@
-"""Choose the plans shipped with ``bundled:fashion`` (``grid="tuned"`` / ``--plan tuned``) on seeds no choice used.
+"""Choose the plans shipped with ``bundled:fashion-v1`` (``grid="tuned"`` / ``--plan tuned``) on seeds no choice used.
 
 Candidates: the plans ``fewstep tune`` kept (``benchmarks/results/tune_fashion/plans.json``: each won on error
 against the best standard solver on validation seeds 20000..20127, interval below 1) and the entries shipped
@@ -7,7 +7,7 @@ lose FID: its FID (n samples from seeds 50000.., which neither tuning, validatio
 must not exceed the FID of the same solver on the model's default grid from t_max at the same NFE.
 
     python benchmarks/ship_plans_fashion.py fid  [--n 1000]   # FID of every candidate and its default-grid twin
-    python benchmarks/ship_plans_fashion.py ship             # write src/fewstep/assets/fashion/grids.json
+    python benchmarks/ship_plans_fashion.py ship             # write src/fewstep/assets/fashion-v1/grids.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ship_plans_fashion"
 TUNED = ROOT / "benchmarks" / "results" / "tune_fashion" / "plans.json"
 PREVIOUS = RESULTS / "previous_grids.json"  # the file shipped before plans were validated (kept for the record)
-SHIPPED = ROOT / "src" / "fewstep" / "assets" / "fashion" / "grids.json"
+SHIPPED = ROOT / "src" / "fewstep" / "assets" / "fashion-v1" / "grids.json"
 FID_SEED = 50_000
 
 
@@ -40,7 +40,7 @@ def runner_up() -> None:
     v = c["validation"]
     e = GridEntry(c["solver"], 5, step["steps"], c["times"], "tune", c.get("tuning_score"), c["net_times"],
                   {"candidate": c["name"], "validation": v}, c["options"], c["teleport"])
-    write_grid_file(RUNNER_UP, load_model("bundled:fashion").process, [e], {"from": str(TUNED.parent)})
+    write_grid_file(RUNNER_UP, load_model("bundled:fashion-v1").process, [e], {"from": str(TUNED.parent)})
 
 
 def candidates() -> list[tuple[str, object]]:
@@ -71,7 +71,7 @@ def fid(args: argparse.Namespace) -> None:
     from fewstep.metrics.models import load_denoiser, reference_stats
     from fewstep.metrics.sampling import solver_sample_fn
 
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     shape = tuple(den.sample_shape)
     ext = get_extractor("fashion")
     ref = reference_stats(None, ext)
@@ -124,9 +124,9 @@ def ship(args: argparse.Namespace) -> None:
         e.provenance = {**e.provenance, "fid": round(fid_plan, 3), "fid_default_grid": round(fid_default, 3),
                         "fid_n": args.n, "fid_seeds": f"{FID_SEED}..{FID_SEED + args.n - 1}", "from": source}
         entries.append(e)
-    den = load_model("bundled:fashion")
+    den = load_model("bundled:fashion-v1")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    write_grid_file(SHIPPED, den.process, entries, {"model": "bundled:fashion",
+    write_grid_file(SHIPPED, den.process, entries, {"model": "bundled:fashion-v1",
                                                      "made_by": "benchmarks/ship_plans_fashion.py ship",
                                                      "at_commit": commit.strip()})
     print(f"wrote {SHIPPED}: {', '.join(f'{e.solver} nfe={e.nfe}' for e in entries)}")

@@ -1,6 +1,6 @@
 """Sampling wall time per image: a one-step generator against its teacher's solver at several NFE.
 
-    PYTHONPATH=src python benchmarks/sid_walltime.py --generator bundled:fashion-sid --teacher bundled:fashion \
+    PYTHONPATH=src python benchmarks/sid_walltime.py --generator bundled:fashion-sid --teacher bundled:fashion-v1 \
         --nfe 5,10,20 --threads 1
 
 Both are sampled with ``fewstep.generate`` (per-sample seeds, batch ``--batch``) after a warm-up;
@@ -24,7 +24,7 @@ from fewstep.metrics.models import load_denoiser, sample_shape
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--generator", default="bundled:fashion-sid")
-    ap.add_argument("--teacher", default="bundled:fashion")
+    ap.add_argument("--teacher", default="bundled:fashion-v1")
     ap.add_argument("--solver", default="dpm++2m")
     ap.add_argument("--nfe", default="5,10,20")
     ap.add_argument("--batch", type=int, default=64)

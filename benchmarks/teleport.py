@@ -10,7 +10,7 @@
 solution from the same noise) / RMS distance to that exact solution, for the built-in grid that is best without
 teleport, started at ``t_max`` (no teleport) or teleported to each ``--starts`` time.
 
-``fashion``: ``bundled:fashion`` and its shipped data Gaussian; mean per-sample RMSE to the near-exact solution
+``fashion``: ``bundled:fashion-v1`` and its shipped data Gaussian; mean per-sample RMSE to the near-exact solution
 (dpm++3m, ``--reference-nfe``, logSNR grid) of seeds 0..n-1 for the standard solvers on the time-uniform grid from
 each start (``none``: the default grid from ``t_max``), and the teleport alone (the Gaussian's flow to the start,
 then the near-exact solve from there: the floor a start sets).
@@ -65,7 +65,7 @@ def fashion(args: argparse.Namespace) -> None:
     from fewstep.tuning import NearExact, ReferenceSettings
     from fewstep.metrics.solution_error import per_sample_rmse
 
-    den = load_denoiser("bundled:fashion", "cpu")  # load_model attaches the shipped data Gaussian
+    den = load_denoiser("bundled:fashion-v1", "cpu")  # load_model attaches the shipped data Gaussian
     shape = tuple(den.sample_shape)
     seeds = list(range(args.n))
     ref = NearExact(den, shape, seeds, ReferenceSettings("dpm++3m", args.reference_nfe, "logsnr"),
@@ -127,7 +127,7 @@ def cost(args: argparse.Namespace) -> None:
     """Seconds of one teleport against one network evaluation, same batch, median of ``--rounds``."""
     from fewstep.teleport import teleport
 
-    den = fewstep.load_model("bundled:fashion")
+    den = fewstep.load_model("bundled:fashion-v1")
     g, p = den.data_gaussian, den.process
     x = fewstep.prior_noise(p, tuple(den.sample_shape), fewstep.generators(range(args.n)))
 

@@ -6,7 +6,7 @@ Usage (one recipe per process, resumable: rerun the same command after a kill)::
         --out runs/eq/patch
     fewstep eval --model runs/eq/patch --solver dpm++2m --nfe 10 --n 2000 --extractor fashion --threads 1
 
-Recipes are the ``fashion-unet`` preset (the network of ``bundled:fashion``) with one change each:
+Recipes are the ``fashion-unet`` preset (the network of ``bundled:fashion-v1``) with one change each:
 
 * ``default`` - the preset as it is;
 * ``patch`` - Patch Diffusion (coordinate channels, ``patch_full_fraction`` p = 0.5, sizes R/2 and R/4);
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--cpu-minutes", type=float, default=12.0)
     ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     ap.add_argument("--encoder", default=None)
-    ap.add_argument("--channels", type=int, default=32, help="the UNet's base width (32: bundled:fashion's)")
+    ap.add_argument("--channels", type=int, default=32, help="the UNet's base width (32: bundled:fashion-v1's)")
     ap.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps (200: the preset's)")
     ap.add_argument("--milestones", default="", help="comma-separated CPU minutes at which a copy of the checkpoint "
                     "is kept under <out>/milestones/cpu-<M>min (an equal-compute point for shorter runs)")

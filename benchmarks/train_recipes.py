@@ -7,7 +7,7 @@
     nice -n 10 PYTHONPATH=src python benchmarks/train_recipes.py eval --out /work/runs/recipes --n 2000
     PYTHONPATH=src python benchmarks/train_recipes.py table --out /work/runs/recipes
 
-Every recipe trains ``bundled:fashion``'s network, process and settings (src/fewstep/assets/fashion/config.json:
+Every recipe trains ``bundled:fashion-v1``'s network, process and settings (src/fewstep/assets/fashion-v1/config.json:
 1.19M-parameter UNet, v-prediction, DDPM linear schedule, min-SNR-5, AdamW 5e-4, batch 64, half-life EMA with
 ramp-up) with one torch thread until the process has spent ``--cpu-minutes`` of CPU time on training steps
 (``time.process_time``, data loading excluded), checkpointing at each quarter of the budget.  Every run also
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FASHION_CONFIG = ROOT / "src" / "fewstep" / "assets" / "fashion" / "config.json"
+FASHION_CONFIG = ROOT / "src" / "fewstep" / "assets" / "fashion-v1" / "config.json"
 
-#: Recipe name -> (training overrides, objective overrides) on bundled:fashion's config.
+#: Recipe name -> (training overrides, objective overrides) on bundled:fashion-v1's config.
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
     "uncertainty": ({}, {"uncertainty_weighting": True}),
@@ -50,14 +50,14 @@ MODEL_RECIPES: dict[str, dict[str, Any]] = {
                     "network": {"in_channels": 4, "resolution": 14, "channel_mult": [1, 2], "attn_resolutions": [7]},
                     "latent": {"autoencoder": None}},
 }
-#: ``--network small``: bundled:fashion's UNet at half the width and without attention (about 3x cheaper per step),
+#: ``--network small``: bundled:fashion-v1's UNet at half the width and without attention (about 3x cheaper per step),
 #: for when the CPU is shared too thinly for the full network to get anywhere within the budget.
 SMALL_NETWORK = {"channels": 16, "attn_resolutions": []}
 POSTHOC = {"posthoc_ema_sigma_rels": [0.05, 0.10], "posthoc_ema_snapshot_every": 25}
 
 
 def recipe_config(recipe: str, network: str = "fashion", autoencoder: str | None = None) -> dict[str, Any]:
-    """bundled:fashion's training config with ``recipe``'s overrides (objective settings in ``objective``);
+    """bundled:fashion-v1's training config with ``recipe``'s overrides (objective settings in ``objective``);
     ``autoencoder`` is the latent recipes' autoencoder run."""
     from fewstep.training.config import CHECKPOINT_KEYS
     from fewstep.training.denoising import DenoisingSettings
@@ -212,7 +212,7 @@ def main() -> None:
     t.add_argument("--cpu-minutes", type=float, default=12.0)
     t.add_argument("--data", default="fashion-mnist")
     t.add_argument("--network", default="fashion", choices=["fashion", "small"],
-                   help="bundled:fashion's network, or SMALL_NETWORK (half width, no attention)")
+                   help="bundled:fashion-v1's network, or SMALL_NETWORK (half width, no attention)")
     t.add_argument("--autoencoder", default=None, help="latent recipes: the autoencoder run")
     e = sub.add_parser("eval")
     e.add_argument("--out", required=True)

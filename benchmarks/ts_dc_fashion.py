@@ -1,4 +1,4 @@
-"""Time-Shift and DC-Solver on ``bundled:fashion``: RMSE to a near-exact solve and dataset-native FID.
+"""Time-Shift and DC-Solver on ``bundled:fashion-v1``: RMSE to a near-exact solve and dataset-native FID.
 
     PYTHONPATH=src python benchmarks/ts_dc_fashion.py rmse  [--n 256] [--nfe 5,6,8,10]
     PYTHONPATH=src python benchmarks/ts_dc_fashion.py fid   [--n 1000] [--nfe 5,6,8,10]
@@ -84,7 +84,7 @@ def main() -> None:
     args.n = args.n or (256 if args.mode == "rmse" else 1000)
     args.nfes = [int(v) for v in (args.nfe or ("10" if args.mode == "sweep" else "5,6,8,10")).split(",")]
     torch.set_num_threads(2)
-    den = load_denoiser("bundled:fashion", "cpu")
+    den = load_denoiser("bundled:fashion-v1", "cpu")
     shape = tuple(den.sample_shape)
     if args.mode == "rmse":
         rmse(args, den, shape)

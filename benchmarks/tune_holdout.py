@@ -1,6 +1,6 @@
 """`fewstep tune`'s plans on a third seed set that neither tuning nor validation used.
 
-    PYTHONPATH=src python benchmarks/tune_holdout.py --model bundled:fashion \
+    PYTHONPATH=src python benchmarks/tune_holdout.py --model bundled:fashion-v1 \
         --plans benchmarks/results/tune_fashion/plans.json --seeds 30000:30128 --baseline ipndm@uniform
 
 `fewstep tune` keeps the best of several candidates by their error on the validation seeds, so the ratio it
@@ -25,7 +25,7 @@ def main() -> None:
     from fewstep.metrics.solution_error import per_sample_rmse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bundled:fashion")
+    ap.add_argument("--model", default="bundled:fashion-v1")
     ap.add_argument("--plans", required=True)
     ap.add_argument("--seeds", type=_seeds, default=list(range(30_000, 30_128)))
     ap.add_argument("--baseline", default="ipndm@uniform", help="solver@grid of the standard baseline")

@@ -91,7 +91,8 @@ def test_pairs_are_seeded_sharded_and_resumable(tmp_path):
     assert noise.shape == ends.shape == (7, 1, 28, 28) and man["n"] == 7 and man["teacher"] == "standin"
     seeds = list(range(100, 107))
     want = fewstep.generate(teacher, (1, 28, 28), seeds, "ddim", 2)
-    torch.testing.assert_close(ends, want)  # the endpoint of seed 100 + i, whatever the batch size
+    # the endpoint of seed 100 + i, whatever the batch size (up to float32 rounding of batched BLAS, far below 1/255)
+    torch.testing.assert_close(ends, want, atol=1e-4, rtol=1e-5)
     z = torch.stack([torch.randn(1, 28, 28, generator=g) for g in fewstep.generators(seeds)])
     torch.testing.assert_close(noise, z)
     with np.load(folder / "shard-00001.npz") as f:

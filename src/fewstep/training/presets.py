@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["fashion-unet-cond"] = copy.deepcopy(PRESETS["fashion-unet"])
 PRESETS["fashion-unet-cond"]["network"]["num_classes"] = 10
 PRESETS["fashion-unet-cond"]["objective"].update({"weighting": "uniform", "use_labels": True, "label_dropout": 0.1,
-                                                  "init_from": "bundled:fashion", "class_lr_scale": 20.0})
+                                                  "init_from": "bundled:fashion-v1", "class_lr_scale": 20.0})
 PRESETS["fashion-unet-cond"]["training"].update({"steps": 3000, "warmup_steps": 20})
 
 # Flow matching / rectified flow (Liu et al. 2023; Lipman et al. 2023) with the same UNet: x_t = (1 - t) x0 + t eps,
