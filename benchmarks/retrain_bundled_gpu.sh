@@ -7,7 +7,7 @@
 # A  bundled:fashion: bundled:fashion-v1 continued with a cosine-decayed rate, 3000 steps, resumed to 6000 and
 #    8000 (each resume stretches the cosine to the new end). On the H200 run segment 2 hit its 120 s cap at step
 #    5500, so segment 3 resumed from 5500 (steps 5500-6000 ran on the 8000-step cosine instead of the 6000-step one).
-# B  a conditional candidate: bundled:fashion-cond continued the same way for 8000 steps.
+# B  bundled:fashion-cond: bundled:fashion-cond-3500 continued the same way for 8000 steps.
 # C  a 2-rectified flow of bundled:fashion-v1: 20,000 dpm++3m 10-NFE pairs, batch 128, until the cap.
 # Each job has a wall-clock cap; checkpoints every 500-1000 steps, so a capped job keeps its last checkpoint.
 set -u
@@ -23,7 +23,7 @@ a["training"].update(steps=3000, lr=5e-4, warmup_steps=100, lr_schedule="cosine"
                      posthoc_ema_snapshot_every=250, checkpoint_every_steps=500, keep_checkpoints=0,
                      sample_every_steps=0, seed=1, precision="fp32")
 json.dump(a, open(f"{runs}/fashion2.json", "w"), indent=1)
-b = copy.deepcopy(PRESETS["fashion-unet-cond"]); b["objective"]["init_from"] = "bundled:fashion-cond"
+b = copy.deepcopy(PRESETS["fashion-unet-cond"]); b["objective"]["init_from"] = "bundled:fashion-cond-3500"
 b["training"].update(steps=8000, lr=5e-4, warmup_steps=100, lr_schedule="cosine", checkpoint_every_steps=1000,
                      keep_checkpoints=0, sample_every_steps=0, seed=1, precision="fp32")
 json.dump(b, open(f"{runs}/cond2.json", "w"), indent=1)
