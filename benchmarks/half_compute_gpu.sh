@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Half-compute recipe search (docs/training.md, "Half the compute from scratch"): bundled:fashion-v1's preset from
+# scratch for 2,556 steps of 64 (half of v1's 5,111), cosine decay, four (rate, EMA half-life) pairs side by side.
+#
+#   bash benchmarks/half_compute_gpu.sh [DATA] [OUT]      # DEV=cpu runs them on the CPU (about 1 hour each)
+# then: PYTHONPATH=src python benchmarks/paired_fid.py features --model OUT/hN --nfe 10 --n 1000 --seed 100000 ...
+set -u
+DATA=${1:-fashion-mnist}; RUNS=${2:-runs}; DEV=${DEV:-cuda}
+mkdir -p "$RUNS"
+python3 - "$RUNS" <<'PY'
+import json, copy, sys
+from fewstep.training.presets import PRESETS
+variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000), "h5": (2e-3, 20000)}
+for name, (lr, ema) in variants.items():
+    c = copy.deepcopy(PRESETS["fashion-unet"])
+    c["training"].update(steps=2556, lr=lr, ema_half_life_images=ema, lr_schedule="cosine", checkpoint_every_steps=500,
+                         checkpoint_every_seconds=0, keep_checkpoints=0, sample_every_steps=0, precision="fp32")
+    json.dump(c, open(f"{sys.argv[1]}/{name}.json", "w"), indent=1)
+PY
+for v in ${VARIANTS:-h1 h2 h3 h4}; do
+  python3 -m fewstep train --config "$RUNS/$v.json" --data "$DATA" --out "$RUNS/$v" --no-progress --threads 3 \
+      --device "$DEV" > "$RUNS/$v.log" 2>&1 &
+done
+wait
