@@ -8,6 +8,13 @@ must not exceed the FID of the same solver on the model's default grid from t_ma
 
     python benchmarks/ship_plans_fashion.py fid  [--n 1000]   # FID of every candidate and its default-grid twin
     python benchmarks/ship_plans_fashion.py ship             # write src/fewstep/assets/fashion-v1/grids.json
+
+Another model (its own ``fewstep tune`` output; no runner-up or earlier file then):
+
+    python benchmarks/ship_plans_fashion.py fid --model bundled:fashion --plans runs/tune/plans.json \
+        --results benchmarks/results/ship_plans_fashion_v2
+    python benchmarks/ship_plans_fashion.py ship --model bundled:fashion --plans runs/tune/plans.json \
+        --results benchmarks/results/ship_plans_fashion_v2 --dest src/fewstep/assets/fashion/grids.json
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ TUNED = ROOT / "benchmarks" / "results" / "tune_fashion" / "plans.json"
 PREVIOUS = RESULTS / "previous_grids.json"  # the file shipped before plans were validated (kept for the record)
 SHIPPED = ROOT / "src" / "fewstep" / "assets" / "fashion-v1" / "grids.json"
 FID_SEED = 50_000
+MODEL = "bundled:fashion-v1"
 
 
 RUNNER_UP = RESULTS / "runner_up.json"  # tune's next-best kept candidates, where its plan loses FID
@@ -47,9 +55,11 @@ def candidates() -> list[tuple[str, object]]:
     """``(source label, GridEntry)``: tune's plans, then the previous file's entries at NFEs tune did not cover."""
     from fewstep.grids.files import read_grid_file
 
+    tuned = [("tune", e) for e in read_grid_file(TUNED).entries]
+    if MODEL != "bundled:fashion-v1":  # the runner-up and the earlier file belong to v1's history
+        return tuned
     if not RUNNER_UP.exists():
         runner_up()
-    tuned = [("tune", e) for e in read_grid_file(TUNED).entries]
     tuned += [("runner-up", e) for e in read_grid_file(RUNNER_UP).entries]
     covered = {(e.solver, e.nfe) for _, e in tuned}
     previous = [("previous", e) for e in read_grid_file(PREVIOUS).entries if (e.solver, e.nfe) not in covered]
@@ -71,7 +81,7 @@ def fid(args: argparse.Namespace) -> None:
     from fewstep.metrics.models import load_denoiser, reference_stats
     from fewstep.metrics.sampling import solver_sample_fn
 
-    den = load_denoiser("bundled:fashion-v1", "cpu")
+    den = load_denoiser(MODEL, "cpu")
     shape = tuple(den.sample_shape)
     ext = get_extractor("fashion")
     ref = reference_stats(None, ext)
@@ -124,20 +134,26 @@ def ship(args: argparse.Namespace) -> None:
         e.provenance = {**e.provenance, "fid": round(fid_plan, 3), "fid_default_grid": round(fid_default, 3),
                         "fid_n": args.n, "fid_seeds": f"{FID_SEED}..{FID_SEED + args.n - 1}", "from": source}
         entries.append(e)
-    den = load_model("bundled:fashion-v1")
+    den = load_model(MODEL)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    write_grid_file(SHIPPED, den.process, entries, {"model": "bundled:fashion-v1",
+    write_grid_file(SHIPPED, den.process, entries, {"model": MODEL,
                                                      "made_by": "benchmarks/ship_plans_fashion.py ship",
                                                      "at_commit": commit.strip()})
     print(f"wrote {SHIPPED}: {', '.join(f'{e.solver} nfe={e.nfe}' for e in entries)}")
 
 
 def main() -> None:
+    global MODEL, TUNED, RESULTS, SHIPPED
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("mode", choices=["fid", "ship"])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--plans", type=Path, default=TUNED, help="fewstep tune's plans.json")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of fid.json")
+    ap.add_argument("--dest", type=Path, default=SHIPPED, help="the grids.json written by ship")
     args = ap.parse_args()
+    MODEL, TUNED, RESULTS, SHIPPED = args.model, args.plans, args.results, args.dest
     {"fid": fid, "ship": ship}[args.mode](args)
 
 

@@ -123,6 +123,6 @@ def test_learned_variance_folder_and_info(tmp_path, capsys):
 def test_info_of_the_bundled_model():
     info = fewstep.model_info("bundled:fashion")
     assert info.kind == "fewstep checkpoint" and info.t_start == info.t_max == 999.0
-    assert "data_gaussian" in info.attached and info.scheduler is None
-    # the tuned plans were tuned on the previous network and stay with it (docs/training.md)
-    assert "grids" not in info.attached and "grids" in fewstep.model_info("bundled:fashion-v1").attached
+    assert "data_gaussian" in info.attached and "grids" in info.attached and info.scheduler is None
+    # each version ships the plans tuned on its own network
+    assert "grids" in fewstep.model_info("bundled:fashion-v1").attached

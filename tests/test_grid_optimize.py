@@ -264,19 +264,20 @@ def test_bench_model_runs_a_grid_file_only_for_the_solvers_and_nfes_it_was_tuned
     assert len(skipped) == 2 and all("no grid optimized for it" in s for s in skipped)
 
 
-def test_the_grids_shipped_with_bundled_fashion_v1_resolve_by_name():
+@pytest.mark.parametrize("name", ["bundled:fashion", "bundled:fashion-v1"])
+def test_the_grids_shipped_with_bundled_models_resolve_by_name(name):
     from fewstep.nettimes import time_tuned
 
-    den = fewstep.load_model("bundled:fashion-v1")
-    shipped = read_grid_file("bundled:fashion-v1")
+    den = fewstep.load_model(name)
+    shipped = read_grid_file(name)
     assert shipped.entries and shipped.process == den.process.config()
     for e in shipped.entries:
-        assert make_grid(den.process, e.steps, "bundled:fashion-v1", solver=e.solver, nfe=e.nfe).tolist() == e.times
+        assert make_grid(den.process, e.steps, name, solver=e.solver, nfe=e.nfe).tolist() == e.times
     e = max(shipped.entries, key=lambda e: (e.net_times is not None) + (e.options is not None))
     x_T = fewstep.prior_noise(den.process, den.sample_shape, fewstep.generators([3]))
     want = fewstep.sample(time_tuned(den, e.times, e.net_times), x_T, e.solver, e.nfe, e.times, **(e.options or {}),
                           teleport=e.teleport)
-    assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, "bundled:fashion-v1"), want)
+    assert torch.equal(fewstep.sample(den, x_T, e.solver, e.nfe, name), want)
     with pytest.raises(ValueError, match="unknown bundled model"):
         make_grid(den.process, 5, "bundled:nope")
 
