@@ -10,7 +10,7 @@ mkdir -p "$RUNS"
 python3 - "$RUNS" <<'PY'
 import json, copy, sys
 from fewstep.training.presets import PRESETS
-variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000), "h5": (2e-3, 20000)}
+variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000), "h5": (2e-3, 20000)}  # h5: CPU run
 for name, (lr, ema) in variants.items():
     c = copy.deepcopy(PRESETS["fashion-unet"])
     c["training"].update(steps=2556, lr=lr, ema_half_life_images=ema, lr_schedule="cosine", checkpoint_every_steps=500,
