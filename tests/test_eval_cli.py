@@ -50,7 +50,8 @@ def test_stats_and_eval_commands(tmp_path, standin, monkeypatch, capsys):
     assert result["fid"] > 0 and {"kid", "precision", "recall"} <= set(result)
     # default reference: the shipped Fashion-MNIST test-set statistics
     assert main(["eval", "--model", "standin", "--solver", "ddim", "--nfe", "2", "--n", "8", "--extractor",
-                 "fashion", "--device", "cpu"]) == 0
+                 "fashion", "--device", "cpu", "--no-progress"]) == 0
+    assert "ddim nfe=2" not in capsys.readouterr().err  # --no-progress: no bar on stderr
     # --reference: the error to the near-exact ODE solution, cached beside --out
     args = ["eval", "--model", "standin", "--solver", "dpm++2m", "--nfe", "3", "--n", "6", "--extractor", "fashion",
             "--device", "cpu", "--reference", "--reference-nfe", "12", "--out", str(tmp_path / "e.json")]

@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
                    "taylorseer:interval=3,order=2, or a step schedule, gaussian:steps=3 (docs/accel.md)")
     add_extractor_args(p)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
               f"({args.n * args.nfe:,} image-evaluations, batches of {batch_size}); the bar shows the ETA",
               flush=True)
     result = evaluate(sample_fn, args.n, extractor, ref, seed=args.seed, batch_size=batch_size,
-                      desc=f"{args.solver} nfe={args.nfe}", reference=near)
+                      desc=f"{args.solver} nfe={args.nfe}", reference=near, progress=not args.no_progress)
     if world()[0] != 0:
         return 0
     result = {"model": args.model, **sample_fn.description, "extractor": extractor.name, **result,
