@@ -1,5 +1,7 @@
 """Label dropout (classifier-free guidance training) and warm starts from a trained model."""
 
+import json
+
 import pytest
 import torch
 
@@ -99,3 +101,15 @@ def test_previous_bundled_models_stay_loadable_under_their_own_names(name, previ
     a = fewstep.generate(new, (1, 28, 28), [0, 1], "unipc", 2, **cond)
     b = fewstep.generate(old, (1, 28, 28), [0, 1], "unipc", 2, **cond)
     assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_bundled_models_record_a_portable_data_spec():
+    """A shipped config names its training data as any machine resolves it (`fashion-mnist`), not the folder of
+    the machine that trained it (a GPU run's copy once leaked into two shipped configs; `fewstep prune` and
+    others default to this spec)."""
+    from fewstep.bundled import BUNDLED, resolve_bundled
+
+    for name in BUNDLED:
+        spec = json.loads((resolve_bundled(name) / "config.json").read_text())["data"]["spec"]
+        if spec.startswith("fashion-mnist"):
+            assert spec == "fashion-mnist", (name, spec)
