@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # Half-compute recipe search (docs/training.md, "Half the compute from scratch"): bundled:fashion-v1's preset from
-# scratch for 2,556 steps of 64 (half of v1's 5,111), cosine decay, four (rate, EMA half-life) pairs side by side.
+# scratch for 2,556 steps of 64 (half of v1's 5,111), cosine decay, four (rate, EMA half-life) pairs side by side;
+# h6 / h7 spend the same images (163,584) in smaller batches: 5,112 steps of 32 / 10,224 steps of 16 (the CPU trains
+# 64 images/s at batch 16, 32 or 64 alike, so equal images is equal compute).
 #
 #   bash benchmarks/half_compute_gpu.sh [DATA] [OUT]      # DEV=cpu runs them on the CPU (about 1 hour each)
-# then: PYTHONPATH=src python benchmarks/paired_fid.py features --model OUT/hN --nfe 10 --n 1000 --seed 100000 ...
+# (DEV=cpu THREADS=1 VARIANTS="h6 h7" for the CPU runs) then: PYTHONPATH=src python benchmarks/paired_fid.py features --model OUT/hN --nfe 10 --n 1000 --seed 100000 ...
 set -u
 DATA=${1:-fashion-mnist}; RUNS=${2:-runs}; DEV=${DEV:-cuda}
 mkdir -p "$RUNS"
 python3 - "$RUNS" <<'PY'
 import json, copy, sys
 from fewstep.training.presets import PRESETS
-variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000), "h5": (2e-3, 20000)}  # h5: CPU run
-for name, (lr, ema) in variants.items():
+variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000),
+            "h5": (2e-3, 20000), "h6": (1.4e-3, 20000, 32), "h7": (1e-3, 20000, 16)}  # h5-h7: CPU runs
+for name, (lr, ema, *batch) in variants.items():
+    batch_size = batch[0] if batch else 64
     c = copy.deepcopy(PRESETS["fashion-unet"])
-    c["training"].update(steps=2556, lr=lr, ema_half_life_images=ema, lr_schedule="cosine", checkpoint_every_steps=500,
+    c["training"].update(steps=2556 * 64 // batch_size, batch_size=batch_size, lr=lr, ema_half_life_images=ema,
+                         warmup_steps=200 * 64 // batch_size, lr_schedule="cosine", checkpoint_every_steps=500,
                          checkpoint_every_seconds=0, keep_checkpoints=0, sample_every_steps=0, precision="fp32")
     json.dump(c, open(f"{sys.argv[1]}/{name}.json", "w"), indent=1)
 PY
 for v in ${VARIANTS:-h1 h2 h3 h4}; do
-  python3 -m fewstep train --config "$RUNS/$v.json" --data "$DATA" --out "$RUNS/$v" --no-progress --threads 3 \
+  python3 -m fewstep train --config "$RUNS/$v.json" --data "$DATA" --out "$RUNS/$v" --no-progress --threads "${THREADS:-3}" \
       --device "$DEV" > "$RUNS/$v.log" 2>&1 &
 done
 wait

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..context import StepContext, tap
 from ._layers import ConditionEmbedding, broadcast_time
+from .upsample import UpsampleConv
 
 
 def _norm(ch: int, groups: int | None = None) -> nn.GroupNorm:
@@ -151,7 +152,7 @@ class UNet(nn.Module):
                     blocks.append(self._attn(ch))
                 self.up.append(nn.ModuleList(blocks))
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, padding=1)]))
+                self.up.append(nn.ModuleList([UpsampleConv(ch, ch)]))
                 res = res * 2
         self.norm_out = _norm(ch)
         self.conv_out = _zero(nn.Conv2d(ch, out_ch, 3, padding=1))
@@ -200,7 +201,8 @@ class UNet(nn.Module):
             if isinstance(blocks[0], ResBlock):
                 h = tap(ctx, f"up.{k}", self._run, blocks, torch.cat([h, skips.pop()], dim=1), emb)
             else:  # upsample to the size of the matching encoder feature map (odd sizes round-trip)
-                h = blocks[0](F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
+                up, size = blocks[0], tuple(skips[-1].shape[-2:])
+                h = up(h, size) if isinstance(up, UpsampleConv) else up(F.interpolate(h, size=size, mode="nearest"))
         return h
 
     def forward(self, x: Tensor, noise_level: Tensor | float, class_labels: Tensor | None = None,
