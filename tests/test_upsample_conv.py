@@ -67,3 +67,20 @@ def test_the_unet_keeps_its_checkpoint_keys_and_outputs():
     for m in ups:  # the slow path: a Conv2d on the upsampled map
         m.forward = lambda h, size, m=m: torch.nn.Conv2d.forward(m, F.interpolate(h, size=size, mode="nearest"))
     assert torch.allclose(fast, net(x, t), atol=1e-10)
+
+
+def test_the_autoencoder_decoder_is_unchanged_by_the_fused_upsampling():
+    """Same state-dict keys as the nn.Upsample + nn.Conv2d decoder, and the same decoded images."""
+    from fewstep.nets.autoencoder import AutoencoderConfig, ConvAutoencoder
+
+    torch.manual_seed(4)
+    ae = ConvAutoencoder(AutoencoderConfig(in_channels=1, channels=4, downsamples=2, latent_channels=2)).double()
+    keys = [k for k in ae.state_dict() if k.startswith("decoder.")]
+    assert "decoder.3.weight" in keys and not any(k.startswith("decoder.2.") for k in keys)  # 2: the old Upsample
+    z = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    fast = ae.decode(z)
+    ups = [m for m in ae.decoder if isinstance(m, UpsampleConv)]
+    assert len(ups) == 2
+    for m in ups:
+        m.forward = lambda h, m=m: torch.nn.Conv2d.forward(m, F.interpolate(h, scale_factor=2, mode="nearest"))
+    assert torch.allclose(fast, ae.decode(z), atol=1e-10)

@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ._layers import group_norm as _gn
+from .upsample import UpsampleConv
 
 __all__ = ["AutoencoderConfig", "ConvAutoencoder"]
 
@@ -81,8 +82,9 @@ class ConvAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*enc)
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[-1], 3, padding=1), _Residual(widths[-1])]
         for i in reversed(range(cfg.downsamples)):
-            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i + 1], widths[i], 3, padding=1),
-                    _Residual(widths[i])]
+            # nearest 2x upsampling + 3x3 conv as one low-resolution transposed convolution; the identity keeps
+            # the state-dict indices of the separate nn.Upsample this once was (checkpoints load unchanged)
+            dec += [nn.Identity(), UpsampleConv(widths[i + 1], widths[i]), _Residual(widths[i])]
         dec += [_gn(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
