@@ -4,8 +4,9 @@
 
 Loads one model twice, the second with every ``UpsampleConv`` forced onto the slow path (nearest upsampling, then
 the 3x3 convolution at full resolution: what the UNet computed before), checks that both give the same output,
-and times one evaluation (inference) and one training step (forward + backward) of each, interleaved, at batch
-``--batch``: the minimum over ``--rounds`` rounds of the thread's CPU time (``time.thread_time``).
+and times one evaluation (inference) and one training step (forward + backward) of each, interleaved, at each batch
+size in ``--batch``: the minimum over ``--rounds`` rounds of the thread's CPU time (``time.thread_time``), per
+batch and per image (the per-image training cost is what compares recipes with different batch sizes).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _cpu_time(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="bundled:fashion")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, nargs="+", default=[64])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
@@ -45,7 +46,17 @@ def main() -> None:
     fast, slow = next(den.networks()), _slow(next(load_model(args.model).networks()))
     c, h, w = den.sample_shape
     g = torch.Generator().manual_seed(0)
-    x, t = torch.randn(args.batch, c, h, w, generator=g), torch.full((args.batch,), 500.0)
+    print(f"{args.model}, {args.threads} thread(s), min of {args.rounds} interleaved rounds")
+    print("| batch | | upsample then convolve (ms) | transposed convolution (ms) | speed-up | per image (ms), before / after |")
+    print("|---:|---|---:|---:|---:|---:|")
+    diffs = []
+    for batch in args.batch:
+        x, t = torch.randn(batch, c, h, w, generator=g), torch.full((batch,), 500.0)
+        diffs.append(_time(fast, slow, x, t, args.rounds))
+    print(f"max |fast - slow| of the outputs: {max(diffs):.2e}")
+
+
+def _time(fast: torch.nn.Module, slow: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, rounds: int) -> float:
     with torch.inference_mode():
         diff = (fast(x, t) - slow(x, t)).abs().max().item()
 
@@ -58,17 +69,15 @@ def main() -> None:
         net(x, t).square().mean().backward()
 
     best = {(k, n): float("inf") for k in ("eval", "train") for n in ("fast", "slow")}
-    for _ in range(args.rounds + 1):  # the first round warms up and is not counted
+    for _ in range(rounds + 1):  # the first round warms up and is not counted
         for name, net in (("fast", fast), ("slow", slow)):
             for kind, fn in (("eval", evaluate), ("train", train_step)):
                 best[kind, name] = min(best[kind, name], _cpu_time(lambda: fn(net)))
-    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), min of {args.rounds} interleaved rounds; "
-          f"max |fast - slow| = {diff:.2e}")
-    print("| | upsample then convolve (ms) | transposed convolution (ms) | speed-up |")
-    print("|---|---:|---:|---:|")
+    n = x.shape[0]
     for kind in ("eval", "train"):
         s, f = best[kind, "slow"], best[kind, "fast"]
-        print(f"| {kind} | {1000 * s:.0f} | {1000 * f:.0f} | {s / f:.2f}x |")
+        print(f"| {n} | {kind} | {1000 * s:.0f} | {1000 * f:.0f} | {s / f:.2f}x | {1000 * s / n:.2f} / {1000 * f / n:.2f} |")
+    return diff
 
 
 if __name__ == "__main__":
