@@ -205,3 +205,63 @@ def test_cli_prunes_and_fine_tunes_against_the_unpruned_model(tmp_path, capsys):
     cfg = json.loads((latest_checkpoint(tmp_path / "p") / "config.json").read_text())
     assert cfg["objective"]["teacher"] == source and cfg["objective"]["teacher_weight"] == 1.0
     assert "fine-tuned to step 2" in capsys.readouterr().out
+
+
+def _counted_macs(net, shape):
+    """Multiply-adds of every Conv2d / Linear of ``net`` and of its attention products, counted by hooks."""
+    from fewstep.nets.unet import AttnBlock
+
+    total = [0]
+
+    def conv(mod, args, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            total[0] += out[0].numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1] // mod.groups
+        else:
+            total[0] += out.numel() * mod.in_features
+
+    def attention(mod, args, out):
+        n = args[0].shape[-2] * args[0].shape[-1]
+        total[0] += 2 * n * n * args[0].shape[1]
+
+    hooks = [m.register_forward_hook(conv) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks += [m.register_forward_hook(attention) for m in net.modules() if isinstance(m, AttnBlock)]
+    with torch.no_grad():
+        net(torch.zeros(1, *shape), torch.zeros(1))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def test_unit_macs_are_what_the_rebuilt_network_saves():
+    """Removing units saves exactly the sum of their counted multiply-adds (upsampling convolutions aside, which
+    no unit touches): checked on the rebuilt smaller network for groups, a whole residual branch and attention."""
+    from fewstep.pruning import unit_macs
+
+    net = _net(4)
+    units = prunable_units(net)
+    macs = dict(zip((u.name for u in units), unit_macs(net, units, (1, 8, 8))))
+    res0 = [u for u in units if u.kind == "res" and u.index == 0]
+    for chosen in ([units[1], units[6]], res0, [u for u in units if u.kind == "attn"][:1]):
+        small = prune_unet(net, chosen)
+        saved = _counted_macs(net, (1, 8, 8)) - _counted_macs(small, (1, 8, 8))
+        assert saved == sum(macs[u.name] for u in chosen), [u.name for u in chosen]
+
+
+def test_a_macs_budget_ranks_by_score_per_multiply_add():
+    units = [Unit("res", 0, g, 2 * g, 2 * g + 2) for g in range(3)]
+    scores, costs = [1.0, 2.0, 3.0], [1.0, 10.0, 10.0]
+    assert select_global(units, scores, 0.5) == [units[0]]  # channels: lowest score first, 2 of the 3 allowed
+    # compute: 10.5 of 21 multiply-adds; per multiply-add the scores are 1.0, 0.2, 0.3
+    assert select_global(units, scores, 0.5, costs) == [units[1]]
+    assert select_global(units, scores, 0.99, costs) == [units[1], units[2]]
+    with pytest.raises(ValueError, match="positive multiply-add"):
+        select_global(units, scores, 0.5, [1.0, 0.0, 1.0])
+
+
+def test_the_macs_budget_is_recorded_and_met():
+    net = _net(5)
+    den, x0 = _den(net), to_model_range(tiny_images(4))
+    result = prune_denoiser(den, x0, 0.4, "ld", levels=1, budget="macs")
+    assert result.details["budget"] == "macs" and 0 < result.details["macs_removed"] <= 0.4
+    with pytest.raises(ValueError, match="budget"):
+        prune_denoiser(den, x0, 0.4, "ld", budget="flops")

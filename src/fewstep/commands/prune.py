@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="a fewstep UNet checkpoint folder, a run folder, or bundled:fashion")
     p.add_argument("--ratio", type=float, required=True, help="fraction of the prunable channels to remove, in (0, 1)")
     p.add_argument("--method", default="ld", choices=["ld", "taylor"])
+    p.add_argument("--budget", default="channels", choices=["channels", "macs"],
+                   help="what --ratio counts: channels (the papers' convention) or multiply-adds (ld then ranks by "
+                        "score per multiply-add; taylor's per-block fraction is the same either way)")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--finetune-steps", type=int, default=0, help="optimiser steps of the fine-tune (0: none)")
     p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default: the model's training lr)")
@@ -45,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import latest_checkpoint, read_config
     from ..data import load_data, to_model_range
     from ..loading import load_model
-    from ..pruning import check_prunable, check_ratio, prunable_units
+    from ..pruning import check_budget, check_prunable, check_ratio, prunable_units
     from ..pruning.api import finetune_config, prune_denoiser, save_pruned
     from ._destination import check_output
 
     check_ratio(args.ratio)
+    check_budget(args.budget)
     for name in ("images", "levels", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
@@ -64,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if target.exists():  # a rerun of a fine-tune: the pruned model is kept, only the training resumes
         recorded = read_config(target).get("pruning", {})
-        if (recorded.get("source"), recorded.get("method"), recorded.get("ratio")) != (args.model, args.method,
-                                                                                       args.ratio):
+        asked = (args.model, args.method, args.ratio, args.budget)
+        if (recorded.get("source"), recorded.get("method"), recorded.get("ratio"),
+                recorded.get("budget", "channels")) != asked:
             raise ValueError(f"{target} was pruned from {recorded.get('source')} with --method "
-                             f"{recorded.get('method')} --ratio {recorded.get('ratio')}; use another --out")
+                             f"{recorded.get('method')} --ratio {recorded.get('ratio')} --budget "
+                             f"{recorded.get('budget', 'channels')}; use another --out")
         print(f"reusing the pruned model in {target}")
     else:
         den = load_model(args.model)
@@ -86,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=total, desc=f"{args.method} scores", unit="unit" if args.method == "ld" else "step",
                   disable=args.no_progress) as bar:
             result = prune_denoiser(den, x0, args.ratio, args.method, levels=args.levels, steps=args.steps,
-                                    thr=args.thr, seed=args.seed, progress=bar.update)
+                                    thr=args.thr, seed=args.seed, budget=args.budget, progress=bar.update)
         print(f"pruned {len(result.removed)} of {n_units} units: {result.params_before:,} -> "
-              f"{result.params_after:,} parameters ({result.params_after / result.params_before:.1%}); "
+              f"{result.params_after:,} parameters ({result.params_after / result.params_before:.1%}), "
+              f"{result.details['macs_removed']:.1%} of the prunable multiply-adds; "
               f"scoring took {result.seconds:.0f} CPU-s", flush=True)
         save_pruned(result, target, args.model)
         print(f"wrote {target}")

@@ -20,9 +20,9 @@ from ..denoisers import Denoiser
 from ..nets import net_config
 from ..training.settings import resolve_config
 from .scores import ld_scores, taylor_scores
-from .select import check_ratio, select_global, select_per_block
+from .select import check_budget, check_ratio, select_global, select_per_block
 from .structure import prune_unet
-from .units import check_prunable, prunable_units
+from .units import check_prunable, prunable_units, unit_macs
 
 __all__ = ["METHODS", "PruneResult", "prune_denoiser", "save_pruned", "finetune_config", "count_parameters"]
 
@@ -56,16 +56,19 @@ def count_parameters(net: torch.nn.Module) -> int:
 
 
 def prune_denoiser(den: Denoiser, x0: Tensor, ratio: float, method: str = "ld", *, levels: int = 4,
-                   steps: int = 100, thr: float = 0.05, seed: int = 0,
+                   steps: int = 100, thr: float = 0.05, seed: int = 0, budget: str = "channels",
                    progress: Callable[[int], None] | None = None) -> PruneResult:
-    """Prune ``den``'s UNet by ``ratio`` of its prunable channels, scored on the images ``x0`` (in [-1, 1]).
+    """Prune ``den``'s UNet by ``ratio`` of its prunable channels (``budget="channels"``) or of their
+    multiply-adds (``"macs"``), scored on the images ``x0`` (in [-1, 1]).
 
     ``method`` "ld": LD-Pruner's output-statistics scores at ``levels`` noise levels, units removed in one
-    global ranking (whole ResBlock branches and attention blocks may go); "taylor": Diff-Pruning's Taylor
-    importance over ``steps`` timesteps with threshold ``thr``, the same fraction of groups removed from each
-    ResBlock.  Returns a new denoiser; ``den`` is unchanged.
+    global ranking (whole ResBlock branches and attention blocks may go; with a "macs" budget ranked by score per
+    multiply-add); "taylor": Diff-Pruning's Taylor importance over ``steps`` timesteps with threshold ``thr``, the
+    same fraction of groups removed from each ResBlock (which is the same fraction of its multiply-adds, so both
+    budgets agree).  Returns a new denoiser; ``den`` is unchanged.
     """
     check_ratio(ratio)
+    check_budget(budget)
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(METHODS)}")
     if not isinstance(den, Denoiser):
@@ -73,16 +76,19 @@ def prune_denoiser(den: Denoiser, x0: Tensor, ratio: float, method: str = "ld", 
     net = check_prunable(den.net)
     units = prunable_units(net)
     start = time.process_time()
-    details: dict[str, Any] = {"score_images": int(x0.shape[0]), "seed": seed}
+    details: dict[str, Any] = {"score_images": int(x0.shape[0]), "seed": seed, "budget": budget}
+    macs = unit_macs(net, units, tuple(x0.shape[1:]))
     if method == "ld":
         scores = ld_scores(den, net, units, x0, levels=levels, seed=seed, progress=progress)
-        chosen = select_global(units, scores, ratio)
+        chosen = select_global(units, scores, ratio, macs if budget == "macs" else None)
         details["levels"] = levels
     else:
         scores, used = taylor_scores(den, net, units, x0, steps=steps, thr=thr, seed=seed, progress=progress)
         chosen = select_per_block(units, scores, ratio)
         details.update({"steps": steps, "thr": thr, "steps_used": used})
     seconds = time.process_time() - start
+    gone = {u.name for u in chosen}
+    details["macs_removed"] = round(sum(c for u, c in zip(units, macs) if u.name in gone) / sum(macs), 4)
     small = prune_unet(net, chosen)
     pruned = Denoiser(small, den.process, den.prediction, den.sigma_data, sample_shape=den.sample_shape,
                       config=copy.deepcopy(den.config))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..nets.unet import AttnBlock, ResBlock, UNet
 
-__all__ = ["Unit", "blocks", "prunable_units", "removed", "check_prunable"]
+__all__ = ["Unit", "blocks", "prunable_units", "unit_macs", "removed", "check_prunable"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,38 @@ def prunable_units(net: UNet) -> list[Unit]:
             units += [Unit("res", i, k, k * size, (k + 1) * size) for k in range(g)]
     units += [Unit("attn", j, width=int(a.qkv.in_channels)) for j, a in enumerate(attn) if isinstance(a, AttnBlock)]
     return units
+
+
+def unit_macs(net: UNet, units: Iterable[Unit], shape: tuple[int, ...]) -> list[int]:
+    """Multiply-adds per sample that removing each unit saves, for inputs of ``shape`` ``(C, H, W)``.
+
+    A ResBlock group of ``n`` channels at ``H x W``: its rows of ``conv1`` (``9 C_in n`` per pixel), its
+    columns of ``conv2`` (``9 n C_out`` per pixel) and its ``2n`` rows of the embedding projection; an attention
+    block of width ``C`` over ``P = H W`` positions: the ``qkv`` and output projections (``4 C^2 P``) and the
+    attention products (``2 P^2 C``).  Normalisations and activations are not counted.
+    """
+    res, attn = blocks(net)
+    pixels: dict[int, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, key=id(m): pixels.__setitem__(key, args[0].shape[-2]
+                                                                                          * args[0].shape[-1]))
+             for m in (*res, *(a for a in attn if isinstance(a, AttnBlock)))]
+    try:
+        p = next(net.parameters())
+        with torch.no_grad():
+            net(torch.zeros(1, *shape, dtype=p.dtype, device=p.device), torch.zeros(1, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+    costs = []
+    for u in units:
+        if u.kind == "res":
+            b = res[u.index]
+            per_pixel = 9 * u.size * (b.conv1.in_channels + b.conv2.out_channels)
+            costs.append(per_pixel * pixels[id(b)] + 2 * u.size * b.emb.in_features)
+        else:
+            n, c = pixels[id(attn[u.index])], u.width
+            costs.append(4 * c * c * n + 2 * n * n * c)
+    return costs
 
 
 @contextlib.contextmanager
