@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Half-compute recipe search (docs/training.md, "Half the compute from scratch"): bundled:fashion-v1's preset from
 # scratch for 2,556 steps of 64 (half of v1's 5,111), cosine decay, four (rate, EMA half-life) pairs side by side;
-# h6 / h7 spend the same images (163,584) in smaller batches: 5,112 steps of 32 / 10,224 steps of 16 (the CPU trains
-# 64 images/s at batch 16, 32 or 64 alike, so equal images is equal compute).
+# h6 / h7 / h8 spend the same images (163,584) in smaller batches: 5,112 steps of 32 / 10,224 of 16 / 20,448 of 8.
 #
 #   bash benchmarks/half_compute_gpu.sh [DATA] [OUT]      # DEV=cpu runs them on the CPU (about 1 hour each)
 # (DEV=cpu THREADS=1 VARIANTS="h6 h7" for the CPU runs) then: PYTHONPATH=src python benchmarks/paired_fid.py features --model OUT/hN --nfe 10 --n 1000 --seed 100000 ...
@@ -13,7 +12,8 @@ python3 - "$RUNS" <<'PY'
 import json, copy, sys
 from fewstep.training.presets import PRESETS
 variants = {"h1": (5e-4, 50000), "h2": (1e-3, 20000), "h3": (5e-4, 20000), "h4": (1e-3, 50000),
-            "h5": (2e-3, 20000), "h6": (1.4e-3, 20000, 32), "h7": (1e-3, 20000, 16)}  # h5-h7: CPU runs
+            "h5": (2e-3, 20000), "h6": (1.4e-3, 20000, 32), "h7": (1e-3, 20000, 16),
+            "h8": (7e-4, 20000, 8)}  # h5-h8: CPU runs
 for name, (lr, ema, *batch) in variants.items():
     batch_size = batch[0] if batch else 64
     c = copy.deepcopy(PRESETS["fashion-unet"])
