@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "OUT/pruned is the pruned model and OUT a fine-tune run warm-started from it (rerun the same command to "
         "resume), which 'fewstep sample --model OUT' reads. See docs/pruning.md."))
     p.add_argument("--model", required=True, help="a fewstep UNet checkpoint folder, a run folder, or bundled:fashion")
-    p.add_argument("--ratio", type=float, required=True, help="fraction of the prunable channels to remove, in (0, 1)")
+    p.add_argument("--ratio", type=float, required=True,
+                   help="fraction of the prunable channels (or, with --budget macs, multiply-adds) to remove, in (0, 1)")
     p.add_argument("--method", default="ld", choices=["ld", "taylor"])
     p.add_argument("--budget", default="channels", choices=["channels", "macs"],
                    help="what --ratio counts: channels (the papers' convention) or multiply-adds (ld then ranks by "
