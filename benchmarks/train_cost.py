@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fewstep.data import load_data
 from fewstep.nets.upsample import UpsampleConv
@@ -34,8 +33,7 @@ def _trainer(batch: int, slow: bool, data, out: str) -> Trainer:
     if slow:
         for m in trainer.model.modules():
             if isinstance(m, UpsampleConv):
-                m.forward = lambda h, size=None, m=m: torch.nn.Conv2d.forward(
-                    m, F.interpolate(h, size=size or (2 * h.shape[-2], 2 * h.shape[-1]), mode="nearest"))
+                m.forward = m.reference
     return trainer
 
 

@@ -15,7 +15,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from fewstep import load_model
 from fewstep.nets.upsample import UpsampleConv
@@ -24,7 +23,7 @@ from fewstep.nets.upsample import UpsampleConv
 def _slow(net: torch.nn.Module) -> torch.nn.Module:
     for m in net.modules():
         if isinstance(m, UpsampleConv):
-            m.forward = lambda h, size, m=m: torch.nn.Conv2d.forward(m, F.interpolate(h, size=size, mode="nearest"))
+            m.forward = m.reference
     return net
 
 

@@ -8,6 +8,7 @@ from fewstep.nets.upsample import UpsampleConv, transposed_upsample_kernel
 
 
 def _reference(conv: torch.nn.Conv2d, h: torch.Tensor, size) -> torch.Tensor:
+    """Written out here, independently of UpsampleConv.reference."""
     return F.conv2d(F.interpolate(h, size=size, mode="nearest"), conv.weight, conv.bias, padding=1)
 
 
@@ -35,6 +36,7 @@ def test_odd_target_sizes_fall_back_to_upsampling():
     conv = UpsampleConv(2, 2).double()
     h = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     assert torch.allclose(conv(h, (7, 7)), _reference(conv, h, (7, 7)), atol=1e-12)
+    assert torch.allclose(conv.reference(h), _reference(conv, h, (8, 8)), atol=1e-12)
 
 
 def test_gradients_match_the_upsampled_convolution():
@@ -51,7 +53,8 @@ def test_gradients_match_the_upsampled_convolution():
 
 
 def test_the_unet_keeps_its_checkpoint_keys_and_outputs():
-    """A plain-Conv2d state dict loads unchanged and the UNet computes what upsample-then-convolve computes."""
+    """The upsampling layers keep a plain Conv2d's state-dict entries (``up.k.0.weight`` / ``.bias``, 3x3) and the
+    UNet computes what upsample-then-convolve computes."""
     from fewstep.nets import build_net
 
     torch.manual_seed(3)
@@ -62,10 +65,15 @@ def test_the_unet_keeps_its_checkpoint_keys_and_outputs():
         p.data.normal_(0, 0.2)
     ups = [m for m in net.modules() if isinstance(m, UpsampleConv)]
     assert ups and all(type(m).__mro__[1] is torch.nn.Conv2d for m in ups)
+    state = net.state_dict()
+    for name, m in net.named_modules():
+        if isinstance(m, UpsampleConv):
+            assert state[f"{name}.weight"].shape == (m.out_channels, m.in_channels, 3, 3) and f"{name}.bias" in state
+            assert name.startswith("up.") and name.endswith(".0")
     x, t = torch.randn(2, 1, 12, 12, dtype=torch.float64), torch.tensor([0.3, 0.8], dtype=torch.float64)
     fast = net(x, t)
     for m in ups:  # the slow path: a Conv2d on the upsampled map
-        m.forward = lambda h, size, m=m: torch.nn.Conv2d.forward(m, F.interpolate(h, size=size, mode="nearest"))
+        m.forward = m.reference
     assert torch.allclose(fast, net(x, t), atol=1e-10)
 
 
@@ -82,5 +90,5 @@ def test_the_autoencoder_decoder_is_unchanged_by_the_fused_upsampling():
     ups = [m for m in ae.decoder if isinstance(m, UpsampleConv)]
     assert len(ups) == 2
     for m in ups:
-        m.forward = lambda h, m=m: torch.nn.Conv2d.forward(m, F.interpolate(h, scale_factor=2, mode="nearest"))
+        m.forward = m.reference
     assert torch.allclose(fast, ae.decode(z), atol=1e-10)

@@ -35,8 +35,8 @@ class UpsampleConv(nn.Conv2d):
 
     ``forward(h, size)`` takes the *low-resolution* map; the parameters are a plain ``nn.Conv2d``'s (same
     names and shapes, so checkpoints are unchanged).  When ``size`` is exactly twice the input's it runs the
-    transposed convolution of :func:`transposed_upsample_kernel`; otherwise (odd sizes) it upsamples and
-    convolves.
+    transposed convolution of :func:`transposed_upsample_kernel`; otherwise (odd sizes) it runs
+    :meth:`reference`, which upsamples and convolves.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -46,4 +46,9 @@ class UpsampleConv(nn.Conv2d):
         size = tuple(size) if size is not None else (2 * h.shape[-2], 2 * h.shape[-1])
         if size == (2 * h.shape[-2], 2 * h.shape[-1]):
             return F.conv_transpose2d(h, transposed_upsample_kernel(self.weight), self.bias, stride=2, padding=1)
+        return self.reference(h, size)
+
+    def reference(self, h: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """The definition: nearest upsampling of ``h`` to ``size`` (default twice its size), then the convolution."""
+        size = tuple(size) if size is not None else (2 * h.shape[-2], 2 * h.shape[-1])
         return super().forward(F.interpolate(h, size=size, mode="nearest"))
