@@ -5,7 +5,10 @@
 Each round times one forward pass of every model in turn (interleaved, so a change of the machine's load
 hits all alike) at batch ``--batch``; the table gives the minimum over ``--rounds`` rounds of the wall time
 and of the thread's CPU time (``time.thread_time``, less sensitive to other processes on a shared machine),
-and the speed-up of each against the first model.
+and the speed-up of each against the first model. ``--train`` also times one training step of each (forward,
+backward of a squared-output loss and an AdamW step at a tiny rate, batch ``--batch``, random times): what a
+fine-tune step costs relative to a step of the original, which converts fine-tune steps into a share of the
+original training's compute.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--train", action="store_true", help="also time a training step of each model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     nets = [next(load_model(m).networks()) for m in args.models]
@@ -46,6 +50,29 @@ def main() -> None:
     for m, net, w, c in zip(args.models, nets, wall, cpu):
         n = sum(p.numel() for p in net.parameters())
         print(f"| {m} | {n:,} | {1000 * w:.0f} | {1000 * c:.0f} | {wall[0] / w:.2f}x | {cpu[0] / c:.2f}x |")
+    if args.train:
+        _train_steps(args.models, nets, x, args.rounds)
+
+
+def _train_steps(names: list[str], nets: list[torch.nn.Module], x: torch.Tensor, rounds: int) -> None:
+    """Minimum thread CPU time of one training step per model, interleaved like the evaluations."""
+    t = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1)) * 999
+    opts = [torch.optim.AdamW(net.parameters(), lr=1e-12) for net in nets]
+    for net in nets:
+        net.train().requires_grad_(True)
+    cpu = [float("inf")] * len(nets)
+    for r in range(rounds + 1):  # round 0 warms up
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            c0 = time.thread_time()
+            net(x, t).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if r:
+                cpu[i] = min(cpu[i], time.thread_time() - c0)
+    print("\n| model | CPU ms / training step | step cost relative to the first |")
+    print("|---|---:|---:|")
+    for m, c in zip(names, cpu):
+        print(f"| {m} | {1000 * c:.0f} | 1/{cpu[0] / c:.2f} |")
 
 
 if __name__ == "__main__":
