@@ -31,6 +31,7 @@ def features(args: argparse.Namespace) -> None:
     from fewstep.metrics.evaluate import quantize
     from fewstep.metrics.extractors import get_extractor
     from fewstep.plan import make_plan
+    from fewstep.precision import set_precision
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -38,6 +39,7 @@ def features(args: argparse.Namespace) -> None:
         print(f"{out} exists; delete it to recompute")
         return
     den = fewstep.load_model(args.model)
+    set_precision(den, args.precision)
     plan = make_plan(den, args.solver, args.nfe, args.grid)
     extractor = get_extractor("fashion")
     shape = den.sample_shape
@@ -49,7 +51,8 @@ def features(args: argparse.Namespace) -> None:
         for i in tqdm(range(0, len(seeds), args.batch), desc=f"{args.model} {args.solver}@{args.nfe}", unit="batch"):
             x = to_images(den, fewstep.generate(den, shape, seeds[i:i + args.batch], plan))  # a latent model: decoded
             feats.append(extractor(quantize(x.float())).double())
-    record = {"features": torch.cat(feats), "model": args.model, "solver": args.solver, "nfe": args.nfe,
+    record = {"features": torch.cat(feats), "model": args.model, "precision": args.precision, "solver": args.solver,
+              "nfe": args.nfe,
               "grid": args.grid, "seed": args.seed, "n": args.n, "cpu_s": time.process_time() - start}
     import io
 
@@ -95,6 +98,7 @@ def main() -> None:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--batch", type=int, default=64)
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the network's (fewstep.precision)")
     f.add_argument("--out", required=True)
     c = sub.add_parser("compare", help="FID of two saved arms and their paired difference")
     c.add_argument("a")

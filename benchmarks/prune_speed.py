@@ -8,7 +8,8 @@ and of the thread's CPU time (``time.thread_time``, less sensitive to other proc
 and the speed-up of each against the first model. ``--train`` also times one training step of each (forward,
 backward of a squared-output loss and an AdamW step at a tiny rate, batch ``--batch``, random times): what a
 fine-tune step costs relative to a step of the original, which converts fine-tune steps into a share of the
-original training's compute.
+original training's compute. ``--precision fp32 bf16`` times every model in each precision (bf16: the network under
+autocast, ``fewstep.precision``), the first model in fp32 staying the reference.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import torch
 
 from fewstep import load_model
+from fewstep.precision import set_precision
 
 
 def main() -> None:
@@ -28,9 +30,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--train", action="store_true", help="also time a training step of each model")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    nets = [next(load_model(m).networks()) for m in args.models]
+    names, nets = [], []
+    for p in args.precision:
+        for m in args.models:
+            den = set_precision(load_model(m), p)
+            names.append(m if p == "fp32" else f"{m} ({p})")
+            nets.append(next(den.networks()))
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(args.batch, 1, 28, 28, generator=g), torch.full((args.batch,), 500.0)
     wall = [float("inf")] * len(nets)
@@ -47,11 +55,11 @@ def main() -> None:
     print(f"batch {args.batch}, {args.threads} thread(s), min of {args.rounds} interleaved rounds")
     print("| model | parameters | wall ms / eval | CPU ms / eval | speed-up (wall) | speed-up (CPU) |")
     print("|---|---:|---:|---:|---:|---:|")
-    for m, net, w, c in zip(args.models, nets, wall, cpu):
+    for m, net, w, c in zip(names, nets, wall, cpu):
         n = sum(p.numel() for p in net.parameters())
         print(f"| {m} | {n:,} | {1000 * w:.0f} | {1000 * c:.0f} | {wall[0] / w:.2f}x | {cpu[0] / c:.2f}x |")
     if args.train:
-        _train_steps(args.models, nets, x, args.rounds)
+        _train_steps(names, nets, x, args.rounds)
 
 
 def _train_steps(names: list[str], nets: list[torch.nn.Module], x: torch.Tensor, rounds: int) -> None:

@@ -42,8 +42,8 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     manifest = json.loads((tmp_path / "imgs" / "fewstep-samples.json").read_text())
     ckpt = run_dir / "checkpoints" / "step-00000002"
     assert manifest == {"format": "fewstep-samples", "format_version": 1, "model": str(ckpt.resolve()),
-                        "ema": True, "solver": DEFAULT_SOLVER, "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "class_label": None, "guidance": None,
-                        "sample_shape": [1, 8, 8], "plan": manifest["plan"], "fewstep_version": manifest["fewstep_version"]}
+                        "ema": True, "solver": DEFAULT_SOLVER, "nfe": 2, "grid": "uniform", "teleport": None, "cache": None, "precision": "fp32", "class_label": None,
+                        "guidance": None, "sample_shape": [1, 8, 8], "plan": manifest["plan"], "fewstep_version": manifest["fewstep_version"]}
     # the resolved plan: start, times and where they came from
     plan = manifest["plan"]
     assert plan["solver"] == DEFAULT_SOLVER and plan["nfe"] == 2 and plan["grid"] == "uniform"
@@ -61,6 +61,7 @@ def test_manifest_records_the_settings(run_dir, tmp_path):
     (["--raw"], "ema true there, false now"),
     (["--cache", "deepcache:2"], 'cache null there, "deepcache:interval=2" now'),
     (["--teleport", "1.5"], "teleport null there, 1.5 now"),
+    (["--precision", "bf16"], 'precision "fp32" there, "bf16" now'),
 ])
 def test_other_settings_are_refused_before_loading(run_dir, tmp_path, capsys, monkeypatch, extra, field):
     out = tmp_path / "imgs"

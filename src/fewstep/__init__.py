@@ -7,6 +7,7 @@ from .denoisers import (ClassifierFreeGuidance, ClipDataPrediction, Denoiser, De
                         DynamicThresholding, NFECounter, Prediction)
 from .grids import Schedule, make_grid, make_schedule
 from .compiling import compile_denoiser
+from .precision import set_precision
 from .loading import load_model
 from .modelinfo import model_info
 from .tuning.tune import tune
@@ -18,5 +19,5 @@ __all__ = [
     "Denoiser", "DenoiserBase", "DenoiserWrapper", "Prediction",
     "ClassifierFreeGuidance", "DynamicThresholding", "ClipDataPrediction", "NFECounter",
     "Schedule", "make_grid", "make_schedule",
-    "processes", "grids", "solvers", "load_model", "model_info", "compile_denoiser", "tune",
+    "processes", "grids", "solvers", "load_model", "model_info", "compile_denoiser", "set_precision", "tune",
 ]

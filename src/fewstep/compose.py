@@ -4,6 +4,7 @@
 all build their denoiser here, so every command composes the same way and in the same order:
 
 1. the model as loaded (float, quantized or pruned: a different *network* behind the same Denoiser);
+   ``precision``: ``"bf16"`` evaluates that network under bf16 autocast (:func:`fewstep.precision.set_precision`);
 2. ``compile``: ``torch.compile`` behind every network (:func:`fewstep.compiling.compile_denoiser`; in place);
 3. ``cache``: a feature cache or step-aware model schedule (:mod:`fewstep.accel`), which sees the network's taps;
 4. ``guidance``: classifier-free or classifier guidance (:mod:`fewstep.guidance`), outermost, so that one guided
@@ -41,11 +42,13 @@ class Composed:
 
 
 def compose_sampler(denoiser: Any, *, compile: bool = False, cache: Any = None,
-                    guidance: Guidance | None = None) -> Composed:
-    """``denoiser`` compiled (in place), behind the feature cache ``cache`` (a spec such as ``"deepcache:3"`` or a
-    parsed one; None: none) and the ``guidance`` (None: none), in that order."""
+                    guidance: Guidance | None = None, precision: str = "fp32") -> Composed:
+    """``denoiser``'s network at ``precision`` and compiled (both in place), behind the feature cache ``cache`` (a
+    spec such as ``"deepcache:3"`` or a parsed one; None: none) and the ``guidance`` (None: none), in that order."""
     from .accel import parse_cache
+    from .precision import set_precision
 
+    set_precision(denoiser, precision)
     if compile:
         from .compiling import compile_denoiser
 

@@ -74,7 +74,7 @@ def _recorded_in_images(folder: Path) -> tuple[dict[str, Any] | None, int, int]:
     return (data if isinstance(data, dict) and data.get("format") == _FORMAT else None), len(found), silent
 
 
-_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None}
+_ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None, "precision": "fp32"}
 """Settings added after manifests were first written, with the value an older manifest implies."""
 
 

@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the metrics as JSON here")
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: evaluate the network under bf16 autocast (docs/sampling.md, Precision)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         compose_sampler(denoiser, compile=True)
     sample_fn = solver_sample_fn(denoiser, shape, args.solver, args.nfe, grid, device, cache=cache,
                                  guidance=guidance_from_args(args, device), class_label=args.class_label,
-                                 first_seed=args.seed, **plan_kwargs)
+                                 first_seed=args.seed, precision=args.precision, **plan_kwargs)
     batch_size = args.batch_size or default_batch_size(device)
     if world()[0] == 0:
         print(f"eval: {args.n} samples of {args.model} with {args.solver} at {args.nfe} NFE "

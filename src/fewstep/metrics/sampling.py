@@ -42,8 +42,9 @@ class SolverSampleFn:
 
     def __init__(self, denoiser: Any, shape: Sequence[int], solver: str = DEFAULT_SOLVER, nfe: int = 10,
                  grid: Any = None, device: str | torch.device = "cpu", *, cache: Any = None, guidance: Any = None,
-                 class_label: Any = None, first_seed: int = 0, **options: Any):
-        composed = compose_sampler(denoiser, cache=cache, guidance=guidance)
+                 class_label: Any = None, first_seed: int = 0, precision: str = "fp32", **options: Any):
+        composed = compose_sampler(denoiser, cache=cache, guidance=guidance, precision=precision)
+        self.precision = precision
         self.cache, self.cached, self.guidance = composed.cache_spec, composed.cache, guidance
         self.counter = NFECounter(composed.denoiser)
         self.denoiser = denoiser
@@ -69,6 +70,8 @@ class SolverSampleFn:
                                     if g.classifier is not None else {}), **g.options}
         if self.class_label is not None:
             cache["class_label"] = self.class_label
+        if self.precision != "fp32":
+            cache["precision"] = self.precision
         return {"solver": self.solver, "nfe": self.nfe, "grid": grid, **cache,
                 **{k: v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
                    for k, v in sorted(self.options.items())}}
