@@ -87,3 +87,20 @@ def test_composes_with_a_feature_cache():
     b = fewstep.generate(half.denoiser, (1, 8, 8), [0, 1], plan)
     assert half.cache.cached_evals == plain.cache.cached_evals > 0
     assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
+def test_fast_bf16_here_and_the_training_hint(monkeypatch):
+    from types import SimpleNamespace
+
+    from fewstep.commands.train import _bf16_would_pay
+    from fewstep.precision import fast_bf16_here
+
+    assert fast_bf16_here("cpu") == bool(torch.cpu._is_amx_tile_supported())
+    assert fast_bf16_here("meta") is False
+    monkeypatch.setattr("fewstep.precision.fast_bf16_here", lambda device="cpu": True)
+
+    def trainer(device: str, precision: str) -> SimpleNamespace:
+        return SimpleNamespace(device=torch.device(device), settings=SimpleNamespace(precision=precision))
+
+    assert _bf16_would_pay(trainer("cpu", "fp32")) and _bf16_would_pay(trainer("cpu", "auto"))
+    assert not _bf16_would_pay(trainer("cpu", "bf16")) and not _bf16_would_pay(trainer("cuda", "fp32"))

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the network through torch.compile (faster after "
                                                           "a one-off compilation)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: evaluate the network under bf16 autocast (docs/sampling.md, Precision)")
+                   help="bf16: evaluate the network under bf16 autocast (docs/accel.md, Precision)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "

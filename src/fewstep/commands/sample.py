@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                           "a one-off compilation)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: evaluate the network under bf16 autocast (solver maths stays fp32); about 2x faster on "
-                        "GPUs and on CPUs with AMX, slower on other CPUs (docs/sampling.md, Precision)")
+                        "GPUs and on CPUs with AMX, slower on other CPUs (docs/accel.md, Precision)")
     p.add_argument("--cache", default=None, metavar="SPEC", help="feature caching, e.g. deepcache:3, encoder:2, "
                    "taylorseer:interval=3,order=2, or a step schedule, gaussian:steps=3 (docs/accel.md)")
     p.add_argument("--threads", type=int, default=None)
