@@ -181,3 +181,14 @@ def test_ect_run_saves_a_consistency_model_that_sample_reads(teacher, tmp_path):
                  "--out", str(tmp_path / "bad")]) == 1
     with pytest.raises(ValueError, match="q must be > 1"):
         ECTSettings(q=1.0).check()
+
+
+def test_distill_precision_flag_reaches_the_training_config():
+    from fewstep.cli import build_parser
+    from fewstep.commands.distill import _overrides
+
+    args = build_parser().parse_args(["distill", "--teacher", "t", "--method", "ect", "--out", "o",
+                                      "--precision", "bf16"])
+    assert _overrides(args)[0]["precision"] == "bf16"
+    args = build_parser().parse_args(["distill", "--teacher", "t", "--method", "ect", "--out", "o"])
+    assert "precision" not in _overrides(args)[0]  # not given: the config's own (a resumed run keeps its value)

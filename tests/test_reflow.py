@@ -136,8 +136,9 @@ def test_reflow_command_warm_starts_trains_resumes_and_samples(teacher, tmp_path
     cfg = read_config(out / "checkpoints" / "step-00000002")
     assert cfg["objective"]["kind"] == "reflow" and cfg["objective"]["init_from"] == teacher
     assert cfg["process"]["kind"] == "vp_discrete" and cfg["prediction"] == "v"
-    assert main([*base, "--steps", "3", "--resume"]) == 0
+    assert main([*base, "--steps", "3", "--resume", "--precision", "bf16"]) == 0
     assert "resumed from step 2" in capsys.readouterr().out
+    assert read_config(out / "checkpoints" / "step-00000003")["training"]["precision"] == "bf16"
     den = fewstep.load_model(out)
     assert isinstance(den, fewstep.Denoiser) and den.prediction == "v"
     x = fewstep.generate(den, (1, 8, 8), [0, 1], "euler", 1)

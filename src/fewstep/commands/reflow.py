@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every-steps", type=int, help="steps between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept (0: all; default 2)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16: train under bf16 autocast (about 2x faster per image on GPUs and on CPUs with AMX; "
+                        "docs/training.md)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -58,7 +61,8 @@ def _training_overrides(args: argparse.Namespace) -> dict:
     return {key: getattr(args, name) for name, key in [
         ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
         ("sample_every", "sample_every_steps"), ("checkpoint_every", "checkpoint_every_seconds"),
-        ("checkpoint_every_steps", "checkpoint_every_steps"), ("keep_checkpoints", "keep_checkpoints")]
+        ("checkpoint_every_steps", "checkpoint_every_steps"), ("keep_checkpoints", "keep_checkpoints"),
+        ("precision", "precision")]
         if getattr(args, name) is not None}
 
 
