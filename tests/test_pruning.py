@@ -184,6 +184,8 @@ def test_pruned_model_round_trips_through_save_and_load_and_fine_tunes(tmp_path)
     assert load_model(tmp_path / "ft").net.config.res_hidden == back.net.config.res_hidden
     kd = finetune_config(out, 2, teacher=source, teacher_weight=0.5)  # output distillation from the unpruned model
     assert kd["objective"]["teacher"] == source and kd["objective"]["teacher_weight"] == 0.5
+    assert kd["training"]["precision"] == cfg["training"]["precision"]  # the source's, unless asked
+    assert finetune_config(out, 2, precision="bf16")["training"]["precision"] == "bf16"
     tr = Trainer(kd, ImageData(tiny_images()), tmp_path / "kd", progress=False)
     with torch.no_grad():
         torch.testing.assert_close(tr.objective.teacher(X, T), load_model(source)(X, T))

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill", type=float, nargs="?", const=1.0, default=None, metavar="W",
                    help="fine-tune against the unpruned model's predictions (output distillation) with weight W "
                         "(default 1: the teacher's targets only; the rest on the data)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="the fine-tune's training.precision (bf16: about 2x faster per image on GPUs and on CPUs "
+                        "with AMX; default: the source model's)")
     p.add_argument("--data", default=None, help="images to score and fine-tune on (default: the model's training data)")
     p.add_argument("--images", type=int, default=32, help="images the scores are computed on")
     p.add_argument("--levels", type=int, default=3, help="ld: noise levels of the output statistics")
@@ -106,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = finetune_config(target, args.finetune_steps, lr=args.lr, data=args.data,
                              teacher=args.model if args.distill is not None else None,
-                             teacher_weight=args.distill if args.distill is not None else 1.0)
+                             teacher_weight=args.distill if args.distill is not None else 1.0,
+                             precision=args.precision)
     data = load_data(config["data"]["spec"], config["data"]["resolution"], config["data"]["channels"])
     trainer = Trainer(config, data, out, progress=not args.no_progress)
     if latest_checkpoint(out):

@@ -125,12 +125,13 @@ def save_pruned(result: PruneResult, out: str | os.PathLike, source: str) -> Pat
 
 
 def finetune_config(pruned_folder: str | os.PathLike, steps: int, *, lr: float | None = None,
-                    data: str | None = None, teacher: str | None = None, teacher_weight: float = 1.0
-                    ) -> dict[str, Any]:
+                    data: str | None = None, teacher: str | None = None, teacher_weight: float = 1.0,
+                    precision: str | None = None) -> dict[str, Any]:
     """The training config of the fine-tune: the source's own config (process, prediction, objective, data,
     optimiser) with the pruned network, warm-started from ``pruned_folder`` (``objective.init_from``), for
-    ``steps`` steps, without preview grids.  With ``teacher`` (the unpruned model), the targets are its
-    predictions, weighted ``teacher_weight`` against the data's (``objective.teacher``)."""
+    ``steps`` steps, without preview grids; ``precision`` (e.g. ``"bf16"``) sets its ``training.precision``.
+    With ``teacher`` (the unpruned model), the targets are its predictions, weighted ``teacher_weight`` against
+    the data's (``objective.teacher``)."""
     if steps < 1:
         raise ValueError(f"fine-tune steps must be positive, got {steps}")
     cfg = read_config(pruned_folder)
@@ -145,6 +146,8 @@ def finetune_config(pruned_folder: str | os.PathLike, steps: int, *, lr: float |
                "sample_every_steps": 0, "checkpoint_every_seconds": 120.0})
     if lr is not None:
         tr["lr"] = float(lr)
+    if precision is not None:
+        tr["precision"] = precision
     if data is not None:
         config["data"]["spec"] = data
     if teacher is not None:
