@@ -8,8 +8,8 @@ uses with ``training.precision: bf16``.
 
 Where it pays: GPUs with bf16 units, and CPUs with AMX tiles (Intel Xeon since Sapphire Rapids;
 ``torch.cpu._is_amx_tile_supported()``), on which oneDNN runs bf16 convolutions on the tiles.  Elsewhere on a CPU
-bf16 emulation is usually *slower* than float32.  Measured speed and FID: ``benchmarks/precision_eval.py``,
-docs/accel.md ("Precision").
+bf16 emulation is usually *slower* than float32.  Measured speed and FID (``benchmarks/prune_speed.py --precision``,
+``benchmarks/paired_fid.py features --precision``): docs/accel.md ("Precision").
 """
 
 from __future__ import annotations

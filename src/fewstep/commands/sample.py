@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape),
                     "plan": plan.describe()}
-        keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "precision", "class_label", "guidance", "sample_shape",
-                "plan", "fewstep_version")
+        keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "precision", "class_label", "guidance",
+                "sample_shape", "plan", "fewstep_version")
         settings = {key: settings[key] for key in keys}
         if not check_manifest(dest.path, settings, adopt=args.adopt):
             write_manifest(dest.path, settings)

@@ -28,6 +28,7 @@ from ..checkpoint import (CheckpointDamaged, latest_checkpoint, list_checkpoints
                           write_checkpoint)
 from ..data import ImageData
 from ..latent import LATENT_FILE, LatentData, encode_data
+from ..precision import fast_bf16_here
 from . import runlog
 from .autoencoder import load_autoencoder
 from .denoising import DenoisingObjective
@@ -316,7 +317,7 @@ class Trainer:
     # ----------------------------------------------------------------- step
     def _autocast(self):
         p = self.settings.precision
-        use = p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        use = p == "bf16" or (p == "auto" and self.device.type == "cuda" and fast_bf16_here(self.device))
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
     def lr_at(self, step: int, module: str | None = None) -> float:
