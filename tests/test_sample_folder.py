@@ -228,3 +228,21 @@ def test_images_recording_no_settings_are_kept_with_adopt(run_dir, tmp_path, cap
     assert _pngs(out) == ["000000.png", "000001.png", "000002.png"]
     assert _sample(run_dir, tmp_path / "grid.png", "--n", "1", "--adopt") == 1
     assert "--adopt is for --out FOLDER" in capsys.readouterr().err
+
+
+def test_a_bundled_name_with_other_weights_is_refused(tmp_path, capsys):
+    """A bundled name can ship new weights in a later release (bundled:fashion-fewstep did): the manifest records
+    which weights drew the images; an older manifest without that record is still accepted."""
+    out = tmp_path / "imgs"
+    base = ["sample", "--model", "bundled:fashion-fewstep", "--nfe", "1", "--no-progress", "--out", str(out)]
+    assert main([*base, "--n", "1"]) == 0
+    path = out / "fewstep-samples.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["weights"].startswith("sha256:") and len(manifest["weights"]) == 23
+    path.write_text(json.dumps({**manifest, "weights": "sha256:0123456789abcdef"}))  # drawn by other weights
+    capsys.readouterr()
+    assert main([*base, "--n", "2"]) == 1
+    assert 'weights "sha256:0123456789abcdef" there' in capsys.readouterr().err
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "weights"}))  # an older manifest
+    assert main([*base, "--n", "2"]) == 0
+    assert _pngs(out) == ["000000.png", "000001.png"]

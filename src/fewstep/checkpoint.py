@@ -25,7 +25,7 @@ from torch import nn
 
 from ._io import atomic_dir
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CHECKSUMS", "CheckpointDamaged", "write_checkpoint", "save_checkpoint",
+__all__ = ["FORMAT", "FORMAT_VERSION", "CHECKSUMS", "CheckpointDamaged", "weights_identity", "write_checkpoint", "save_checkpoint",
            "latest_checkpoint", "checkpoint_folder", "list_checkpoints", "newest_readable_config",
            "remove_stale_temporaries", "read_config", "read_json", "load_tensors", "load_optimizer_state",
            "optimizer_tensors", "export_ema", "file_sha256", "write_checksums", "verify_checksum"]
@@ -68,6 +68,16 @@ def _recorded_checksums(folder: Path) -> dict[str, str]:
     if not isinstance(sums, dict):
         raise CheckpointDamaged(f"{path} is not a fewstep checksum file; the checkpoint is damaged")
     return sums
+
+
+def weights_identity(folder: str | os.PathLike) -> str | None:
+    """A short identity of the weights a checkpoint folder holds (from its ``checksums.json``, no hashing): the same
+    string exactly when the recorded files and their sha256 are the same; None for a folder without checksums."""
+    sums = _recorded_checksums(Path(folder))
+    if not sums:
+        return None
+    text = "\n".join(f"{name}:{sums[name]}" for name in sorted(sums))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def verify_checksum(path: str | os.PathLike) -> None:

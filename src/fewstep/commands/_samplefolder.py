@@ -77,6 +77,9 @@ def _recorded_in_images(folder: Path) -> tuple[dict[str, Any] | None, int, int]:
 _ADDED_LATER = {"cache": None, "guidance": None, "teleport": None, "plan": None, "precision": "fp32"}
 """Settings added after manifests were first written, with the value an older manifest implies."""
 
+_COMPARED_WHEN_RECORDED = {"weights"}
+"""Settings an older manifest cannot imply (which weights a bundled name held then): compared only when recorded."""
+
 
 def check_manifest(folder: Path, expected: dict[str, Any], adopt: bool = False) -> bool:
     """Check that ``folder`` may receive images made with the ``expected`` settings.
@@ -119,7 +122,8 @@ def check_manifest(folder: Path, expected: dict[str, Any], adopt: bool = False) 
         return False  # no images: a missing or damaged manifest is simply replaced
     recorded = {**_ADDED_LATER, **recorded}
     diffs = [f"{key} {_show(recorded.get(key, '(missing)'))} there, {_show(value)} now"
-             for key, value in expected.items() if _norm(recorded.get(key, "(missing)")) != _norm(value)]
+             for key, value in expected.items() if _norm(recorded.get(key, "(missing)")) != _norm(value)
+             and (key in recorded or key not in _COMPARED_WHEN_RECORDED)]
     if diffs and pngs:
         raise ValueError(f"--out {folder}: holds images made with other settings ({'; '.join(diffs)}); "
                          f"choose another --out, or delete the folder to start over")

@@ -68,6 +68,11 @@ def _settings(args: argparse.Namespace, model_id: str, solver: str) -> dict[str,
     from .. import __version__
 
     settings: dict[str, Any] = {"model": model_id, "ema": not args.raw, "solver": solver, "nfe": args.nfe}
+    if model_id.startswith("bundled:"):  # a bundled name can ship new weights in a later release: record which
+        from ..bundled import resolve_bundled
+        from ..checkpoint import weights_identity
+
+        settings["weights"] = weights_identity(resolve_bundled(model_id))
     if args.grid is not None:
         settings["grid"] = args.grid
     settings["teleport"] = args.teleport
@@ -141,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     if dest.kind == "folder":
         settings = {**settings, "grid": args.grid or den.process.default_grid, "sample_shape": list(shape),
                     "plan": plan.describe()}
-        keys = ("model", "ema", "solver", "nfe", "grid", "teleport", "cache", "precision", "class_label", "guidance",
-                "sample_shape", "plan", "fewstep_version")
-        settings = {key: settings[key] for key in keys}
+        keys = ("model", "weights", "ema", "solver", "nfe", "grid", "teleport", "cache", "precision", "class_label",
+                "guidance", "sample_shape", "plan", "fewstep_version")
+        settings = {key: settings[key] for key in keys if key in settings}
         if not check_manifest(dest.path, settings, adopt=args.adopt):
             write_manifest(dest.path, settings)
         todo = _folder_todo(dest.path, seeds, shape)
