@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default="bundled:fashion", help="the model whose ODE is straightened")
     p.add_argument("--out", required=True, help="run folder (pairs in OUT/pairs)")
     p.add_argument("--resume", action="store_true", help="continue: draw the missing pairs, resume training")
+    p.add_argument("--pairs-dir", help="pair folder (default OUT/pairs); an existing one with the same teacher and "
+                                       "sampler is reused and completed, so several students can share one")
     p.add_argument("--pairs", type=int, default=4000, help="number of pairs (default 4000)")
     p.add_argument("--solver", default="dpm++2m", help="the teacher's ODE solver (default dpm++2m; deterministic)")
     p.add_argument("--nfe", type=int, default=10, help="its NFE per pair (default 10)")
@@ -39,6 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "--process rectified_flow)")
     p.add_argument("--time-sampling", help="training times (default flow_uniform: rectified flow's uniform time)")
     p.add_argument("--weighting", help="loss weighting (default flow: rectified flow's velocity loss)")
+    p.add_argument("--init-from", help="warm-start the student from this model instead of the teacher (e.g. a "
+                                       "finished reflow checkpoint, to distil its few-step path)")
+    p.add_argument("--path-weight", type=float,
+                   help="share of path distillation in [0, 1]: the --path-nfe Euler solve trained end to end onto "
+                        "the endpoints (Liu et al. sec. 2.3 for k steps; 1: path only; default 0)")
+    p.add_argument("--path-nfe", type=int, help="NFE of the distilled path (default 2)")
+    p.add_argument("--path-times", help="its times, comma-separated and decreasing, steps + 1 of them, the last "
+                                        "replaced by clean data (e.g. 999,600,0; default the process's grid)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -73,16 +83,29 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
     process = copy.deepcopy(tcfg["process"]) if args.process == "teacher" else {"kind": "rectified_flow"}
     prediction = args.prediction or (tcfg["prediction"] if args.process == "teacher" else "flow")
     same = process == tcfg["process"] and prediction == tcfg["prediction"]
-    objective = {"kind": "reflow", "init_from": teacher if same else ""}
-    for name in ("time_sampling", "weighting"):
-        if getattr(args, name):
+    if args.init_from and not same:
+        raise ValueError("--init-from needs the teacher's process and prediction (a warm start keeps them); drop "
+                         "--process/--prediction or --init-from")
+    objective = {"kind": "reflow", "init_from": (args.init_from or teacher) if same else ""}
+    for name in ("time_sampling", "weighting", "path_weight", "path_nfe"):
+        if getattr(args, name) is not None:
             objective[name] = getattr(args, name)
+    if args.path_times:
+        objective["path_times"] = parse_times(args.path_times)
     training = {**TRAINING_DEFAULTS, **_training_overrides(args)}
     net = copy.deepcopy(tcfg["network"])
     return {"teacher": teacher, "pairs": pairs, "network": net, "process": process, "prediction": prediction,
             "sigma_data": float(tcfg.get("sigma_data", 0.5)),
             "data": {"spec": pairs, "resolution": net.get("resolution", 28), "channels": net.get("in_channels", 1)},
             "objective": objective, "training": training}
+
+
+def parse_times(text: str) -> list[float]:
+    """``"999,600,0"`` -> ``[999.0, 600.0, 0.0]``, refusing anything that is not a list of numbers."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--path-times must be comma-separated numbers such as 999,600,0, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,30 +124,31 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    pairs_dir = Path(args.pairs_dir) if args.pairs_dir else out / "pairs"
     has_ckpt = (out / "checkpoints").is_dir() and latest_checkpoint(out) is not None
     if has_ckpt and not args.resume:
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
-    if (out / "pairs" / "pairs.json").exists() and not args.resume:
+    if not args.pairs_dir and (out / "pairs" / "pairs.json").exists() and not args.resume:
         raise ValueError(f"{out / 'pairs'} already holds pairs; pass --resume to reuse them, or choose another --out")
     _, tcfg = load_teacher(args.teacher)  # refuses one-step generators and diffusers folders by name
     if has_ckpt:
         _, config = newest_readable_config(out)
         config["training"].update(_training_overrides(args))
     else:
-        config = student_config(args.teacher, str(out / "pairs"), tcfg, args)
+        config = student_config(args.teacher, str(pairs_dir), tcfg, args)
     config["objective"]["pairs_n"] = args.pairs
     resolve_config(config)  # refuse bad values before the (long) pair drawing
     teacher = load_model(args.teacher, device=device)
-    draw_pairs(teacher, out / "pairs", args.pairs, solver=args.solver, nfe=args.nfe, grid=args.grid,
+    draw_pairs(teacher, pairs_dir, args.pairs, solver=args.solver, nfe=args.nfe, grid=args.grid,
                seed=args.pair_seed, shard_size=args.shard_size, teacher_name=args.teacher, device=device,
                progress=not args.no_progress)
-    print(f"pairs: {args.pairs} in {out / 'pairs'} ({args.solver}, {args.nfe} NFE)")
+    print(f"pairs: {args.pairs} in {pairs_dir} ({args.solver}, {args.nfe} NFE)")
     if args.pairs_only:
         return 0
     del teacher
     if not config["objective"]["init_from"]:
         print("the student's process/prediction differ from the teacher's: training from scratch")
-    trainer = Trainer(config, pair_data(out / "pairs", args.pairs), out, device=device,
+    trainer = Trainer(config, pair_data(pairs_dir, args.pairs), out, device=device,
                       progress=not args.no_progress)
     if has_ckpt:
         print(f"resumed from step {trainer.resume()}")

@@ -11,11 +11,15 @@ parametrisation too, which lets the student start from the teacher's weights; th
 ``time_sampling = "flow_uniform"`` and ``weighting = "flow"`` reproduce rectified flow's time
 distribution and loss in that parametrisation.  A perfectly rectified model maps each ``z`` to
 its ``x1`` in one Euler (= DDIM) step.
+
+``path_weight > 0`` mixes in path distillation (:mod:`fewstep.reflow.path`, Liu et al.'s sec. 2.3 distillation
+generalised to the k-step solve the model is sampled with): ``(1 - w) * reflow + w * path``; ``w = 1`` trains
+the few-step solve alone, usually warm-started from a finished reflow run (``init_from``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -35,6 +39,7 @@ from ..training.losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
 from ..training.objective import CheckpointFiles, Objective, Phase, register_objective
 from ..training.warmstart import warm_start
 from .pairs import load_pairs
+from .path import path_loss, path_plan
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -52,7 +57,10 @@ def reflow_loss(net: Any, prediction: str, process: Any, noise: Tensor, endpoint
 @dataclass
 class ReflowSettings:
     """The ``objective`` section of ``reflow``: where on the path to train, the weighting, the pairs used
-    (``pairs_n``; 0 = all), the warm start, and the preview sampler (Euler at ``sample_nfe``)."""
+    (``pairs_n``; 0 = all), the warm start, the preview sampler (Euler at ``sample_nfe``), and path
+    distillation's share ``path_weight`` in [0, 1] with its plan (``path_solver`` at ``path_nfe`` over
+    ``path_times``, ``steps + 1`` decreasing times ending anywhere (replaced by clean data); empty: the
+    process's grid)."""
 
     time_sampling: str = "flow_uniform"
     weighting: str = "flow"
@@ -60,6 +68,10 @@ class ReflowSettings:
     init_from: str = ""
     sample_solver: str = "euler"
     sample_nfe: int = 1
+    path_weight: float = 0.0
+    path_solver: str = "euler"
+    path_nfe: int = 2
+    path_times: list[float] = field(default_factory=list)
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -69,6 +81,13 @@ class ReflowSettings:
         check_positive("objective.pairs_n", self.pairs_n, allow_zero=True)
         check_positive("objective.sample_nfe", self.sample_nfe)
         solvers.get(self.sample_solver)
+        if not 0.0 <= self.path_weight <= 1.0:
+            raise ValueError(f"objective.path_weight must be in [0, 1] (0: reflow only, 1: path distillation only), "
+                             f"got {self.path_weight}")
+        check_positive("objective.path_nfe", self.path_nfe)
+        if solvers.get(self.path_solver).stochastic:
+            raise ValueError(f"objective.path_solver {self.path_solver!r} is stochastic; path distillation unrolls a "
+                             f"deterministic solve (e.g. euler)")
 
 
 @register_objective
@@ -95,6 +114,13 @@ class ReflowObjective(Objective):
                              f"{config['network'].get('in_channels', 1)}")
         if settings.init_from:
             warm_start(self.model, settings.init_from, config)
+        self.path = None
+        if settings.path_weight > 0:
+            self.path = path_plan(self._denoiser(self.model), settings.path_solver, settings.path_nfe,
+                                  settings.path_times or None)
+
+    def _denoiser(self, net: nn.Module) -> Denoiser:
+        return Denoiser(net, self.process, self.prediction, self.sigma_data)
 
     @classmethod
     def check_sections(cls, config: Mapping[str, Any]) -> None:
@@ -118,14 +144,21 @@ class ReflowObjective(Objective):
         return {"noise": self.noise[indices], "endpoint": self.endpoint[indices], "t": t}
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
-        return reflow_loss(nets["model"], self.prediction, self.process, batch["noise"], batch["endpoint"],
-                           batch["t"], weighting=self.settings.weighting, sigma_data=self.sigma_data)
+        w = self.settings.path_weight
+        total = 0.0
+        if w < 1:
+            total = (1 - w) * reflow_loss(nets["model"], self.prediction, self.process, batch["noise"],
+                                          batch["endpoint"], batch["t"], weighting=self.settings.weighting,
+                                          sigma_data=self.sigma_data)
+        if self.path is not None:
+            total = total + w * path_loss(self._denoiser(nets["model"]), self.path, batch["noise"], batch["endpoint"])
+        return total
 
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:
         """64 samples of the EMA model with ``sample_solver`` at ``sample_nfe`` into ``samples/``."""
         shape = tuple(int(v) for v in self.endpoint.shape[1:])
-        den = Denoiser(trainer.emas["model"], self.process, self.prediction, self.sigma_data)
+        den = self._denoiser(trainer.emas["model"])
         x = generate(den, shape, range(n), self.settings.sample_solver, self.settings.sample_nfe,
                      device=trainer.device)
         return save_image_grid(x, trainer.out_dir / "samples" / f"step-{trainer.step:08d}.png")
