@@ -40,7 +40,8 @@ def features(args: argparse.Namespace) -> None:
         return
     den = fewstep.load_model(args.model)
     set_precision(den, args.precision)
-    plan = make_plan(den, args.solver, args.nfe, args.grid)
+    grid = [float(v) for v in args.grid.split(",")] if args.grid and "," in args.grid else args.grid
+    plan = make_plan(den, args.solver, args.nfe, grid)
     extractor = get_extractor("fashion")
     shape = den.sample_shape
     seeds = list(range(args.seed, args.seed + args.n))
@@ -93,7 +94,7 @@ def main() -> None:
     f.add_argument("--model", required=True)
     f.add_argument("--solver", default="dpm++2m")
     f.add_argument("--nfe", type=int, default=10)
-    f.add_argument("--grid", default=None)
+    f.add_argument("--grid", default=None, help="a grid name, plan file, or explicit times such as 999,600,0")
     f.add_argument("--n", type=int, default=2000)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--batch", type=int, default=64)

@@ -106,3 +106,30 @@ def test_a_plan_file_entry_s_tuned_options_are_a_field_recorded_and_stored(tmp_p
     back = fewstep.SamplingPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert back.tuned_options == ("ratios",) and back.describe()["tuned_options"] == {"ratios": ratios}
     assert fewstep.make_plan(den, "dc_solver", 5, "logsnr").tuned_options == ()
+
+
+def test_the_cli_grid_takes_explicit_times(tmp_path, capsys):
+    """``--grid 999,500,0`` is the explicit grid [999, 500, 0] (the last time clean data): the same images as the
+    library's ``generate`` with that list, recorded in the folder's manifest; a malformed list is a one-line error."""
+    import json
+
+    import numpy as np
+
+    from fewstep.imagegrid import to_uint8
+
+    den = fewstep.load_model("bundled:fashion")
+    out = tmp_path / "a.npz"
+    assert main(["sample", "--model", "bundled:fashion", "--solver", "euler", "--nfe", "2", "--grid", "999,500,0",
+                 "--n", "2", "--out", str(out), "--no-progress"]) == 0
+    want = fewstep.generate(den, den.sample_shape, [0, 1], "euler", 2, [999.0, 500.0, 0.0])
+    assert np.array_equal(np.load(out)["images"], np.asarray(to_uint8(want)))
+    other = fewstep.generate(den, den.sample_shape, [0, 1], "euler", 2)
+    assert not np.array_equal(np.asarray(to_uint8(other)), np.asarray(to_uint8(want)))
+    folder = tmp_path / "f"
+    assert main(["sample", "--model", "bundled:fashion", "--solver", "euler", "--nfe", "2", "--grid", "999,500,0",
+                 "--n", "1", "--out", f"{folder}/", "--no-progress"]) == 0
+    assert json.loads((folder / "fewstep-samples.json").read_text())["grid"] == [999.0, 500.0, 0.0]
+    capsys.readouterr()
+    assert main(["sample", "--model", "bundled:fashion", "--nfe", "2", "--grid", "999,x,0", "--n", "1",
+                 "--out", str(tmp_path / "b.npz"), "--no-progress"]) == 1
+    assert "comma-separated numbers" in capsys.readouterr().err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._plan import parse_times
+
 #: Pairs use seeds from here on, far from the seeds 0.. that sampling and evaluation use, so a one-step sample of
 #: the student is never scored on a noise it was trained to map.
 DEFAULT_PAIR_SEED = 10_000_000
@@ -91,21 +93,13 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
         if getattr(args, name) is not None:
             objective[name] = getattr(args, name)
     if args.path_times:
-        objective["path_times"] = parse_times(args.path_times)
+        objective["path_times"] = parse_times(args.path_times, "--path-times")
     training = {**TRAINING_DEFAULTS, **_training_overrides(args)}
     net = copy.deepcopy(tcfg["network"])
     return {"teacher": teacher, "pairs": pairs, "network": net, "process": process, "prediction": prediction,
             "sigma_data": float(tcfg.get("sigma_data", 0.5)),
             "data": {"spec": pairs, "resolution": net.get("resolution", 28), "channels": net.get("in_channels", 1)},
             "objective": objective, "training": training}
-
-
-def parse_times(text: str) -> list[float]:
-    """``"999,600,0"`` -> ``[999.0, 600.0, 0.0]``, refusing anything that is not a list of numbers."""
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--path-times must be comma-separated numbers such as 999,600,0, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     cache = parse_cache(args.cache)
     args.cache = None if cache is None else str(cache)
-    if args.grid is not None and args.grid not in GRIDS and args.grid != TUNED:
+    if isinstance(args.grid, str) and args.grid not in GRIDS and args.grid != TUNED:
         from ..grids.files import is_grid_file, read_grid_file
 
         if not is_grid_file(args.grid):
