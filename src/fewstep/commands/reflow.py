@@ -128,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     if has_ckpt:
         _, config = newest_readable_config(out)
         config["training"].update(_training_overrides(args))
+        if args.pairs_dir and Path(args.pairs_dir).resolve() != Path(config["pairs"]).resolve():
+            raise ValueError(f"{out} was trained on the pairs in {config['pairs']}, not --pairs-dir {args.pairs_dir}; "
+                             f"resume without --pairs-dir, or train a new --out on the other pairs")
+        pairs_dir = Path(config["pairs"])  # a resumed run keeps its own pair folder
     else:
         config = student_config(args.teacher, str(pairs_dir), tcfg, args)
     config["objective"]["pairs_n"] = args.pairs
