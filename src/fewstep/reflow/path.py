@@ -11,8 +11,8 @@ its ``k`` evaluations,
     L(theta) = E_(z, x1) || Solve_plan(theta; prior_std z) - x1 ||^2 ,
 
 so at ``k = 1`` it is Liu et al.'s distillation and at ``k = 2`` the two-step generator is trained end to end on
-exactly the path (start, intermediate time, clean end) it is sampled along.  The solver function is the
-registry's own (one implementation of the update), called outside ``inference_mode``.
+exactly the path (start, intermediate time, clean end) it is sampled along.  The solve is ``fewstep.sample`` itself
+with ``grad=True`` (the registry's solver function with autograd on): one implementation of the update.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..api import sample
 from ..plan import SamplingPlan, make_plan
 
 __all__ = ["path_plan", "path_loss"]
@@ -37,7 +38,6 @@ def path_plan(denoiser: Any, solver: str = "euler", nfe: int = 2, times: Sequenc
 def path_loss(denoiser: Any, plan: SamplingPlan, noise: Tensor, endpoint: Tensor) -> Tensor:
     """Per-sample ``mean((Solve_plan(prior_std noise) - endpoint)^2)``, shape ``(batch,)``, differentiable in the
     denoiser's network: the solve starts, like ``fewstep.sample``, from ``prior_std * noise`` at the plan's start."""
-    x_T = denoiser.process.prior_std * noise
-    out = plan.spec.fn(plan.bind(denoiser), x_T, plan.schedule(denoiser.process), **plan.options)
+    out = sample(denoiser, denoiser.process.prior_std * noise, plan, grad=True)
     dtype = torch.promote_types(out.dtype, torch.float32)  # at least float32 (bf16 under autocast)
     return (out.to(dtype) - endpoint.to(dtype)).square().reshape(len(noise), -1).mean(dim=1)
