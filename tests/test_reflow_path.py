@@ -123,6 +123,10 @@ def test_reflow_command_distils_the_two_step_path_from_a_finished_run(teacher, t
                                                                              first / "pairs")
     assert after < before / 3, (before, after)
     capsys.readouterr()
+    assert main([*args[:-1], "61", "--resume", "--path-weight", "0.5"]) == 1  # resuming keeps the objective
+    assert "--path-weight (0.5; the run has 1.0)" in capsys.readouterr().err
+    assert main([*args[:-1], "61", "--resume"]) == 0  # the same flags resume
+    capsys.readouterr()
     bad = ["reflow", "--out", str(tmp_path / "bad"), *common, "--pairs-dir", str(first / "pairs")]
     assert main([*bad, "--path-weight", "1.5"]) == 1
     assert "path_weight must be in [0, 1]" in capsys.readouterr().err

@@ -102,6 +102,18 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
             "objective": objective, "training": training}
 
 
+def _refuse_changed_objective(args: argparse.Namespace, objective: dict) -> None:
+    """A resumed run keeps its objective: a flag that would change it is refused, naming it, never ignored."""
+    given = {"init_from": args.init_from, "time_sampling": args.time_sampling, "weighting": args.weighting,
+             "path_weight": args.path_weight, "path_nfe": args.path_nfe,
+             "path_times": parse_times(args.path_times, "--path-times") if args.path_times else None}
+    changed = [f"--{k.replace('_', '-')} ({v!r}; the run has {objective.get(k)!r})" for k, v in given.items()
+               if v is not None and v != objective.get(k)]
+    if changed:
+        raise ValueError(f"--resume keeps the run's objective; these flags would change it: {', '.join(changed)}. "
+                         f"Drop them, or start a new --out (e.g. --init-from the run's newest checkpoint)")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -132,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{out} was trained on the pairs in {config['pairs']}, not --pairs-dir {args.pairs_dir}; "
                              f"resume without --pairs-dir, or train a new --out on the other pairs")
         pairs_dir = Path(config["pairs"])  # a resumed run keeps its own pair folder
+        _refuse_changed_objective(args, config["objective"])
     else:
         config = student_config(args.teacher, str(pairs_dir), tcfg, args)
     config["objective"]["pairs_n"] = args.pairs
