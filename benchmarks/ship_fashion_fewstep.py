@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--solvers", default="unipc,euler,ddim,dpm++2m")
     ap.add_argument("--note", default="", help="provenance text (command, steps, wall time, FID)")
     ap.add_argument("--dest", type=Path, default=DEST)
+    ap.add_argument("--meant-nfe", default="", help="NFEs the model is meant for, e.g. 1,2 (config sampling.nfe: "
+                                                    "sampling it at any other NFE warns); default none declared")
     args = ap.parse_args()
 
     from fewstep._io import atomic_write_text
@@ -38,6 +40,8 @@ def main() -> None:
     dest = export_ema(args.checkpoint, args.dest, {"checkpoint": str(args.checkpoint), "note": args.note})
     cfg = json.loads((dest / "config.json").read_text())
     cfg["sampling"] = {"grid": "tuned"}
+    if args.meant_nfe:
+        cfg["sampling"]["nfe"] = [int(k) for k in args.meant_nfe.split(",")]
     atomic_write_text(dest / "config.json", json.dumps(cfg, indent=2))
     process = load_model(str(dest)).process
     times = [float(process.t_start), args.mid, float(process.t_min)]

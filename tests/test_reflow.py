@@ -169,7 +169,9 @@ def test_bundled_fashion_fewstep_samples_through_its_own_two_step_grid():
     entry = next(e for e in read_grid_file(attached(den, "plan_file")).entries if (e.solver, e.nfe) == ("unipc", 2))
     assert plan.times.tolist() == entry.times and entry.times[1] != 499.5  # not the uniform grid's midpoint
     assert "default" in plan.sources and plan.grid.startswith("tuned")
-    assert fewstep.make_plan(den, "ipndm", 2).grid == "uniform" and fewstep.make_plan(den, nfe=3).grid == "uniform"
+    with pytest.warns(UserWarning, match="meant to be sampled"):  # its config declares NFE 1 and 2
+        three = fewstep.make_plan(den, nfe=3)
+    assert fewstep.make_plan(den, "ipndm", 2).grid == "uniform" and three.grid == "uniform"
     assert fewstep.make_plan(fewstep.load_model("bundled:fashion"), nfe=2).grid == "uniform"  # declared per model
     teacher = fewstep.load_model("bundled:fashion")
     seeds = range(8)
@@ -187,3 +189,19 @@ def test_bundled_fashion_fewstep_samples_through_its_own_two_step_grid():
     one_reflowed = fewstep.generate(reflowed, (1, 28, 28), seeds, "euler", 1)
     assert rmse(one_reflowed) < 0.7 * rmse(fewstep.generate(teacher, (1, 28, 28), seeds, "euler", 1))
     assert bool(torch.isfinite(one).all())
+
+
+def test_a_few_step_generator_warns_outside_the_nfes_it_is_meant_for():
+    """bundled:fashion-fewstep declares sampling.nfe = [1, 2] (its path-distilled solve is poor at 4 NFE: FID 29
+    against its flow's 6.5): planning it at another NFE warns, at 1 and 2 it does not; models without the key never
+    warn."""
+    import warnings
+
+    den = fewstep.load_model("bundled:fashion-fewstep")
+    with pytest.warns(UserWarning, match=r"meant to be sampled at NFE 1, 2.*nfe=4"):
+        fewstep.make_plan(den, "euler", 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fewstep.make_plan(den, "euler", 2)
+        fewstep.make_plan(den, "euler", 1)
+        fewstep.make_plan(fewstep.load_model("bundled:fashion-fewstep-v2"), "euler", 4)

@@ -324,6 +324,7 @@ def make_plan(denoiser: Any, solver: str = solvers.DEFAULT_SOLVER, nfe: int = 10
         sources["default"] = "the model's config: sampling.grid = 'tuned' (its own plans are its default)"
     entry_desc = None if entry is None else {"solver": entry.solver, "nfe": entry.nfe, "method": entry.method,
                                              "borrowed": entry.solver != spec.name}
+    _warn_outside_trained_nfe(denoiser, nfe)
     return SamplingPlan(spec.name, int(nfe), times, start, kwargs, clean_end, net_times, desc_grid, entry_desc, sources,
                         tuned_options=tuple(sorted(tuned)))
 
@@ -334,11 +335,26 @@ def _model_plans_cover(denoiser: Any, solver: str, nfe: int) -> bool:
     NFE; other solvers and NFEs keep the process's default grid."""
     from .attachments import attached
 
-    config = next((c for d in wrapper_chain(denoiser) if isinstance(c := getattr(d, "config", None), dict)), None)
+    config = _model_config(denoiser)
     if not config or (config.get("sampling") or {}).get("grid") != TUNED:
         return False
     path = attached(denoiser, "plan_file")
     return path is not None and any((e.solver, e.nfe) == (solver, int(nfe)) for e in read_grid_file(path).entries)
+
+
+def _model_config(denoiser: Any) -> dict[str, Any] | None:
+    """The config of the model behind ``denoiser``'s wrappers (``None`` for one built in code)."""
+    return next((c for d in wrapper_chain(denoiser) if isinstance(c := getattr(d, "config", None), dict)), None)
+
+
+def _warn_outside_trained_nfe(denoiser: Any, nfe: int) -> None:
+    """A few-step generator may declare the NFEs it is meant for (``config["sampling"]["nfe"]``, e.g. ``[1, 2]``): at
+    any other NFE it is no accurate ODE model, and sampling it there warns instead of silently giving poor images."""
+    trained = ((_model_config(denoiser) or {}).get("sampling") or {}).get("nfe")
+    if isinstance(trained, list) and trained and int(nfe) not in trained:
+        warnings.warn(f"this model is meant to be sampled at NFE {', '.join(str(k) for k in trained)} (its config's "
+                      f"sampling.nfe); at nfe={nfe} expect poor samples: a few-step generator is not an accurate ODE "
+                      f"model. Use one of those NFEs, or a model meant for more steps", stacklevel=3)
 
 
 def _warn_start(process: Any, t: float, setting: str = "t_start") -> None:
