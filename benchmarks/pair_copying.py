@@ -44,13 +44,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import fewstep
+    from fewstep.commands._plan import parse_times
     from fewstep.reflow import load_pairs
 
     noise, ends, _ = load_pairs(args.pairs, 2 * args.trained)
     if len(ends) < 2 * args.trained:
         raise SystemExit(f"{args.pairs} holds {len(ends)} pairs; need {2 * args.trained} (trained + as many unseen)")
     trained, unseen = ends[:args.trained], ends[args.trained:]
-    grid = [float(v) for v in args.grid.split(",")] if args.grid else None
+    grid = parse_times(args.grid) if args.grid else None
     print(f"n = {args.n} samples (seeds {args.seed}..), nearest of {args.trained} trained vs {args.trained} unseen "
           f"endpoints (pixel L2, images in [-1, 1])")
     print("| model | median to trained | median to unseen | ratio | nearest is a trained endpoint | RMSE to own "

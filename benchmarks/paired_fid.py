@@ -26,6 +26,7 @@ import torch
 
 def features(args: argparse.Namespace) -> None:
     import fewstep
+    from fewstep.commands._plan import parse_times
     from fewstep._io import atomic_write_bytes
     from fewstep.latent import to_images
     from fewstep.metrics.evaluate import quantize
@@ -40,7 +41,7 @@ def features(args: argparse.Namespace) -> None:
         return
     den = fewstep.load_model(args.model)
     set_precision(den, args.precision)
-    grid = [float(v) for v in args.grid.split(",")] if args.grid and "," in args.grid else args.grid
+    grid = parse_times(args.grid) if args.grid and "," in args.grid else args.grid
     plan = make_plan(den, args.solver, args.nfe, grid)
     extractor = get_extractor("fashion")
     shape = den.sample_shape
