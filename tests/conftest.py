@@ -77,6 +77,21 @@ def tiny_config(**training):
                          "checkpoint_every_seconds": 0, "ema_half_life_images": 100, **training}}
 
 
+def tiny_encoder(path, res: int = 8) -> str:
+    """Train a tiny ``fashion-encoder`` (2 steps on labelled tiny images) in ``path``; the run folder.  The encoder of
+    the REPA and perceptual-metric tests."""
+    from fewstep.data import ImageData
+    from fewstep.training.presets import get_preset
+    from fewstep.training.trainer import Trainer
+
+    cfg = get_preset("fashion-encoder")
+    cfg["encoder"].update(resolution=res, channels=4, feature_dim=6)
+    cfg["training"].update(steps=2, batch_size=4, checkpoint_every_seconds=0)
+    data = ImageData(tiny_images(16, res=res), torch.arange(16) % 10, 10)
+    Trainer(cfg, data, path, device="cpu", progress=False).fit()
+    return str(path)
+
+
 def tiny_images(n: int = 16, res: int = 8, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.zeros(1, 1, res, res, dtype=torch.uint8)

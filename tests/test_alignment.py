@@ -6,13 +6,12 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_images
+from conftest import tiny_encoder, tiny_images
 from fewstep import load_model
 from fewstep.data import ImageData
 from fewstep.training import Trainer, load_encoder, resolve_config
 from fewstep.training.alignment import TapRecorder, dispersive_loss, feature_map, recording_context, repa_loss
 from fewstep.training.losses import diffusion_loss
-from fewstep.training.presets import get_preset
 
 
 def test_repa_loss_is_minus_one_when_the_features_agree_up_to_scale():
@@ -67,12 +66,7 @@ def test_feature_map_places_dit_tokens_on_their_grid():
 
 
 def _encoder(tmp_path, res=8):
-    cfg = get_preset("fashion-encoder")
-    cfg["encoder"].update(resolution=res, channels=4, feature_dim=6)
-    cfg["training"].update(steps=2, batch_size=4, checkpoint_every_seconds=0)
-    data = ImageData(tiny_images(16, res=res), torch.arange(16) % 10, 10)
-    Trainer(cfg, data, tmp_path / "enc", device="cpu", progress=False).fit()
-    return str(tmp_path / "enc")
+    return tiny_encoder(tmp_path / "enc", res)
 
 
 def _config(align: str, encoder: str = "", **objective) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fewstep
-from conftest import tiny_teacher
+from conftest import tiny_encoder, tiny_teacher
 from fewstep.plan import make_plan
 from fewstep.processes import RectifiedFlow, VPDiscrete
 from fewstep.reflow import load_pairs
@@ -135,3 +135,127 @@ def test_reflow_command_distils_the_two_step_path_from_a_finished_run(teacher, t
     assert main([*bad, "--init-from", start, "--process", "rectified_flow"]) == 1
     assert "--init-from needs the teacher's process" in capsys.readouterr().err
     assert json.loads((first / "pairs" / "pairs.json").read_text())["n"] == 8
+
+
+def test_pseudo_huber_path_distance_is_icts_distance_per_dimension():
+    """``pseudo_huber`` is iCT's ``sqrt(||x - y||^2 + c_d^2) - c_d`` divided by ``sqrt(d)`` with ``c_d = c sqrt(d)``
+    (default iCT's c = 0.00054): quadratic (``mse / 2c``) for small errors, the RMSE for large ones; and the k = 1
+    path loss under it is that distance of Liu et al.'s one step."""
+    from fewstep.reflow.path import path_distance
+
+    z, x1 = _pairs()
+    d = z[0].numel()
+    for c in (0.1, 0.0):
+        dist = path_distance("pseudo_huber", huber_c=c)(z, x1)
+        c_d = (c or 0.00054) * d**0.5
+        icts = (torch.sqrt((z - x1).square().flatten(1).sum(1) + c_d**2) - c_d) / d**0.5
+        torch.testing.assert_close(dist, icts, rtol=1e-12, atol=1e-14)
+    small, large = 1e-3 * x1, 10 * x1
+    zero = torch.zeros_like(x1)
+    mse = lambda a: a.square().flatten(1).mean(1)  # noqa: E731
+    torch.testing.assert_close(path_distance("pseudo_huber", huber_c=1.0)(small, zero), mse(small) / 2, rtol=1e-4,
+                               atol=0)
+    torch.testing.assert_close(path_distance("pseudo_huber", huber_c=1e-6)(large, zero), mse(large).sqrt(), rtol=1e-5,
+                               atol=0)
+    proc = RectifiedFlow()
+    net = _GatedNet(t_gate=-1.0)
+    den = fewstep.Denoiser(net, proc, "flow")
+    t0 = float(proc.t_start)
+    one_step = z - t0 * net(z, torch.full((len(z),), t0))
+    got = path_loss(den, path_plan(den, "euler", 1), z, x1, path_distance("pseudo_huber", huber_c=0.1))
+    torch.testing.assert_close(got, path_distance("pseudo_huber", huber_c=0.1)(one_step, x1), rtol=1e-10, atol=1e-12)
+
+
+class _OneMapEncoder(torch.nn.Module):
+    """An encoder with ``features`` only (no ``stage_features``): the perceptual distance uses its single map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1).double()
+
+    def features(self, x):
+        return self.conv(x)
+
+
+def test_perceptual_distance_is_the_unweighted_lpips_sum_over_the_encoders_stages():
+    """LPIPS eq. 1 with unit weights over the stages of a PatchEncoder (the last one its ``features``), plus the
+    pixels' mean squared error; zero between equal images, blind to a scaling of a feature map (the unit
+    normalisation), gradients to the image only."""
+    from fewstep.nets.encoder import EncoderConfig, PatchEncoder
+    from fewstep.training.perceptual import encoder_stages, perceptual_distance
+
+    torch.manual_seed(0)
+    enc = PatchEncoder(EncoderConfig(resolution=8, channels=4, feature_dim=6)).double().eval().requires_grad_(False)
+    x, y = torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1, torch.rand(3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    stages = encoder_stages(enc, x)
+    assert [s.shape[-1] for s in stages] == [8, 4, 2] and torch.equal(stages[-1], enc.features(x))
+    torch.testing.assert_close(stages[1], enc.body[:10](x))
+
+    def unit(f):
+        return f / f.norm(dim=1, keepdim=True)
+
+    want = (x - y).square().flatten(1).mean(1)
+    for a, b in zip(encoder_stages(enc, x), encoder_stages(enc, y)):
+        want = want + (unit(a) - unit(b)).square().sum(1).flatten(1).mean(1)
+    x.requires_grad_(True)
+    got = perceptual_distance(enc, x, y)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert float(got.detach().min()) > 0 and float(perceptual_distance(enc, y, y).abs().max()) < 1e-9
+    (grad,) = torch.autograd.grad(got.sum(), [x])
+    assert float(grad.abs().max()) > 0
+    one = _OneMapEncoder()
+    with torch.no_grad():
+        a, b = one.features(x), one.features(y)
+        only = (x - y).square().flatten(1).mean(1) + (unit(a) - unit(b)).square().sum(1).flatten(1).mean(1)
+        torch.testing.assert_close(perceptual_distance(one, x, y), only, rtol=1e-9, atol=1e-12)
+        one.conv.weight *= 3.0
+        one.conv.bias *= 3.0  # every feature vector scaled by 3: the same distance
+        torch.testing.assert_close(perceptual_distance(one, x, y), only, rtol=1e-9, atol=1e-12)
+
+
+def test_path_metric_settings_are_checked():
+    from fewstep.reflow.objective import ReflowSettings
+    from fewstep.reflow.path import path_distance
+
+    for bad, match in [(dict(path_weight=1, path_metric="lpips"), "unknown objective.path_metric"),
+                       (dict(path_weight=1, path_metric="perceptual"), "needs objective.path_encoder"),
+                       (dict(path_weight=1, path_encoder="enc"), "needs objective.path_encoder"),
+                       (dict(path_weight=1, path_huber_c=0.1), "path_huber_c is set"),
+                       (dict(path_metric="pseudo_huber"), "no effect with path_weight 0")]:
+        with pytest.raises(ValueError, match=match):
+            ReflowSettings(**bad).check()
+    with pytest.raises(ValueError, match="needs an encoder"):
+        path_distance("perceptual")
+    with pytest.raises(ValueError, match="only used by the 'perceptual'"):
+        path_distance("l2", encoder=_OneMapEncoder())
+
+
+def test_reflow_command_trains_the_path_under_a_perceptual_metric(teacher, tmp_path, capsys):
+    """``--path-metric perceptual --path-encoder ENC``: the run records the metric, its loss is the perceptual distance
+    of the two-step solve (above the plain MSE), the encoder is neither trained nor saved, and a resume may not
+    change the metric."""
+    from fewstep.cli import main
+    from fewstep.checkpoint import read_config
+
+    enc = tiny_encoder(tmp_path / "enc")
+    common = ["--teacher", teacher, "--pairs", "8", "--nfe", "2", "--batch-size", "8", "--sample-every", "0",
+              "--checkpoint-every", "0", "--no-progress", "--path-weight", "1", "--path-times", "999,600,0"]
+    out = tmp_path / "perc"
+    args = ["reflow", "--out", str(out), *common, "--path-metric", "perceptual", "--path-encoder", enc, "--steps", "2"]
+    assert main(args) == 0
+    step = out / "checkpoints" / "step-00000002"
+    cfg = read_config(step)
+    assert cfg["objective"]["path_metric"] == "perceptual" and cfg["objective"]["path_encoder"] == enc
+    assert not any("encoder" in f.name for f in step.iterdir())
+    l2 = tmp_path / "l2"
+    assert main(["reflow", "--out", str(l2), *common, "--pairs-dir", str(out / "pairs"), "--steps", "2"]) == 0
+    first = [json.loads((d / "log.jsonl").read_text().splitlines()[0])["loss"] for d in (out, l2)]
+    assert first[0] > first[1] > 0  # the same model and first batch: the perceptual distance adds to the MSE
+    capsys.readouterr()
+    assert main([*args[:-1], "3", "--resume", "--path-metric", "l2"]) == 1
+    assert "--path-metric ('l2'; the run has 'perceptual')" in capsys.readouterr().err
+    bad = ["reflow", "--out", str(tmp_path / "bad"), *common, "--pairs-dir", str(out / "pairs")]
+    assert main([*bad, "--path-metric", "perceptual"]) == 1
+    assert "needs objective.path_encoder" in capsys.readouterr().err
+    assert main([*bad, "--path-metric", "perceptual", "--path-encoder", str(tmp_path / "nowhere")]) == 1
+    assert "not found" in capsys.readouterr().err

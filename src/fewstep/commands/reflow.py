@@ -51,6 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path-nfe", type=int, help="NFE of the distilled path (default 2)")
     p.add_argument("--path-times", help="its times, comma-separated and decreasing, steps + 1 of them, the last "
                                         "replaced by clean data (e.g. 999,600,0; default the process's grid)")
+    p.add_argument("--path-metric", choices=["l2", "pseudo_huber", "perceptual"],
+                   help="distance of the solve to its endpoint: l2 (default), pseudo_huber (iCT's robust distance), "
+                        "perceptual (LPIPS-style on --path-encoder's features)")
+    p.add_argument("--path-huber-c", type=float, help="pseudo_huber's c per dimension (default iCT's 0.00054)")
+    p.add_argument("--path-encoder", help="the perceptual metric's encoder: a run of `fewstep train --config "
+                                          "fashion-encoder` (trained on the training split only)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -89,7 +95,8 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
         raise ValueError("--init-from needs the teacher's process and prediction (a warm start keeps them); drop "
                          "--process/--prediction or --init-from")
     objective = {"kind": "reflow", "init_from": (args.init_from or teacher) if same else ""}
-    for name in ("time_sampling", "weighting", "path_weight", "path_nfe"):
+    for name in ("time_sampling", "weighting", "path_weight", "path_nfe", "path_metric", "path_huber_c",
+                 "path_encoder"):
         if getattr(args, name) is not None:
             objective[name] = getattr(args, name)
     if args.path_times:
@@ -105,10 +112,16 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
 def _refuse_changed_objective(args: argparse.Namespace, objective: dict) -> None:
     """A resumed run keeps its objective: a flag that would change it is refused, naming it, never ignored."""
     given = {"init_from": args.init_from, "time_sampling": args.time_sampling, "weighting": args.weighting,
-             "path_weight": args.path_weight, "path_nfe": args.path_nfe,
+             "path_weight": args.path_weight, "path_nfe": args.path_nfe, "path_metric": args.path_metric,
+             "path_huber_c": args.path_huber_c, "path_encoder": args.path_encoder,
              "path_times": parse_times(args.path_times, "--path-times") if args.path_times else None}
-    changed = [f"--{k.replace('_', '-')} ({v!r}; the run has {objective.get(k)!r})" for k, v in given.items()
-               if v is not None and v != objective.get(k)]
+    from dataclasses import asdict
+
+    from ..reflow.objective import ReflowSettings
+
+    have = {**asdict(ReflowSettings()), **objective}  # a key absent from an older run's config has its default
+    changed = [f"--{k.replace('_', '-')} ({v!r}; the run has {have.get(k)!r})" for k, v in given.items()
+               if v is not None and v != have.get(k)]
     if changed:
         raise ValueError(f"--resume keeps the run's objective; these flags would change it: {', '.join(changed)}. "
                          f"Drop them, or start a new --out (e.g. --init-from the run's newest checkpoint)")

@@ -36,6 +36,7 @@ from ..data import ImageData, to_model_range
 from ..parametrization import alpha_sigma
 from ..training.config import check_positive
 from ..training.objective import CheckpointFiles, Phase, register_objective
+from ..training.losses import pseudo_huber
 from .base import DistillObjective, check_one_number_section, x0_of
 
 if TYPE_CHECKING:
@@ -61,8 +62,7 @@ def ect_loss_terms(f_t: Tensor, f_r: Tensor, t: Tensor, r: Tensor, *, c: float =
                    sigma_data: float = 0.5) -> Tensor:
     """Per-sample ``w(t, r) (sqrt(||f_t - f_r||^2 + c^2) - c)`` (``t, r`` EDM noise levels, shape ``(batch,)``)."""
     dtype = torch.promote_types(f_t.dtype, torch.float32)  # at least float32 (autocast), float64 kept
-    sq = (f_t.to(dtype) - f_r.to(dtype)).square().flatten(1).sum(1)
-    dist = torch.sqrt(sq + c * c) - c if c > 0 else torch.sqrt(sq + 1e-20)
+    dist = pseudo_huber((f_t.to(dtype) - f_r.to(dtype)).square().flatten(1).sum(1), c)
     t, r = t.to(dist), r.to(dist)
     w = 1 / (t - r) if weighting == "inv_dt" else (t * t + sigma_data**2) / (t * sigma_data) ** 2
     return w * dist

@@ -56,11 +56,22 @@ class PatchEncoder(nn.Module):
 
         self.body = nn.Sequential(*stage(cfg.in_channels, c, 1), _gn(c), nn.SiLU(), *stage(c, 2 * c, 2),
                                   _gn(2 * c), nn.SiLU(), *stage(2 * c, d, 2))
+        self.stage_ends = (3, 9, 15)  # indices in ``body`` of each stage's last convolution
         self.head = nn.Linear(d, cfg.num_classes)
 
     def features(self, x: Tensor) -> Tensor:
         """Patch features ``(B, feature_dim, ceil(R/4), ceil(R/4))`` of images ``x`` in [-1, 1]."""
         return self.body(x)
+
+    def stage_features(self, x: Tensor) -> list[Tensor]:
+        """The output of each of the three stages (at R, R/2 and R/4), the last being :meth:`features`: the
+        multi-scale maps a perceptual distance compares (:mod:`fewstep.training.perceptual`)."""
+        out = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in self.stage_ends:
+                out.append(x)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.silu(self.features(x)).mean(dim=(2, 3)))

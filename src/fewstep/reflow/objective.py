@@ -39,7 +39,8 @@ from ..training.losses import TIME_SAMPLERS, WEIGHTINGS, diffusion_loss
 from ..training.objective import CheckpointFiles, Objective, Phase, register_objective
 from ..training.warmstart import warm_start
 from .pairs import load_pairs
-from .path import path_loss, path_plan
+from ..training.encoder import load_encoder
+from .path import PATH_METRICS, path_distance, path_loss, path_plan
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -60,7 +61,8 @@ class ReflowSettings:
     (``pairs_n``; 0 = all), the warm start, the preview sampler (Euler at ``sample_nfe``), and path
     distillation's share ``path_weight`` in [0, 1] with its plan (``path_solver`` at ``path_nfe`` over
     ``path_times``, ``steps + 1`` decreasing times ending anywhere (replaced by clean data); empty: the
-    process's grid)."""
+    process's grid) and its distance ``path_metric`` (``l2``, ``pseudo_huber`` with ``path_huber_c``, or
+    ``perceptual`` on the encoder run ``path_encoder``; :func:`fewstep.reflow.path.path_distance`)."""
 
     time_sampling: str = "flow_uniform"
     weighting: str = "flow"
@@ -72,6 +74,9 @@ class ReflowSettings:
     path_solver: str = "euler"
     path_nfe: int = 2
     path_times: list[float] = field(default_factory=list)
+    path_metric: str = "l2"
+    path_huber_c: float = 0.0
+    path_encoder: str = ""
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -88,6 +93,18 @@ class ReflowSettings:
         if solvers.get(self.path_solver).stochastic:
             raise ValueError(f"objective.path_solver {self.path_solver!r} is stochastic; path distillation unrolls a "
                              f"deterministic solve (e.g. euler)")
+        if self.path_metric not in PATH_METRICS:
+            raise ValueError(f"unknown objective.path_metric {self.path_metric!r}; valid: {', '.join(PATH_METRICS)}")
+        check_positive("objective.path_huber_c", self.path_huber_c, allow_zero=True)
+        if self.path_huber_c and self.path_metric != "pseudo_huber":
+            raise ValueError(f"objective.path_huber_c is set but objective.path_metric is {self.path_metric!r}; set it "
+                             f"to 'pseudo_huber' or drop path_huber_c")
+        if (self.path_metric == "perceptual") != bool(self.path_encoder):
+            raise ValueError("objective.path_metric 'perceptual' needs objective.path_encoder (a run of `fewstep "
+                             "train --config fashion-encoder`), and path_encoder is used by no other metric")
+        if self.path_metric != "l2" and self.path_weight == 0:
+            raise ValueError(f"objective.path_metric {self.path_metric!r} has no effect with path_weight 0; set "
+                             f"path_weight > 0 or drop path_metric")
 
 
 @register_objective
@@ -115,6 +132,8 @@ class ReflowObjective(Objective):
         if settings.init_from:
             warm_start(self.model, settings.init_from, config)
         self.path = None
+        self.encoder = load_encoder(settings.path_encoder) if settings.path_encoder else None
+        self.distance = path_distance(settings.path_metric, huber_c=settings.path_huber_c, encoder=self.encoder)
         if settings.path_weight > 0:
             self.path = path_plan(self._denoiser(self.model), settings.path_solver, settings.path_nfe,
                                   settings.path_times or None)
@@ -132,6 +151,10 @@ class ReflowObjective(Objective):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
+
+    def frozen(self) -> dict[str, nn.Module]:
+        """The perceptual path metric's ``encoder`` (moved with the run, never trained nor saved)."""
+        return {"encoder": self.encoder} if self.encoder is not None else {}
 
     def phases(self) -> list[Phase]:
         return [Phase("model", self.loss, "loss")]
@@ -151,7 +174,8 @@ class ReflowObjective(Objective):
                                           batch["endpoint"], batch["t"], weighting=self.settings.weighting,
                                           sigma_data=self.sigma_data)
         if self.path is not None:
-            total = total + w * path_loss(self._denoiser(nets["model"]), self.path, batch["noise"], batch["endpoint"])
+            total = total + w * path_loss(self._denoiser(nets["model"]), self.path, batch["noise"], batch["endpoint"],
+                                          self.distance)
         return total
 
     @torch.no_grad()

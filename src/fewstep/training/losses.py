@@ -131,3 +131,16 @@ def weight_flow(prediction: str, process: NoiseProcess, t: Tensor, *, sigma_data
 TIME_SAMPLERS["flow_uniform"] = sample_t_flow_uniform
 WEIGHTINGS["flow"] = weight_flow
 __all__ += ["flow_time", "sample_t_flow_uniform", "weight_flow"]
+
+
+def pseudo_huber(sq_norm: Tensor, c: float) -> Tensor:
+    """The pseudo-Huber distance ``sqrt(||d||^2 + c^2) - c`` from the squared norm ``||d||^2`` (Song & Dhariwal
+    2023, "Improved Techniques for Training Consistency Models", sec. 3.3): quadratic below ``c``, linear above it,
+    so a few large errors do not dominate the gradient.  ``c = 0`` gives the norm itself (with a 1e-20 floor so its
+    gradient at 0 is finite)."""
+    return torch.sqrt(sq_norm + c * c) - c if c > 0 else torch.sqrt(sq_norm + 1e-20)
+
+
+#: iCT's constant: ``c = 0.00054 sqrt(d)`` for data of dimension ``d`` (sec. 3.3).
+ICT_HUBER_C_PER_SQRT_DIM = 0.00054
+__all__ += ["pseudo_huber", "ICT_HUBER_C_PER_SQRT_DIM"]
