@@ -259,3 +259,74 @@ def test_reflow_command_trains_the_path_under_a_perceptual_metric(teacher, tmp_p
     assert "needs objective.path_encoder" in capsys.readouterr().err
     assert main([*bad, "--path-metric", "perceptual", "--path-encoder", str(tmp_path / "nowhere")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+class _LinearCritic(torch.nn.Module):
+    """``D(x) = w . x + b`` for every one of two patch logits: its input gradient is exactly ``w``."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(shape, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(0.2, dtype=torch.float64))
+
+    def forward(self, x):
+        d = (x * self.w).flatten(1).sum(1) + self.b
+        return torch.stack([d, d], dim=1)
+
+
+def test_adversarial_losses_are_the_non_saturating_gan_losses_with_r1():
+    """``L_D = softplus(-D(real)) + softplus(D(fake)) + gamma / 2 ||grad D(real)||^2`` and ``L_G = softplus(-D(fake))``,
+    checked on a linear critic whose input gradient is its weight; the R1 term's gradient reaches the critic (double
+    backpropagation) and the discriminator loss sends none into the fake images."""
+    import torch.nn.functional as F
+
+    from fewstep.reflow.adversarial import discriminator_loss, generator_adversarial_loss
+
+    torch.manual_seed(0)
+    real, fake = torch.randn(4, 1, 3, 3, dtype=torch.float64), torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    fake.requires_grad_(True)
+    critic = _LinearCritic((1, 3, 3))
+    d = lambda x: (x * critic.w).flatten(1).sum(1) + critic.b  # noqa: E731
+    gamma = 0.3
+    got = discriminator_loss(critic, real, fake, gamma)
+    want = F.softplus(-d(real)) + F.softplus(d(fake)) + gamma / 2 * critic.w.square().sum()
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    (gw,) = torch.autograd.grad(got.sum(), [critic.w])
+    (ww,) = torch.autograd.grad(want.sum(), [critic.w])
+    torch.testing.assert_close(gw, ww, rtol=1e-10, atol=1e-12)  # includes the penalty's gamma * w per sample
+    assert fake.grad is None
+    torch.testing.assert_close(discriminator_loss(critic, real, fake, 0.0),
+                               (F.softplus(-d(real)) + F.softplus(d(fake))).detach(), rtol=1e-12, atol=1e-12)
+    g = generator_adversarial_loss(critic, fake)
+    torch.testing.assert_close(g, F.softplus(-d(fake)), rtol=1e-12, atol=1e-12)
+    (gx,) = torch.autograd.grad(g.sum(), [fake])
+    torch.testing.assert_close(gx, -torch.sigmoid(-d(fake)).reshape(-1, 1, 1, 1) * critic.w, rtol=1e-10, atol=1e-12)
+
+
+def test_reflow_command_adds_the_adversarial_term_after_its_start_step(teacher, tmp_path, capsys):
+    """``--adv-weight W``: a discriminator phase (logged ``d_loss``) before the student's, saved in the checkpoint but
+    never in the EMA nor the sampled model; before ``--adv-start-step`` the student's loss is the path loss alone (the
+    same first-step loss as a run without the term), from it the loss adds ``W softplus(-D)``."""
+    from fewstep.cli import main
+
+    common = ["--teacher", teacher, "--pairs", "8", "--nfe", "2", "--batch-size", "8", "--sample-every", "0",
+              "--checkpoint-every", "0", "--no-progress", "--path-weight", "1", "--path-times", "999,600,0",
+              "--steps", "2"]
+    plain, late, now = tmp_path / "plain", tmp_path / "late", tmp_path / "now"
+    assert main(["reflow", "--out", str(plain), *common]) == 0
+    pairs = ["--pairs-dir", str(plain / "pairs")]
+    assert main(["reflow", "--out", str(late), *common, *pairs, "--adv-weight", "0.5", "--adv-start-step", "5"]) == 0
+    assert main(["reflow", "--out", str(now), *common, *pairs, "--adv-weight", "0.5"]) == 0
+    first = {d.name: json.loads((d / "log.jsonl").read_text().splitlines()[0]) for d in (plain, late, now)}
+    assert first["late"]["losses"]["loss"] == pytest.approx(first["plain"]["loss"], rel=1e-5)
+    extra = first["now"]["losses"]["loss"] - first["plain"]["loss"]
+    assert 0.5 * 0.4 < extra < 0.5 * 1.1  # W softplus(-D) with D near 0 at the start: about W ln 2
+    assert first["now"]["losses"]["d_loss"] == pytest.approx(2 * 0.6931, abs=0.2)
+    step = now / "checkpoints" / "step-00000002"
+    names = {f.name for f in step.iterdir()}
+    assert "discriminator.safetensors" in names and "discriminator-ema.safetensors" not in names
+    fewstep.load_model(str(step))  # an ordinary denoiser
+    capsys.readouterr()
+    assert main(["reflow", "--out", str(tmp_path / "bad"), *common, *pairs, "--path-weight", "0",
+                 "--adv-weight", "0.5"]) == 1
+    assert "adv_weight judges the few-step solve" in capsys.readouterr().err

@@ -57,6 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--path-huber-c", type=float, help="pseudo_huber's c per dimension (default iCT's 0.00054)")
     p.add_argument("--path-encoder", help="the perceptual metric's encoder: a run of `fewstep train --config "
                                           "fashion-encoder` (trained on the training split only)")
+    p.add_argument("--adv-weight", type=float,
+                   help="weight of the adversarial term: a patch discriminator tells the teacher's endpoints from the "
+                        "path's samples and the student learns to fool it (default 0: off; needs --path-weight)")
+    p.add_argument("--adv-r1", type=float, help="the discriminator's R1 penalty gamma (default 0.1)")
+    p.add_argument("--adv-lr", type=float, help="the discriminator's learning rate (default: --lr)")
+    p.add_argument("--adv-start-step", type=int,
+                   help="step at which the adversarial term joins the student's loss (the discriminator trains from "
+                        "step 0; default 0)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -96,7 +104,7 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
                          "--process/--prediction or --init-from")
     objective = {"kind": "reflow", "init_from": (args.init_from or teacher) if same else ""}
     for name in ("time_sampling", "weighting", "path_weight", "path_nfe", "path_metric", "path_huber_c",
-                 "path_encoder"):
+                 "path_encoder", "adv_weight", "adv_r1", "adv_lr", "adv_start_step"):
         if getattr(args, name) is not None:
             objective[name] = getattr(args, name)
     if args.path_times:
@@ -113,7 +121,8 @@ def _refuse_changed_objective(args: argparse.Namespace, objective: dict) -> None
     """A resumed run keeps its objective: a flag that would change it is refused, naming it, never ignored."""
     given = {"init_from": args.init_from, "time_sampling": args.time_sampling, "weighting": args.weighting,
              "path_weight": args.path_weight, "path_nfe": args.path_nfe, "path_metric": args.path_metric,
-             "path_huber_c": args.path_huber_c, "path_encoder": args.path_encoder,
+             "path_huber_c": args.path_huber_c, "path_encoder": args.path_encoder, "adv_weight": args.adv_weight,
+             "adv_r1": args.adv_r1, "adv_lr": args.adv_lr, "adv_start_step": args.adv_start_step,
              "path_times": parse_times(args.path_times, "--path-times") if args.path_times else None}
     from dataclasses import asdict
 

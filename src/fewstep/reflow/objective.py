@@ -40,7 +40,9 @@ from ..training.objective import CheckpointFiles, Objective, Phase, register_obj
 from ..training.warmstart import warm_start
 from .pairs import load_pairs
 from ..training.encoder import load_encoder
-from .path import PATH_METRICS, path_distance, path_loss, path_plan
+from ..nets.discriminator import PatchDiscriminator
+from .adversarial import discriminator_loss, generator_adversarial_loss
+from .path import PATH_METRICS, path_distance, path_plan, path_solve
 
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
@@ -77,6 +79,11 @@ class ReflowSettings:
     path_metric: str = "l2"
     path_huber_c: float = 0.0
     path_encoder: str = ""
+    adv_weight: float = 0.0
+    adv_r1: float = 0.1
+    adv_channels: int = 32
+    adv_lr: float = 0.0
+    adv_start_step: int = 0
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -102,6 +109,11 @@ class ReflowSettings:
         if (self.path_metric == "perceptual") != bool(self.path_encoder):
             raise ValueError("objective.path_metric 'perceptual' needs objective.path_encoder (a run of `fewstep "
                              "train --config fashion-encoder`), and path_encoder is used by no other metric")
+        for name in ("adv_weight", "adv_r1", "adv_lr", "adv_start_step"):
+            check_positive(f"objective.{name}", getattr(self, name), allow_zero=True)
+        check_positive("objective.adv_channels", self.adv_channels)
+        if self.adv_weight > 0 and self.path_weight == 0:
+            raise ValueError("objective.adv_weight judges the few-step solve of path distillation; set path_weight > 0")
         if self.path_metric != "l2" and self.path_weight == 0:
             raise ValueError(f"objective.path_metric {self.path_metric!r} has no effect with path_weight 0; set "
                              f"path_weight > 0 or drop path_metric")
@@ -134,6 +146,9 @@ class ReflowObjective(Objective):
         self.path = None
         self.encoder = load_encoder(settings.path_encoder) if settings.path_encoder else None
         self.distance = path_distance(settings.path_metric, huber_c=settings.path_huber_c, encoder=self.encoder)
+        self.discriminator = None
+        if settings.adv_weight > 0:
+            self.discriminator = PatchDiscriminator(int(self.endpoint.shape[1]), settings.adv_channels)
         if settings.path_weight > 0:
             self.path = path_plan(self._denoiser(self.model), settings.path_solver, settings.path_nfe,
                                   settings.path_times or None)
@@ -150,21 +165,40 @@ class ReflowObjective(Objective):
         DenoisingObjective.check_sections(config)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"model": self.model}
+        """``model``; with the adversarial term also its ``discriminator`` (trained and checkpointed, never sampled)."""
+        return {"model": self.model, **({"discriminator": self.discriminator} if self.discriminator else {})}
+
+    def ema_modules(self) -> tuple[str, ...]:
+        return ("model",)
+
+    def optimizer_options(self, name: str) -> dict[str, Any]:
+        """The discriminator: ``adv_lr`` (default the training rate) and GAN-style betas (0, 0.99)."""
+        if name != "discriminator":
+            return {}
+        return {"betas": (0.0, 0.99), **({"lr": self.settings.adv_lr} if self.settings.adv_lr else {})}
 
     def frozen(self) -> dict[str, nn.Module]:
         """The perceptual path metric's ``encoder`` (moved with the run, never trained nor saved)."""
         return {"encoder": self.encoder} if self.encoder is not None else {}
 
     def phases(self) -> list[Phase]:
-        return [Phase("model", self.loss, "loss")]
+        """With the adversarial term: the discriminator's update on the current student's samples first, then the
+        student's."""
+        d = [Phase("discriminator", self.discriminator_loss, "d_loss")] if self.discriminator else []
+        return [*d, Phase("model", self.loss, "loss")]
 
     def checkpoint_files(self, name: str) -> CheckpointFiles:
+        if name == "discriminator":
+            return super().checkpoint_files(name)
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
 
     def draw(self, step: int, data: ImageData, indices: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         t = TIME_SAMPLERS[self.settings.time_sampling](self.process, len(indices), generator)
-        return {"noise": self.noise[indices], "endpoint": self.endpoint[indices], "t": t}
+        batch = {"noise": self.noise[indices], "endpoint": self.endpoint[indices], "t": t}
+        if self.discriminator is not None:  # the teacher's endpoints of other pairs: the discriminator's real images
+            batch["real"] = self.endpoint[torch.randint(len(self.endpoint), (len(indices),), generator=generator)]
+            batch["adv_on"] = torch.full((len(indices),), float(step >= self.settings.adv_start_step))
+        return batch
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
         w = self.settings.path_weight
@@ -174,9 +208,19 @@ class ReflowObjective(Objective):
                                           batch["endpoint"], batch["t"], weighting=self.settings.weighting,
                                           sigma_data=self.sigma_data)
         if self.path is not None:
-            total = total + w * path_loss(self._denoiser(nets["model"]), self.path, batch["noise"], batch["endpoint"],
-                                          self.distance)
+            out = path_solve(self._denoiser(nets["model"]), self.path, batch["noise"])
+            total = total + w * self.distance(out, batch["endpoint"])
+            if self.discriminator is not None:  # joins at adv_start_step, once the discriminator has warmed up
+                adv = generator_adversarial_loss(nets["discriminator"], out)
+                total = total + self.settings.adv_weight * batch["adv_on"].to(adv) * adv
         return total
+
+    def discriminator_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        """:func:`~fewstep.reflow.adversarial.discriminator_loss` of the teacher's endpoints against the current
+        student's few-step samples (no gradient into the student)."""
+        with torch.no_grad():
+            fake = path_solve(self._denoiser(nets["model"]), self.path, batch["noise"])
+        return discriminator_loss(nets["discriminator"], batch["real"], fake, self.settings.adv_r1)
 
     @torch.no_grad()
     def preview(self, trainer: "Trainer", n: int = 64) -> Path:

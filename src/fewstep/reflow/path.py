@@ -29,7 +29,7 @@ from ..plan import SamplingPlan, make_plan
 from ..training.losses import ICT_HUBER_C_PER_SQRT_DIM, pseudo_huber
 from ..training.perceptual import perceptual_distance
 
-__all__ = ["path_plan", "path_loss", "path_distance", "mean_squared", "PATH_METRICS"]
+__all__ = ["path_plan", "path_loss", "path_solve", "path_distance", "mean_squared", "PATH_METRICS"]
 
 
 def path_plan(denoiser: Any, solver: str = "euler", nfe: int = 2, times: Sequence[float] | None = None) -> SamplingPlan:
@@ -79,5 +79,10 @@ def path_loss(denoiser: Any, plan: SamplingPlan, noise: Tensor, endpoint: Tensor
     """Per-sample ``distance(Solve_plan(prior_std noise), endpoint)``, shape ``(batch,)`` (default the mean squared
     error), differentiable in the denoiser's network: the solve starts, like ``fewstep.sample``, from
     ``prior_std * noise`` at the plan's start."""
-    out = sample(denoiser, denoiser.process.prior_std * noise, plan, grad=True)
-    return distance(out, endpoint)
+    return distance(path_solve(denoiser, plan, noise), endpoint)
+
+
+def path_solve(denoiser: Any, plan: SamplingPlan, noise: Tensor) -> Tensor:
+    """The plan's solve from ``prior_std * noise`` with autograd on (``fewstep.sample(..., grad=True)``): the samples
+    the path loss and the adversarial term (:mod:`fewstep.reflow.adversarial`) judge."""
+    return sample(denoiser, denoiser.process.prior_std * noise, plan, grad=True)
