@@ -63,7 +63,8 @@ def features(args: argparse.Namespace) -> None:
             x = to_images(den, fewstep.generate(den, shape, seeds[i:i + args.batch], plan))  # a latent model: decoded
             feats.append(extractor(quantize(x.float()), seeds[i:i + args.batch]).double()
                          if args.extractor == "ddae" else extractor(quantize(x.float())).double())
-    record = {"features": torch.cat(feats), "extractor": args.extractor, "model": args.model, "precision": args.precision, "solver": args.solver,
+    record = {"features": torch.cat(feats), "extractor": args.extractor, "model": args.model,
+              "precision": args.precision, "solver": args.solver,
               "nfe": args.nfe,
               "grid": args.grid, "seed": args.seed, "n": args.n, "cpu_s": time.process_time() - start}
     import io
@@ -98,6 +99,9 @@ def ddae_reference(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of the DDAE features of the 10,000 test images (cached in ``path``)."""
     if path.exists():
         ref = torch.load(path, weights_only=False)
+        if (ref.get("model"), ref.get("t"), tuple(ref.get("taps", ()))) != (DDAE_MODEL, DDAE_T, DDAE_TAPS):
+            raise SystemExit(f"{path} holds ddae statistics of other settings ({ref.get('model')}, t={ref.get('t')}, "
+                             f"{ref.get('taps')}); delete it to recompute")
         return ref["mu"], ref["cov"]
     import io
 
@@ -106,6 +110,7 @@ def ddae_reference(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     images = to_model_range(load_fashion_mnist(split="test").images)
     ext = DDAEExtractor()
+    # test image j is noised with seed 10^7 + (10^7 + j) = 2 10^7 + j, away from every sample's 10^7 + seed
     feats = torch.cat([ext(images[i:i + 500], range(10**7 + i, 10**7 + i + len(images[i:i + 500])))
                        for i in range(0, len(images), 500)]).double()
     mu, cov = feats.mean(0), torch.cov(feats.T)
