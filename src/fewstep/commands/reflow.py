@@ -65,6 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adv-start-step", type=int,
                    help="step at which the adversarial term joins the student's loss (the discriminator trains from "
                         "step 0; default 0)")
+    p.add_argument("--dm-weight", type=float,
+                   help="weight of distribution matching (DMD2-style, SiD's loss): the path's samples of fresh noise "
+                        "judged by the teacher's and a fake score's denoisers (default 0: off; needs --path-weight)")
+    p.add_argument("--dm-alpha", type=float, help="SiD's alpha of the matching loss (default 1.2)")
+    p.add_argument("--dm-tmax-index", type=int, help="SiD's highest noise level index of 1000 (default 800)")
+    p.add_argument("--dm-fake-lr", type=float, help="the fake score's learning rate (default: --lr)")
+    p.add_argument("--dm-start-step", type=int,
+                   help="step at which matching joins the student's loss (the fake score trains from step 0; "
+                        "default 0)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -81,6 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
+
+
+# flags copied into the objective section as they are (--path-times is parsed, --init-from defaulted)
+OBJECTIVE_FLAGS = ("time_sampling", "weighting", "path_weight", "path_nfe", "path_metric", "path_huber_c",
+                   "path_encoder", "adv_weight", "adv_r1", "adv_lr", "adv_start_step", "dm_weight", "dm_alpha",
+                   "dm_tmax_index", "dm_fake_lr", "dm_start_step")
 
 
 def _training_overrides(args: argparse.Namespace) -> dict:
@@ -103,8 +118,7 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
         raise ValueError("--init-from needs the teacher's process and prediction (a warm start keeps them); drop "
                          "--process/--prediction or --init-from")
     objective = {"kind": "reflow", "init_from": (args.init_from or teacher) if same else ""}
-    for name in ("time_sampling", "weighting", "path_weight", "path_nfe", "path_metric", "path_huber_c",
-                 "path_encoder", "adv_weight", "adv_r1", "adv_lr", "adv_start_step"):
+    for name in OBJECTIVE_FLAGS:
         if getattr(args, name) is not None:
             objective[name] = getattr(args, name)
     if args.path_times:
@@ -119,10 +133,7 @@ def student_config(teacher: str, pairs: str, tcfg: dict, args: argparse.Namespac
 
 def _refuse_changed_objective(args: argparse.Namespace, objective: dict) -> None:
     """A resumed run keeps its objective: a flag that would change it is refused, naming it, never ignored."""
-    given = {"init_from": args.init_from, "time_sampling": args.time_sampling, "weighting": args.weighting,
-             "path_weight": args.path_weight, "path_nfe": args.path_nfe, "path_metric": args.path_metric,
-             "path_huber_c": args.path_huber_c, "path_encoder": args.path_encoder, "adv_weight": args.adv_weight,
-             "adv_r1": args.adv_r1, "adv_lr": args.adv_lr, "adv_start_step": args.adv_start_step,
+    given = {"init_from": args.init_from, **{name: getattr(args, name) for name in OBJECTIVE_FLAGS},
              "path_times": parse_times(args.path_times, "--path-times") if args.path_times else None}
     from dataclasses import asdict
 

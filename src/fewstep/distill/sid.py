@@ -33,6 +33,7 @@ from ..api import generate
 from ..checkpoint import latest_checkpoint, load_tensors
 from ..data import ImageData, to_model_range
 from ..loading import load_model
+from ..parametrization import Parametrization
 from ..onestep import DEFAULT_SIGMA_INIT, OneStepGenerator, generate_x0, generator_time
 from ..processes import NoiseProcess
 from ..training.config import check_positive
@@ -43,7 +44,8 @@ from .base import DistillObjective, check_one_number_section, x0_of
 if TYPE_CHECKING:
     from ..training.trainer import Trainer
 
-__all__ = ["SiDSettings", "SiDObjective", "sid_times", "sid_generator_loss", "fake_score_loss"]
+__all__ = ["SiDSettings", "SiDObjective", "sid_times", "sid_generator_loss", "sid_loss_of_samples",
+           "fake_score_loss"]
 
 
 def sid_times(process: NoiseProcess, n: int, generator: torch.Generator | None = None, *, tmax_index: int = 800,
@@ -70,6 +72,18 @@ def sid_generator_loss(f_phi: Tensor, f_psi: Tensor, x_g: Tensor, alpha: float =
     with torch.no_grad():
         w = (x_g - f_phi).abs().flatten(1).mean(1).clamp(min=1e-5)
     return (diff * ((f_phi - x_g) - alpha * diff)).flatten(1).sum(1) / w
+
+
+def sid_loss_of_samples(teacher: Callable[..., Tensor], fake_score: Callable[..., Tensor], param: Parametrization,
+                        x_g: Tensor, t: Tensor, eps: Tensor, alpha: float = 1.2) -> Tensor:
+    """Per-sample SiD generator loss of samples ``x_g`` (gradient flows into ``x_g``): noised to ``x_t = alpha_t x_g +
+    sigma_t eps`` at times ``t``, the data predictions of ``teacher`` (``f_phi``) and ``fake_score`` (``f_psi``) there,
+    then :func:`sid_generator_loss`."""
+    a, s = param.alpha_sigma(x_g, t)
+    x_t = a * x_g + s * eps
+    f_phi = x0_of(teacher, param, x_t, t)
+    f_psi = x0_of(fake_score, param, x_t, t)
+    return sid_generator_loss(f_phi.float(), f_psi.float(), x_g.float(), alpha)
 
 
 def fake_score_loss(net: Callable[..., Tensor], prediction: str, process: NoiseProcess, x_g: Tensor, t: Tensor,
@@ -200,11 +214,8 @@ class SiDObjective(DistillObjective):
     def generator_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
         """Phase 2: the SiD loss of fresh generator samples through teacher and fake score."""
         x_g = self.generate(nets["generator"], batch["z_gen"])
-        t = batch["t_gen"]
-        x_t = self.noisy(x_g, t, batch["eps_gen"])
-        f_phi = x0_of(nets["teacher"], self.param, x_t, t)
-        f_psi = x0_of(nets["fake_score"], self.param, x_t, t)
-        return sid_generator_loss(f_phi.float(), f_psi.float(), x_g.float(), self.settings.alpha)
+        return sid_loss_of_samples(nets["teacher"], nets["fake_score"], self.param, x_g, batch["t_gen"],
+                                   batch["eps_gen"], self.settings.alpha)
 
     def one_step(self, net: nn.Module) -> OneStepGenerator:
         return OneStepGenerator(net, self.process, self.prediction, self.sigma_data, self.sigma_init,

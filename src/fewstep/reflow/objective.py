@@ -15,6 +15,10 @@ its ``x1`` in one Euler (= DDIM) step.
 ``path_weight > 0`` mixes in path distillation (:mod:`fewstep.reflow.path`, Liu et al.'s sec. 2.3 distillation
 generalised to the k-step solve the model is sampled with): ``(1 - w) * reflow + w * path``; ``w = 1`` trains
 the few-step solve alone, usually warm-started from a finished reflow run (``init_from``).
+
+``dm_weight > 0`` adds distribution matching to path distillation (:mod:`fewstep.reflow.matching`): the few-step
+solve of *fresh* noise judged by the teacher's and a fake score's denoisers (SiD's loss), as DMD2 pairs a regression
+loss with distribution matching.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .pairs import load_pairs
 from ..training.encoder import load_encoder
 from ..nets.discriminator import PatchDiscriminator
 from .adversarial import discriminator_loss, generator_adversarial_loss
+from .matching import DistributionMatching
 from .path import PATH_METRICS, path_distance, path_plan, path_solve
 
 if TYPE_CHECKING:
@@ -84,6 +89,11 @@ class ReflowSettings:
     adv_channels: int = 32
     adv_lr: float = 0.0
     adv_start_step: int = 0
+    dm_weight: float = 0.0
+    dm_alpha: float = 1.2
+    dm_tmax_index: int = 800
+    dm_fake_lr: float = 0.0
+    dm_start_step: int = 0
 
     def check(self) -> None:
         if self.time_sampling not in TIME_SAMPLERS:
@@ -114,6 +124,13 @@ class ReflowSettings:
         check_positive("objective.adv_channels", self.adv_channels)
         if self.adv_weight > 0 and self.path_weight == 0:
             raise ValueError("objective.adv_weight judges the few-step solve of path distillation; set path_weight > 0")
+        for name in ("dm_weight", "dm_alpha", "dm_fake_lr", "dm_start_step"):
+            check_positive(f"objective.{name}", getattr(self, name), allow_zero=True)
+        if not 0 < self.dm_tmax_index <= 1000:
+            raise ValueError(f"objective.dm_tmax_index must lie in (0, 1000], got {self.dm_tmax_index}")
+        if self.dm_weight > 0 and self.path_weight == 0:
+            raise ValueError("objective.dm_weight matches the few-step solve of path distillation to the teacher; set "
+                             "path_weight > 0")
         if self.path_metric != "l2" and self.path_weight == 0:
             raise ValueError(f"objective.path_metric {self.path_metric!r} has no effect with path_weight 0; set "
                              f"path_weight > 0 or drop path_metric")
@@ -144,11 +161,14 @@ class ReflowObjective(Objective):
         if settings.init_from:
             warm_start(self.model, settings.init_from, config)
         self.path = None
+        self.param = self._denoiser(self.model).param
         self.encoder = load_encoder(settings.path_encoder) if settings.path_encoder else None
         self.distance = path_distance(settings.path_metric, huber_c=settings.path_huber_c, encoder=self.encoder)
         self.discriminator = None
         if settings.adv_weight > 0:
             self.discriminator = PatchDiscriminator(int(self.endpoint.shape[1]), settings.adv_channels)
+        self.matching = (DistributionMatching(config["teacher"], config, self.param, settings.dm_alpha,
+                                              settings.dm_tmax_index) if settings.dm_weight > 0 else None)
         if settings.path_weight > 0:
             self.path = path_plan(self._denoiser(self.model), settings.path_solver, settings.path_nfe,
                                   settings.path_times or None)
@@ -165,30 +185,38 @@ class ReflowObjective(Objective):
         DenoisingObjective.check_sections(config)
 
     def modules(self) -> dict[str, nn.Module]:
-        """``model``; with the adversarial term also its ``discriminator`` (trained and checkpointed, never sampled)."""
-        return {"model": self.model, **({"discriminator": self.discriminator} if self.discriminator else {})}
+        """``model``; with the adversarial term also its ``discriminator``, with distribution matching its
+        ``fake_score`` (trained and checkpointed, never sampled)."""
+        extra = {"discriminator": self.discriminator} if self.discriminator else {}
+        return {"model": self.model, **extra, **({"fake_score": self.matching.fake_score} if self.matching else {})}
 
     def ema_modules(self) -> tuple[str, ...]:
         return ("model",)
 
     def optimizer_options(self, name: str) -> dict[str, Any]:
-        """The discriminator: ``adv_lr`` (default the training rate) and GAN-style betas (0, 0.99)."""
+        """The discriminator: ``adv_lr`` (default the training rate) and GAN-style betas (0, 0.99); the fake score:
+        ``dm_fake_lr`` (default the training rate)."""
+        if name == "fake_score":
+            return {"lr": self.settings.dm_fake_lr} if self.settings.dm_fake_lr else {}
         if name != "discriminator":
             return {}
         return {"betas": (0.0, 0.99), **({"lr": self.settings.adv_lr} if self.settings.adv_lr else {})}
 
     def frozen(self) -> dict[str, nn.Module]:
-        """The perceptual path metric's ``encoder`` (moved with the run, never trained nor saved)."""
-        return {"encoder": self.encoder} if self.encoder is not None else {}
+        """The perceptual path metric's ``encoder`` and distribution matching's ``teacher`` (moved with the run, never
+        trained nor saved)."""
+        out = {"encoder": self.encoder} if self.encoder is not None else {}
+        return {**out, "teacher": self.matching.teacher} if self.matching else out
 
     def phases(self) -> list[Phase]:
-        """With the adversarial term: the discriminator's update on the current student's samples first, then the
-        student's."""
+        """With the adversarial term the discriminator's update on the current student's samples first, with
+        distribution matching the fake score's; then the student's."""
         d = [Phase("discriminator", self.discriminator_loss, "d_loss")] if self.discriminator else []
-        return [*d, Phase("model", self.loss, "loss")]
+        f = [Phase("fake_score", self.fake_score_loss, "fake_loss")] if self.matching else []
+        return [*d, *f, Phase("model", self.loss, "loss")]
 
     def checkpoint_files(self, name: str) -> CheckpointFiles:
-        if name == "discriminator":
+        if name in ("discriminator", "fake_score"):
             return super().checkpoint_files(name)
         return CheckpointFiles("model.safetensors", "ema.safetensors", "optimizer")
 
@@ -198,6 +226,9 @@ class ReflowObjective(Objective):
         if self.discriminator is not None:  # the teacher's endpoints of other pairs: the discriminator's real images
             batch["real"] = self.endpoint[torch.randint(len(self.endpoint), (len(indices),), generator=generator)]
             batch["adv_on"] = torch.full((len(indices),), float(step >= self.settings.adv_start_step))
+        if self.matching is not None:
+            batch.update(self.matching.draw(self.process, self.endpoint.shape[1:], len(indices), generator))
+            batch["dm_on"] = torch.full((len(indices),), float(step >= self.settings.dm_start_step))
         return batch
 
     def loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
@@ -213,7 +244,18 @@ class ReflowObjective(Objective):
             if self.discriminator is not None:  # joins at adv_start_step, once the discriminator has warmed up
                 adv = generator_adversarial_loss(nets["discriminator"], out)
                 total = total + self.settings.adv_weight * batch["adv_on"].to(adv) * adv
+        if self.matching is not None:  # on fresh noise: where the pairs do not reach
+            fresh = path_solve(self._denoiser(nets["model"]), self.path, batch["dm_noise"])
+            dm = self.matching.generator_loss(nets["teacher"], nets["fake_score"], fresh, batch)
+            total = total + self.settings.dm_weight * batch["dm_on"].to(dm) * dm
         return total
+
+    def fake_score_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
+        """The fake score's denoising loss on the current student's few-step samples of fresh noise (no gradient
+        into the student)."""
+        with torch.no_grad():
+            fake = path_solve(self._denoiser(nets["model"]), self.path, batch["fake_noise"])
+        return self.matching.fake_loss(nets["fake_score"], fake, batch)
 
     def discriminator_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
         """:func:`~fewstep.reflow.adversarial.discriminator_loss` of the teacher's endpoints against the current

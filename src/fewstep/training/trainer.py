@@ -439,7 +439,7 @@ class Trainer:
                 now = time.monotonic()
                 ips = n_log / max(now - t_log, 1e-9)
                 means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                mean = means[self.phases[0].label]
+                mean = means.get("loss", means[self.phases[0].label])  # the main loss, else the first phase's
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
                 if self.rank == 0:
