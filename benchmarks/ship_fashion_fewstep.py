@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--solvers", default="unipc,euler,ddim,dpm++2m")
     ap.add_argument("--note", default="", help="provenance text (command, steps, wall time, FID)")
     ap.add_argument("--dest", type=Path, default=DEST)
+    ap.add_argument("--chosen-by", default="2-NFE FID on validation seeds 100000..100999 (n = 1000), docs/training.md",
+                    help="how the checkpoint and MID were chosen (recorded in grids.json)")
     ap.add_argument("--meant-nfe", default="", help="NFEs the model is meant for, e.g. 1,2 (config sampling.nfe: "
                                                     "sampling it at any other NFE warns); default none declared")
     args = ap.parse_args()
@@ -46,7 +48,7 @@ def main() -> None:
     process = load_model(str(dest)).process
     times = [float(process.t_start), args.mid, float(process.t_min)]
     entries = [GridEntry(s, 2, 2, times, "validation FID", None, None,
-                         {"chosen_by": "2-NFE FID on validation seeds 100000..100999 (n = 1000), docs/training.md"})
+                         {"chosen_by": args.chosen_by})
                for s in args.solvers.split(",")]
     write_grid_file(dest / "grids.json", process, entries, {"model": "bundled:fashion-fewstep"})
     print(f"{dest}: {', '.join(args.solvers.split(','))} at 2 NFE through {times}")

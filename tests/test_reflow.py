@@ -157,9 +157,10 @@ def test_reflow_command_warm_starts_trains_resumes_and_samples(teacher, tmp_path
 
 def test_bundled_fashion_fewstep_samples_through_its_own_two_step_grid():
     """bundled:fashion-fewstep declares its plans its default: 2 NFE goes through the intermediate time chosen for
-    it (any solver with an entry, none given), other NFEs and solvers keep the process's grid. Its two steps (the
-    path-distilled solve) land near the teacher's 10-NFE ODE solution, nearer than the 2-rectified flow it was
-    distilled from (bundled:fashion-fewstep-v2) and far nearer than the teacher's own two steps; the 2-rectified
+    it (any solver with an entry, none given), other NFEs and solvers keep the process's grid. The path-distilled
+    solve's two steps (bundled:fashion-fewstep-v3) land near the teacher's 10-NFE ODE solution, nearer than the
+    2-rectified flow it was distilled from (bundled:fashion-fewstep-v2); today's model, fine-tuned with distribution
+    matching, lies between the two and far nearer than the teacher's own two steps; the 2-rectified
     flow's one step is far nearer than the teacher's one step (its coupling is straight)."""
     den = fewstep.load_model("bundled:fashion-fewstep")
     plan = fewstep.make_plan(den, nfe=2)
@@ -184,8 +185,11 @@ def test_bundled_fashion_fewstep_samples_through_its_own_two_step_grid():
         return float((x - target).pow(2).mean().sqrt())
 
     reflowed = fewstep.load_model("bundled:fashion-fewstep-v2")
-    assert rmse(two) < 0.8 * rmse(fewstep.generate(reflowed, (1, 28, 28), seeds, nfe=2))
-    assert rmse(two) < 0.6 * rmse(fewstep.generate(teacher, (1, 28, 28), seeds, "euler", 2))
+    path_distilled = fewstep.generate(fewstep.load_model("bundled:fashion-fewstep-v3"), (1, 28, 28), seeds, nfe=2)
+    assert rmse(path_distilled) < 0.8 * rmse(fewstep.generate(reflowed, (1, 28, 28), seeds, nfe=2))
+    # distribution matching trades some of that pointwise agreement for the distribution (docs/training.md)
+    assert rmse(path_distilled) < rmse(two) < rmse(fewstep.generate(reflowed, (1, 28, 28), seeds, nfe=2))
+    assert rmse(two) < 0.7 * rmse(fewstep.generate(teacher, (1, 28, 28), seeds, "euler", 2))
     one_reflowed = fewstep.generate(reflowed, (1, 28, 28), seeds, "euler", 1)
     assert rmse(one_reflowed) < 0.7 * rmse(fewstep.generate(teacher, (1, 28, 28), seeds, "euler", 1))
     assert bool(torch.isfinite(one).all())

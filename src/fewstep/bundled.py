@@ -7,7 +7,7 @@ from pathlib import Path
 
 __all__ = ["BUNDLED", "resolve_bundled"]
 
-BUNDLED = {"fashion": "fashion", "fashion-v1": "fashion-v1", "fashion-cond": "fashion-cond", "fashion-cond-3500": "fashion-cond-3500", "fashion-cond-523": "fashion-cond-523", "fashion-sid": "fashion-sid", "fashion-fewstep": "fashion-fewstep", "fashion-fewstep-v1": "fashion-fewstep-v1", "fashion-fewstep-v2": "fashion-fewstep-v2", "fashion-fewstep-v3": "fashion-fewstep-v3"}
+BUNDLED = {"fashion": "fashion", "fashion-v1": "fashion-v1", "fashion-cond": "fashion-cond", "fashion-cond-3500": "fashion-cond-3500", "fashion-cond-523": "fashion-cond-523", "fashion-sid": "fashion-sid", "fashion-fewstep": "fashion-fewstep", "fashion-fewstep-v1": "fashion-fewstep-v1", "fashion-fewstep-v2": "fashion-fewstep-v2", "fashion-fewstep-v3": "fashion-fewstep-v3", "fashion-fewstep-v4": "fashion-fewstep-v4"}
 
 
 def resolve_bundled(name: str, table: dict[str, str] | None = None, what: str = "model") -> Path:
