@@ -5,7 +5,7 @@
         --n 2000 --out runs/paired/base-100.pt
     PYTHONPATH=src python benchmarks/paired_fid.py features --model runs/fashion2 --solver dpm++2m --nfe 100 \
         --n 2000 --out runs/paired/new-100.pt
-    # FID of each and FID(a) - FID(b) with a paired bootstrap interval
+    # FID of each and FID(a) - FID(b) with a paired bootstrap interval (and the distance between the two arms)
     PYTHONPATH=src python benchmarks/paired_fid.py compare runs/paired/new-100.pt runs/paired/base-100.pt
 
 Both arms draw the initial noise of seed ``i`` for sample ``i`` (``fewstep.generate``'s per-sample seeds), so row
@@ -150,6 +150,9 @@ def compare(args: argparse.Namespace) -> None:
     print(f"| a | b | {m} a | {m} b | a - b [95% interval] |\n|---|---|---:|---:|---:|\n"
           f"| {label(a)} | {label(b)} | {fid(a['features']):.2f} | {fid(b['features']):.2f} | "
           f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    fb = b["features"].double()
+    print(f"Frechet distance between the arms' own samples ({kind} features): "
+          f"{frechet_distance_to_moments(a['features'], fb.mean(0), torch.cov(fb.T)):.2f}")
 
 
 def main() -> None:
