@@ -112,3 +112,22 @@ def tiny_teacher(path, steps: int = 2) -> str:
            "training": {"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "checkpoint_every_seconds": 0}}
     Trainer(cfg, ImageData(tiny_images()), path, progress=False).fit()
     return str(path / "checkpoints" / f"step-{steps:08d}")
+
+
+PATH_RUN_ARGS = ["--pairs", "8", "--nfe", "2", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0",
+                 "--no-progress", "--path-weight", "1", "--path-times", "999,600,0", "--steps", "2"]
+
+
+def path_run_variants(teacher: str, root, variants: dict) -> dict:
+    """Two-step ``fewstep reflow`` path-distillation runs of ``teacher`` in ``root``: a ``plain`` one, then one per
+    ``variants`` item (name -> extra flags) on the plain run's pairs; each run's first log record by name."""
+    import json
+
+    from fewstep.cli import main
+
+    common = ["--teacher", teacher, *PATH_RUN_ARGS]
+    assert main(["reflow", "--out", str(root / "plain"), *common]) == 0
+    for name, extra in variants.items():
+        assert main(["reflow", "--out", str(root / name), *common, "--pairs-dir", str(root / "plain" / "pairs"),
+                     *extra]) == 0
+    return {name: json.loads((root / name / "log.jsonl").read_text().splitlines()[0]) for name in ["plain", *variants]}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import fewstep
 from fewstep.distill.base import x0_of
 from fewstep.distill.sid import sid_generator_loss, sid_loss_of_samples
-from conftest import tiny_teacher
+from conftest import PATH_RUN_ARGS, path_run_variants, tiny_teacher
 from fewstep.reflow.matching import DistributionMatching
 
 
@@ -75,15 +73,10 @@ def test_reflow_command_adds_distribution_matching_to_path_distillation(teacher,
     from fewstep.checkpoint import read_config
     from fewstep.cli import main
 
-    common = ["--teacher", teacher, "--pairs", "8", "--nfe", "2", "--batch-size", "8", "--sample-every", "0",
-              "--checkpoint-every", "0", "--no-progress", "--path-weight", "1", "--path-times", "999,600,0",
-              "--steps", "2"]
-    plain, late, now = tmp_path / "plain", tmp_path / "late", tmp_path / "now"
-    assert main(["reflow", "--out", str(plain), *common]) == 0
-    pairs = ["--pairs-dir", str(plain / "pairs")]
-    assert main(["reflow", "--out", str(late), *common, *pairs, "--dm-weight", "50", "--dm-start-step", "5"]) == 0
-    assert main(["reflow", "--out", str(now), *common, *pairs, "--dm-weight", "50", "--dm-fake-lr", "1e-2"]) == 0
-    first = {d.name: json.loads((d / "log.jsonl").read_text().splitlines()[0]) for d in (plain, late, now)}
+    first = path_run_variants(teacher, tmp_path, {"late": ["--dm-weight", "50", "--dm-start-step", "5"],
+                                                  "now": ["--dm-weight", "50", "--dm-fake-lr", "1e-2"]})
+    common = ["--teacher", teacher, *PATH_RUN_ARGS]
+    now, pairs = tmp_path / "now", ["--pairs-dir", str(tmp_path / "plain" / "pairs")]
     assert first["late"]["loss"] == pytest.approx(first["plain"]["loss"], rel=1e-5)  # the main loss is reported
     assert first["now"]["loss"] != pytest.approx(first["plain"]["loss"], rel=1e-6)  # the fake score moved: a signal
     assert first["now"]["losses"]["fake_loss"] > 0

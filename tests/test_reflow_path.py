@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fewstep
-from conftest import tiny_encoder, tiny_teacher
+from conftest import PATH_RUN_ARGS, path_run_variants, tiny_encoder, tiny_teacher
 from fewstep.plan import make_plan
 from fewstep.processes import RectifiedFlow, VPDiscrete
 from fewstep.reflow import load_pairs
@@ -309,15 +309,10 @@ def test_reflow_command_adds_the_adversarial_term_after_its_start_step(teacher, 
     same first-step loss as a run without the term), from it the loss adds ``W softplus(-D)``."""
     from fewstep.cli import main
 
-    common = ["--teacher", teacher, "--pairs", "8", "--nfe", "2", "--batch-size", "8", "--sample-every", "0",
-              "--checkpoint-every", "0", "--no-progress", "--path-weight", "1", "--path-times", "999,600,0",
-              "--steps", "2"]
-    plain, late, now = tmp_path / "plain", tmp_path / "late", tmp_path / "now"
-    assert main(["reflow", "--out", str(plain), *common]) == 0
-    pairs = ["--pairs-dir", str(plain / "pairs")]
-    assert main(["reflow", "--out", str(late), *common, *pairs, "--adv-weight", "0.5", "--adv-start-step", "5"]) == 0
-    assert main(["reflow", "--out", str(now), *common, *pairs, "--adv-weight", "0.5"]) == 0
-    first = {d.name: json.loads((d / "log.jsonl").read_text().splitlines()[0]) for d in (plain, late, now)}
+    first = path_run_variants(teacher, tmp_path, {"late": ["--adv-weight", "0.5", "--adv-start-step", "5"],
+                                                  "now": ["--adv-weight", "0.5"]})
+    common = ["--teacher", teacher, *PATH_RUN_ARGS]
+    now, pairs = tmp_path / "now", ["--pairs-dir", str(tmp_path / "plain" / "pairs")]
     assert first["late"]["losses"]["loss"] == pytest.approx(first["plain"]["loss"], rel=1e-5)
     extra = first["now"]["losses"]["loss"] - first["plain"]["loss"]
     assert 0.5 * 0.4 < extra < 0.5 * 1.1  # W softplus(-D) with D near 0 at the start: about W ln 2
