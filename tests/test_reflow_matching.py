@@ -23,7 +23,7 @@ def _matching(teacher: str) -> DistributionMatching:
 
 
 def _batch(m: DistributionMatching, n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
-    return m.draw(m.process, (1, 8, 8), n, torch.Generator().manual_seed(seed))
+    return m.draw((1, 8, 8), n, torch.Generator().manual_seed(seed))
 
 
 def test_sid_loss_of_samples_is_sids_loss_at_the_noised_samples(teacher):

@@ -54,15 +54,15 @@ class DistributionMatching:
         self.prediction: str = config["prediction"]
         self.sigma_data = float(config.get("sigma_data", 0.5))
 
-    def draw(self, process: NoiseProcess, shape: Sequence[int], n: int,
-             generator: torch.Generator) -> dict[str, Tensor]:
-        """Fresh noise for each phase (the fake score's and the student's), with their times and noising draws."""
+    def draw(self, shape: Sequence[int], n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """Fresh noise for each phase (the fake score's and the student's), with their times and noising draws (all
+        drawn every step, so the random stream does not depend on the start step)."""
         size = (n, *shape)
         return {"fake_noise": torch.randn(size, generator=generator),
-                "fake_t": sample_t_lognormal(process, n, generator),
+                "fake_t": sample_t_lognormal(self.process, n, generator),
                 "fake_eps": torch.randn(size, generator=generator),
                 "dm_noise": torch.randn(size, generator=generator),
-                "dm_t": sid_times(process, n, generator, tmax_index=self.tmax_index),
+                "dm_t": sid_times(self.process, n, generator, tmax_index=self.tmax_index),
                 "dm_eps": torch.randn(size, generator=generator)}
 
     def fake_loss(self, fake_score: nn.Module, samples: Tensor, batch: Mapping[str, Tensor]) -> Tensor:

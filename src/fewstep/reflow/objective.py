@@ -227,7 +227,7 @@ class ReflowObjective(Objective):
             batch["real"] = self.endpoint[torch.randint(len(self.endpoint), (len(indices),), generator=generator)]
             batch["adv_on"] = torch.full((len(indices),), float(step >= self.settings.adv_start_step))
         if self.matching is not None:
-            batch.update(self.matching.draw(self.process, self.endpoint.shape[1:], len(indices), generator))
+            batch.update(self.matching.draw(self.endpoint.shape[1:], len(indices), generator))
             batch["dm_on"] = torch.full((len(indices),), float(step >= self.settings.dm_start_step))
         return batch
 
@@ -244,10 +244,10 @@ class ReflowObjective(Objective):
             if self.discriminator is not None:  # joins at adv_start_step, once the discriminator has warmed up
                 adv = generator_adversarial_loss(nets["discriminator"], out)
                 total = total + self.settings.adv_weight * batch["adv_on"].to(adv) * adv
-        if self.matching is not None:  # on fresh noise: where the pairs do not reach
+        if self.matching is not None and bool(batch["dm_on"][0]):  # on fresh noise: where the pairs do not reach
             fresh = path_solve(self._denoiser(nets["model"]), self.path, batch["dm_noise"])
             dm = self.matching.generator_loss(nets["teacher"], nets["fake_score"], fresh, batch)
-            total = total + self.settings.dm_weight * batch["dm_on"].to(dm) * dm
+            total = total + self.settings.dm_weight * dm
         return total
 
     def fake_score_loss(self, batch: dict[str, Tensor], nets: Mapping[str, nn.Module]) -> Tensor:
